@@ -1,0 +1,124 @@
+"""Safe file handling shared by every command: atomic writes, hashes, and the user-facing error type.
+
+Every file mahn writes goes to a temporary name in the same directory and is renamed into place,
+so a killed command leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+
+class DataError(Exception):
+    """Bad input from the user. The CLI prints the message and exits with code 2.
+
+    `where` names the file (and line or field) so the user can find the problem.
+    """
+
+    def __init__(self, message: str, where: str | os.PathLike | None = None, line: int | None = None):
+        self.where = str(where) if where is not None else None
+        self.line = line
+        location = ""
+        if self.where:
+            location = f"{self.where}:{line}: " if line is not None else f"{self.where}: "
+        super().__init__(location + message)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError as e:
+        raise DataError("file not found", path) from e
+    except orjson.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e})", path) from e
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """Load a .npy file; never unpickles. `mmap=True` maps it read-only."""
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and move it to `out` only when the block succeeds.
+
+    An existing `out` is refused unless `force`; with `force` it is replaced only after the new one
+    is complete, so a failure never destroys the old result.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise DataError("output directory exists (pass --force to replace it)", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
