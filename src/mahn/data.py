@@ -96,7 +96,7 @@ class Dataset:
     def titles(self) -> list[str]:
         table = self.item_table
         column = "title" if "title" in table.columns else "key"
-        return [t if t is not None else k for t, k in zip(table[column].to_list(), table["key"].to_list())]
+        return [t if t is not None else k for t, k in zip(table[column].to_list(), table["key"].to_list(), strict=True)]
 
     def feature_modalities(self) -> list[str]:
         return sorted(self.manifest.get("features", {}))

@@ -1,0 +1,128 @@
+"""The `mahn` command line. Each command is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from mahn.io import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multimodal sequential recommendation: prepare data, extract features, train, evaluate.")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+# --- data commands (issue 2) ---
+
+
+@app.command()
+def prepare(
+    source: Path = typer.Argument(..., help="Interactions file (or RecBole .inter, Amazon reviews, sequences)."),
+    format: str = typer.Option(..., "--format", "-f", help="amazon2014 | amazon2018 | sequences | recbole | csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
+    items: Path | None = typer.Option(None, help="Items/metadata file (titles, texts, images)."),
+    kcore: int = typer.Option(0, help="Iterative k-core on users and items (the paper: 5)."),
+    require: str = typer.Option("", help="Drop items lacking these, comma-separated: title,text,image."),
+    negatives: int = typer.Option(100, help="Evaluation negatives per user and split."),
+    seed: int = typer.Option(0, help="Seed of the evaluation negatives."),
+    force: bool = typer.Option(False, help="Replace an existing output directory."),
+    user_col: str = typer.Option("user", help="csv: the user column."),
+    item_col: str = typer.Option("item", help="csv: the item column."),
+    time_col: str | None = typer.Option(None, help="csv: the time column (seconds, ISO date/datetime)."),
+    time_format: str | None = typer.Option(None, help="csv: strptime format of the time column."),
+    item_key_col: str | None = typer.Option(None, help="Items table: the key column (default: --item-col)."),
+    title_col: str | None = typer.Option(None, help="Items table: the title column (default: title)."),
+    text_col: list[str] = typer.Option([], help="Items table: text column(s), joined (default: text)."),
+    image_col: str | None = typer.Option(None, help="Items table: the image path/URL column (default: image)."),
+    image_pattern: str | None = typer.Option(None, help="Image path from the key, e.g. 'images/{key:.3}/{key}.jpg'."),
+    image_root: Path | None = typer.Option(None, help="Folder relative image paths resolve against."),
+) -> None:
+    """Turn source files into a prepared dataset: filter, k-core, dense ids, split, stored negatives."""
+    from mahn.prepare import PrepareConfig
+    from mahn.prepare import prepare as run_prepare
+    from mahn.readers import ReaderOptions
+
+    config = PrepareConfig(kcore=kcore, require=tuple(r.strip() for r in require.split(",") if r.strip()),
+                           num_negatives=negatives, seed=seed, force=force)
+    options = ReaderOptions(user_col=user_col, item_col=item_col, time_col=time_col, time_format=time_format,
+                            item_key_col=item_key_col, title_col=title_col, text_cols=tuple(text_col),
+                            image_col=image_col, image_pattern=image_pattern, image_root=image_root)
+    manifest = run_prepare(source, format, out, config, items=items, options=options)
+    counts = manifest["counts"]
+    typer.echo(f"prepared {out}: {counts['users']:,} users, {counts['items']:,} items, "
+               f"{counts['interactions']:,} interactions in {manifest['seconds']:.1f} s")
+    for warning in manifest.get("warnings", []):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("negatives")
+def negatives_command(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory."),
+    seed: int = typer.Option(0, help="Seed of the draw."),
+    count: int = typer.Option(100, help="Negatives per user and split."),
+) -> None:
+    """(Re)draw the stored evaluation negatives of a dataset with a given seed."""
+    from mahn.prepare import draw_negatives
+
+    manifest = draw_negatives(dataset, count, seed)
+    typer.echo(f"drew {count} negatives per user and split with seed {seed}: "
+               + ", ".join(f"{k} {v[:12]}" for k, v in manifest["negatives"]["sha256"].items()))
+
+
+@app.command()
+def info(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory."),
+    json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Summarise a prepared dataset: counts, history lengths, modality coverage, features."""
+    import orjson
+
+    from mahn.data import Dataset
+    from mahn.info import neighbour_sample, print_summary, summarize
+
+    data = Dataset(dataset)
+    summary = summarize(data)
+    if json:
+        summary["neighbours"] = neighbour_sample(data)
+        typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+    else:
+        print_summary(summary, neighbour_sample(data))
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the raw demo files."),
+    users: int = typer.Option(3000, help="Number of users."),
+    items: int = typer.Option(600, help="Number of items."),
+    seed: int = typer.Option(0, help="Seed; the same seed gives identical files."),
+    force: bool = typer.Option(False, help="Replace an existing output directory."),
+) -> None:
+    """Generate a synthetic catalog with rendered images, titles and content-driven histories."""
+    from mahn.demo_data import generate_demo
+
+    summary = generate_demo(out, users=users, items=items, seed=seed, force=force)
+    typer.echo(f"demo data in {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+# --- features commands (issue 3) ---
+
+# --- train/evaluate/recommend/demo commands (issue 4) ---
+
+
+def main() -> None:
+    """Console entry point: a DataError (bad input) becomes a one-line message and exit code 2."""
+    try:
+        app()
+    except DataError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
