@@ -107,10 +107,57 @@ def demo_data(
     from mahn.demo_data import generate_demo
 
     summary = generate_demo(out, users=users, items=items, seed=seed, force=force)
-    typer.echo(f"demo data in {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    typer.echo(f"wrote {out}: {summary['users']} users, {summary['items']} items, "
+               f"{summary['interactions']} interactions in {summary['seconds']} s")
 
 
 # --- features commands (issue 3) ---
+
+
+@app.command("features")
+def features_command(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory."),
+    image: str = typer.Option("efficientnet-lite0", help="efficientnet-lite0|1|2, vgg16, mcauley, codes, none."),
+    text: str = typer.Option("minilm", help="minilm, bert, mpnet, codes, none."),
+    text_template: str = typer.Option("title", help="title | title+brand+categories | description | title+text."),
+    text_model: str | None = typer.Option(None, help="bert/minilm/mpnet: local model folder or hub name."),
+    pooling: str | None = typer.Option(None, help="Text pooling: cls | mean (default: the model's own)."),
+    batch_size: int = typer.Option(64, help="Images per forward pass (text uses at least 128)."),
+    workers: int = typer.Option(2, help="Image-decoding threads."),
+    dtype: str = typer.Option("float32", help="Stored dtype: float32 | float16."),
+    weights: str | None = typer.Option(None, help="Image encoder weights file (.pth state dict)."),
+    image_file: Path | None = typer.Option(None, help="mcauley: the 2014 binary image-feature file."),
+    chunk_size: int = typer.Option(1024, help="Items per resumable chunk."),
+    force: bool = typer.Option(False, help="Re-extract modalities that already have features."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Encode every item's image and text into DIR/features/ (resumable; see docs/features.md)."""
+    from mahn.features import FeatureConfig, extract_features
+
+    config = FeatureConfig(image=image, text=text, text_template=text_template, text_model=text_model,
+                           text_pooling=pooling, weights=weights,
+                           image_file=str(image_file) if image_file else None, batch_size=batch_size,
+                           workers=workers, dtype=dtype, chunk_size=chunk_size, force=force, progress=progress)
+    for report in extract_features(dataset, config):
+        typer.echo(report.line())
+
+
+@app.command("features-grid")
+def features_grid_command(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory with features."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    modality: str = typer.Option("image", help="Which features rank the neighbours."),
+    queries: int = typer.Option(5, help="Query items (rows), drawn at random with --seed."),
+    k: int = typer.Option(3, help="Neighbours per query."),
+    seed: int = typer.Option(0, help="Seed of the query draw."),
+    item: list[int] = typer.Option([], help="Query these item ids instead of random ones."),
+) -> None:
+    """Render a PNG grid of items and their nearest neighbours, to see that the features mean something."""
+    from mahn.features.grid import neighbour_grid
+
+    rows = neighbour_grid(dataset, out, modality, queries, k, seed, list(item) or None)
+    typer.echo(f"wrote {out}: {len(rows)} queries x {k} neighbours by {modality}")
+
 
 # --- train/evaluate/recommend/demo commands (issue 4) ---
 
