@@ -162,6 +162,131 @@ def features_grid_command(
 # --- train/evaluate/recommend/demo commands (issue 4) ---
 
 
+def _train_settings(config_file: Path | None, flags: dict) -> dict:
+    """Hyperparameters: dataclass defaults, then the TOML file, then the flags given on the command line."""
+    import tomllib
+    from dataclasses import fields
+
+    from mahn.models import model_class
+    from mahn.train import TrainConfig
+
+    settings: dict = {}
+    if config_file is not None:
+        try:
+            settings = tomllib.loads(config_file.read_text())
+        except FileNotFoundError as e:
+            raise DataError("file not found", config_file) from e
+        except tomllib.TOMLDecodeError as e:
+            raise DataError(f"not valid TOML ({e})", config_file) from e
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    model = settings.setdefault("model", "mahn")
+    known = {"model"} | {f.name for f in fields(TrainConfig)} | {f.name for f in fields(model_class(model).Config)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise DataError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                        config_file)
+    return settings
+
+
+@app.command()
+def train(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory (with features unless ablated)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    model: str | None = typer.Option(None, help="Model name [default: mahn]."),
+    variant: str | None = typer.Option(None, help="MAHN fusion op1-op2: add-add|add-cat|cat-add|cat-cat [cat-cat]."),
+    ablate: str | None = typer.Option(None, help="MAHN ablation: v (MAHN-V), t (MAHN-T), vt (MAHN-V-T)."),
+    dim: int | None = typer.Option(None, help="Embedding size d [50]."),
+    rec_weight: float | None = typer.Option(None, "--lambda", help="Weight λ of the reconstruction loss [1.0]."),
+    epochs: int | None = typer.Option(None, help="Maximum epochs [100]."),
+    batch_size: int | None = typer.Option(None, help="Sequences per step [256; the paper used 5]."),
+    lr: float | None = typer.Option(None, help="Adam learning rate [1e-3]."),
+    weight_decay: float | None = typer.Option(None, help="L2 on weights and embeddings, not biases [1e-4]."),
+    lr_step: int | None = typer.Option(None, help="StepLR step in epochs [10]."),
+    lr_gamma: float | None = typer.Option(None, help="StepLR factor [0.5]."),
+    max_len: int | None = typer.Option(None, help="Histories cut to the last max_len items [50]."),
+    patience: int | None = typer.Option(None, help="Epochs without better validation NDCG@10 before stopping [5]."),
+    select: str | None = typer.Option(None, help="Validation protocol for early stopping: full|uni100 [full]."),
+    seed: int | None = typer.Option(None, help="Seed of initialisation, shuffling and negatives [0]."),
+    threads: int | None = typer.Option(None, help="Torch CPU threads (0: torch's default)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    resume: bool = typer.Option(False, help="Continue the run from its last checkpoint."),
+    force: bool = typer.Option(False, help="Overwrite an existing run directory."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a model; early stopping on validation NDCG@10; writes checkpoints, metrics.jsonl, summary.json."""
+    from dataclasses import fields
+
+    from mahn.models import make_config
+    from mahn.train import TrainConfig
+    from mahn.train import train as run_training
+
+    flags = dict(model=model, variant=variant, ablate=ablate, dim=dim, rec_weight=rec_weight, epochs=epochs,
+                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
+                 max_len=max_len, patience=patience, select=select, seed=seed, threads=threads)
+    settings = _train_settings(config, flags)
+    train_config = TrainConfig(progress=progress, **{f.name: settings[f.name] for f in fields(TrainConfig)
+                                                    if f.name in settings and f.name != "progress"})
+    summary = run_training(dataset, out, settings["model"], make_config(settings["model"], settings), train_config,
+                           resume=resume, force=force)
+    typer.echo(f"trained {out}: {summary['epochs']} epochs, {summary['steps']} steps, "
+               f"{summary['train_seconds']:.0f} s; best epoch {summary['best_epoch']} "
+               f"(valid NDCG@10 full {summary['valid']['full']['NDCG@10']:.4f}, "
+               f"uni100 {summary['valid']['uni100']['NDCG@10']:.4f})")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory written by `mahn train`."),
+    split: str = typer.Option("test", help="valid | test."),
+    json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    keep_history: bool = typer.Option(False, help="Full ranking: keep the user's earlier items as candidates."),
+    data: Path | None = typer.Option(None, help="Dataset directory, if it moved since training."),
+) -> None:
+    """HR, NDCG, MRR @10/@20 under uni100 and full ranking, overall and per item-frequency group."""
+    import orjson
+
+    from mahn.api import load
+    from mahn.evaluate import render
+
+    if split not in ("valid", "test"):
+        raise DataError(f"unknown split {split!r}; choose valid or test", "--split")
+    result = load(run, data).evaluate(split, keep_history=keep_history)
+    if json:
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(result)
+
+
+@app.command()
+def recommend(
+    run: Path = typer.Argument(..., help="Run directory written by `mahn train`."),
+    history: list[str] = typer.Option(..., "--history", help="Item keys, oldest first (repeat or space-separate)."),
+    k: int = typer.Option(10, "-k", help="How many items to recommend."),
+    keep_history: bool = typer.Option(False, help="Allow items already in the history."),
+) -> None:
+    """Print the top-k items (key, title, score) after a history of item keys."""
+    from mahn.api import load
+
+    keys = [key for value in history for key in value.split()]
+    for rank, rec in enumerate(load(run).recommend(keys, k, exclude_history=not keep_history), start=1):
+        typer.echo(f"{rank:>3}. {rec.key}  {rec.title}  ({rec.score:.3f})")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data and runs."),
+    users: int = typer.Option(3000, help="Demo users."),
+    items: int = typer.Option(600, help="Demo items."),
+    seeds: int = typer.Option(1, help="Training seeds (mean ± std when > 1)."),
+    epochs: int = typer.Option(20, help="Maximum epochs per model."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Demo data -> prepare -> features -> train MAHN and MAHN-V-T -> both protocols + example recommendations."""
+    from mahn.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=out, users=users, items=items, seeds=seeds, epochs=epochs, progress=progress))
+
+
 def main() -> None:
     """Console entry point: a DataError (bad input) becomes a one-line message and exit code 2."""
     try:

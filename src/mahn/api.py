@@ -1,0 +1,63 @@
+"""Python API: `mahn.load(RUN).recommend(history_keys, k)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mahn.data import Dataset
+from mahn.evaluate import EvalConfig, evaluate
+from mahn.io import DataError
+from mahn.models.base import SequentialModel
+from mahn.train import load_run
+
+
+@dataclass
+class Recommendation:
+    key: str
+    title: str
+    score: float
+
+
+class Recommender:
+    """A trained run: its model (best validation weights) and its dataset."""
+
+    def __init__(self, model: SequentialModel, dataset: Dataset, record: dict):
+        self.model, self.dataset, self.record = model, dataset, record
+        self.keys: list[str] = dataset.item_table["key"].to_list()
+        self.index = {key: i for i, key in enumerate(self.keys)}
+        self.titles = dataset.titles()
+
+    def item_ids(self, keys: list[str]) -> list[int]:
+        unknown = [k for k in keys if k not in self.index]
+        if unknown:
+            raise DataError(f"unknown item key(s): {', '.join(unknown[:5])}", self.dataset.root / "items.parquet")
+        return [self.index[k] for k in keys]
+
+    @torch.no_grad()
+    def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
+        """Top-k items after a history of item keys (oldest first)."""
+        if not history:
+            raise DataError("the history is empty: give at least one item key")
+        ids = self.item_ids(history)[-self.record["train"]["max_len"] :]
+        scores = self.model.scores(torch.tensor([ids]))[0]
+        if exclude_history:
+            scores[ids] = -torch.inf
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
+        return [Recommendation(self.keys[i], self.titles[i], float(s))
+                for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+    def evaluate(self, split: str = "test", keep_history: bool = False) -> dict:
+        config = EvalConfig(split=split, keep_history=keep_history, max_len=self.record["train"]["max_len"])
+        return evaluate(self.model, self.dataset, config)
+
+
+def load(run: str | Path, dataset: str | Path | None = None) -> Recommender:
+    """Load a training run (best validation checkpoint); `dataset` overrides the path stored in the run."""
+    model, data, record = load_run(run, dataset)
+    return Recommender(model, data, record)
+
+
+__all__ = ["Recommender", "Recommendation", "load"]

@@ -1,0 +1,66 @@
+"""The interface every sequential recommender in mahn implements, and the training batch they share.
+
+Histories are (B, L) int64 tensors, left-padded with the pad id `n_items` (ids 0..n_items-1 are
+real items). A model turns a history into a user state with `encode`, represents every item with
+`item_table`, and scores by one matrix product of the two, so full ranking and sampled ranking
+share the same code. `loss` is the model's own training objective on a `Batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """Training examples: every position of `histories` predicts the item at the same position of `targets`.
+
+    histories, targets, negatives: (B, L) int64, left-padded with n_items; a position is a training
+    example where targets != n_items. users: (B,) int64 user ids (for models with user embeddings).
+    """
+
+    histories: torch.Tensor
+    targets: torch.Tensor
+    negatives: torch.Tensor
+    users: torch.Tensor
+
+
+class SequentialModel(nn.Module):
+    """Base class: subclasses implement `encode`, `item_table` and `loss`."""
+
+    n_items: int
+
+    @property
+    def pad(self) -> int:
+        return self.n_items
+
+    def encode(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded item ids -> (B, D) user state after the last real position."""
+        raise NotImplementedError
+
+    def item_table(self) -> torch.Tensor:
+        """(n_items, D) item representations that user states are scored against."""
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of one batch."""
+        raise NotImplementedError
+
+    def scores(self, histories: torch.Tensor, users: torch.Tensor | None = None,
+               table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_items) scores of every item; pass a precomputed `item_table()` to reuse it across batches."""
+        table = self.item_table() if table is None else table
+        return self.encode(histories, users) @ table.T
+
+
+def left_to_right_padded(ids: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real ids (a left-padded suffix) to the front. Returns (right-padded ids, lengths)."""
+    lengths = (ids != pad).sum(1)
+    width = ids.shape[1]
+    index = torch.arange(width, device=ids.device).unsqueeze(0) + (width - lengths).unsqueeze(1)
+    moved = ids.gather(1, index.clamp(max=width - 1))
+    moved = moved.masked_fill(index >= width, pad)
+    return moved, lengths

@@ -1,0 +1,183 @@
+"""MAHN (Han, Niu, Wang 2021), as decided in SPEC.md §2.
+
+Layer 1 fuses each history item's visual, ID and text vectors (v ⊕ e ⊕ t or v + e + t) and runs an
+LSTM over them. Two gates, one per modality, let the layer-1 state h_k pick what of v_k and t_k
+reaches layer 2: a_k = sigmoid((M h_k + b) ⊙ (N v_k + q)). Layer 2 fuses (v̄_k, h_k, t̄_k) and runs a
+second LSTM whose state is scored against r_j = v_j ⊕ e_j ⊕ t_j (or the sum). The loss is BPR plus
+λ times a tied-weight reconstruction of the raw features from v_i + t_i.
+
+Ablations drop a modality everywhere (fusion, gate, item representation, reconstruction); with
+both dropped the model is two stacked LSTMs over ID embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from mahn.io import DataError
+from mahn.models.base import Batch, SequentialModel, left_to_right_padded
+
+VARIANTS = ("add-add", "add-cat", "cat-add", "cat-cat")
+ABLATIONS = ("", "v", "t", "vt")
+VISUAL, TEXT = "image", "text"  # the dataset modalities feeding v and t
+
+
+@dataclass
+class MAHNConfig:
+    dim: int = 50
+    variant: str = "cat-cat"  # op1-op2: layer-1 fusion, layer-2 fusion
+    ablate: str = ""  # "" (full model), "v" (MAHN-V), "t" (MAHN-T), "vt" (MAHN-V-T)
+    rec_weight: float = 1.0  # λ, weight of the reconstruction loss
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise DataError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}", "--variant")
+        if self.ablate not in ABLATIONS:
+            raise DataError(f"unknown ablation {self.ablate!r}; choose v, t or vt", "--ablate")
+        if self.dim < 1:
+            raise DataError("dim must be positive", "--dim")
+
+
+class Modality(nn.Module):
+    """A fixed raw feature matrix, its projection W (no bias), and the gate that modulates it."""
+
+    def __init__(self, features: torch.Tensor, dim: int):
+        super().__init__()
+        pad_row = features.new_zeros(1, features.shape[1])
+        # raw features are inputs, not parameters: kept out of the checkpoint (persistent=False)
+        self.register_buffer("raw", torch.cat([features, pad_row]), persistent=False)
+        self.project = nn.Linear(features.shape[1], dim, bias=False)
+        self.gate_state = nn.Linear(dim, dim)  # M h + b
+        self.gate_input = nn.Linear(dim, dim)  # N v + q
+
+    def gate(self, state: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.gate_state(state) * self.gate_input(projected))
+
+    def reconstruction_error(self, shared: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """||Wᵀ shared − x||² per row, with the projection's own weight (tied)."""
+        return (shared @ self.project.weight - self.raw[ids]).pow(2).sum(-1)
+
+
+class MAHN(SequentialModel):
+    Config = MAHNConfig
+
+    def __init__(self, config: MAHNConfig, n_items: int, visual: torch.Tensor | None = None,
+                 text: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        self.n_items = n_items
+        self.op1, self.op2 = config.variant.split("-")
+        d = config.dim
+        for name, letter, features in (("visual", "v", visual), ("text", "t", text)):
+            if letter not in config.ablate and (features is None or features.shape[0] != n_items):
+                raise DataError(f"MAHN needs {name} features with one row per item (or --ablate {letter})")
+        self.visual = Modality(visual, d) if "v" not in config.ablate else None
+        self.text = Modality(text, d) if "t" not in config.ablate else None
+        self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=n_items)
+        nn.init.normal_(self.item_embedding.weight, std=d**-0.5)
+        with torch.no_grad():
+            self.item_embedding.weight[n_items].zero_()
+        n_parts = 1 + len(self.modalities)  # e plus each modality
+        self.item_dim = d * n_parts if self.op1 == "cat" else d
+        self.lstm1 = nn.LSTM(self.item_dim, d, batch_first=True)
+        self.lstm2 = nn.LSTM(d * n_parts if self.op2 == "cat" else d, self.item_dim, batch_first=True)
+
+    @classmethod
+    def from_dataset(cls, config: MAHNConfig, dataset) -> MAHN:
+        def load(modality: str, letter: str) -> torch.Tensor | None:
+            if letter in config.ablate:
+                return None
+            if modality not in dataset.feature_modalities():
+                raise DataError(f"MAHN needs '{modality}' features: run `mahn features DIR`, "
+                                f"or train the ablation with --ablate {letter}", dataset.root)
+            matrix, _ = dataset.features(modality)  # rows of items lacking the modality are zeros
+            return torch.from_numpy(np.array(matrix, dtype=np.float32))
+
+        return cls(config, dataset.n_items, load(VISUAL, "v"), load(TEXT, "t"))
+
+    @property
+    def modalities(self) -> list[Modality]:
+        return [m for m in (self.visual, self.text) if m is not None]
+
+    def fuse(self, op: str, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts, -1) if op == "cat" else torch.stack(parts).sum(0)
+
+    def item_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(v, e, t) for 1-D ids; each distinct item's features are projected once."""
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        v, t = self.project(unique)
+        return (v[inverse] if v is not None else None, self.item_embedding(ids),
+                t[inverse] if t is not None else None)
+
+    def project(self, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(v, t) = (W x^v, E x^t) of the given items (None for an ablated modality)."""
+        v = self.visual.project(self.visual.raw[ids]) if self.visual else None
+        t = self.text.project(self.text.raw[ids]) if self.text else None
+        return v, t
+
+    def represent(self, v, e, t) -> torch.Tensor:
+        """r_j = v ⊕ e ⊕ t (op1 cat) or v + e + t (op1 add), over the parts not ablated."""
+        return self.fuse(self.op1, [p for p in (v, e, t) if p is not None])
+
+    def run(self, structure: PackedSequence, v, e, t) -> tuple[PackedSequence, torch.Tensor]:
+        """Both layers over packed positions. Returns (layer-2 outputs, final layer-2 state (B, item_dim))."""
+        h, _ = self.lstm1(structure._replace(data=self.represent(v, e, t)))
+        h = h.data
+        v_bar = self.visual.gate(h, v) * v if self.visual else None
+        t_bar = self.text.gate(h, t) * t if self.text else None
+        y = self.fuse(self.op2, [p for p in (v_bar, h, t_bar) if p is not None])
+        out, (final, _) = self.lstm2(structure._replace(data=y))
+        return out, final[-1]
+
+    def pack(self, ids: torch.Tensor) -> tuple[PackedSequence, torch.Tensor]:
+        """Left-padded (B, L) -> packed sequence of ids (padding skipped), and the lengths."""
+        right, lengths = left_to_right_padded(ids, self.pad)
+        lengths = lengths.clamp(min=1)  # an empty history is read as a single pad item
+        return pack_padded_sequence(right, lengths.cpu(), batch_first=True, enforce_sorted=False), lengths
+
+    def encode(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        packed, _ = self.pack(histories)
+        _, final = self.run(packed, *self.item_parts(packed.data))
+        return final
+
+    def item_table(self) -> torch.Tensor:
+        ids = torch.arange(self.n_items, device=self.item_embedding.weight.device)
+        return self.represent(*self.item_parts(ids))
+
+    def reconstruction(self, v, t, ids: torch.Tensor) -> torch.Tensor:
+        """rec(i) per row: ||Wᵀ(v+t) − x^v||² + ||Eᵀ(v+t) − x^t||², over the modalities present."""
+        if not self.modalities:
+            return torch.zeros(len(ids), device=ids.device)
+        shared = self.fuse("add", [p for p in (v, t) if p is not None])
+        return sum(m.reconstruction_error(shared, ids) for m in self.modalities)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        packed, lengths = self.pack(batch.histories)
+        positives = pack_padded_sequence(left_to_right_padded(batch.targets, self.pad)[0], lengths.cpu(),
+                                         batch_first=True, enforce_sorted=False).data
+        negatives = pack_padded_sequence(left_to_right_padded(batch.negatives, self.pad)[0], lengths.cpu(),
+                                         batch_first=True, enforce_sorted=False).data
+        n = len(packed.data)
+        ids = torch.cat([packed.data, positives, negatives])
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        v_unique, t_unique = self.project(unique)
+        v = v_unique[inverse] if v_unique is not None else None
+        t = t_unique[inverse] if t_unique is not None else None
+        e = self.item_embedding(ids)
+        out, _ = self.run(packed, *[p[:n] if p is not None else None for p in (v, e, t)])
+        items = self.represent(*[p[n:] if p is not None else None for p in (v, e, t)])
+        state = out.data
+        pos_score = (state * items[:n]).sum(-1)
+        neg_score = (state * items[n:]).sum(-1)  # items: the n positives, then the n negatives
+        bpr = -F.logsigmoid(pos_score - neg_score).mean()
+        if not self.modalities or self.config.rec_weight == 0:
+            return bpr
+        # rec depends only on the item: compute it once per distinct item, then look it up per position
+        rec = self.reconstruction(v_unique, t_unique, unique)[inverse[n:]]
+        return bpr + self.config.rec_weight * 2 * rec.mean()  # rec(pos) + rec(neg), averaged over positions

@@ -1,0 +1,149 @@
+"""The evaluator: fair ties, history masking, frequency groups, and the train/evaluate/recommend CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mahn.cli import app
+from mahn.data import Dataset
+from mahn.evaluate import METRICS, EvalConfig, evaluate, expected_metrics, frequency_groups
+from mahn.io import DataError
+from mahn.models import MAHNConfig
+from mahn.models.base import SequentialModel
+from mahn.train import TrainConfig, train
+from test_train import make_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+class FixedScores(SequentialModel):
+    """Every user scores item i with item_scores[i]."""
+
+    def __init__(self, item_scores: torch.Tensor):
+        super().__init__()
+        self.n_items = len(item_scores)
+        self.item_scores = item_scores
+
+    def encode(self, histories, users=None):
+        return torch.ones(len(histories), 1)
+
+    def item_table(self):
+        return self.item_scores.float().unsqueeze(1)
+
+
+def test_expected_metrics_by_hand():
+    m = expected_metrics(np.array([0, 10, 3, 0]), np.array([0, 0, 0, 3]), 101)
+    assert m["HR@10"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert m["HR@20"][1] == 1.0 and m["NDCG@20"][1] == pytest.approx(1 / np.log2(12))
+    assert m["NDCG@10"][2] == pytest.approx(1 / np.log2(5)) and m["MRR@10"][2] == pytest.approx(0.25)
+    # four tied at the top: rank uniform over 0..3
+    assert m["NDCG@10"][3] == pytest.approx(np.mean(1 / np.log2(np.arange(4) + 2)))
+    assert m["MRR@20"][3] == pytest.approx(np.mean(1 / np.arange(1, 5)))
+    # tied across the cutoff: 8 higher, 4 tied -> ranks 8..12, two of five inside the top 10
+    assert expected_metrics(np.array([8]), np.array([4]), 101)["HR@10"][0] == pytest.approx(2 / 5)
+
+
+def test_constant_scores_get_exactly_random_guessing(tiny):
+    dataset = Dataset(tiny)
+    model = FixedScores(torch.zeros(dataset.n_items))
+    result = evaluate(model, dataset, EvalConfig(split="test", keep_history=True))
+    n = dataset.negatives("test").shape[1] + 1  # the target ties with every candidate
+    assert result["uni100"]["HR@10"] == pytest.approx(min(10, n) / n)
+    assert result["uni100"]["NDCG@20"] == pytest.approx(np.sum(1 / np.log2(np.arange(min(20, n)) + 2)) / n)
+    assert result["full"]["HR@10"] == pytest.approx(10 / dataset.n_items)
+    assert set(result["full"]) == set(METRICS)
+
+
+def test_full_ranking_masks_the_history_but_not_the_target(tiny):
+    dataset = Dataset(tiny)
+    model = FixedScores(torch.arange(dataset.n_items, dtype=torch.float32))  # higher id, higher score
+    evalset = dataset.eval_set("test")
+    greater_kept, greater_masked = [], []
+    for user, end, target in zip(evalset.users, evalset.input_ends, evalset.targets, strict=True):
+        seen = set(dataset.items[dataset.offsets[user] : end].tolist())
+        higher = range(target + 1, dataset.n_items)
+        greater_kept.append(len(higher))
+        greater_masked.append(sum(1 for i in higher if i not in seen))
+    zeros = np.zeros(len(evalset.users), dtype=int)
+    masked = evaluate(model, dataset, EvalConfig(keep_history=False, groups=False))
+    kept = evaluate(model, dataset, EvalConfig(keep_history=True, groups=False))
+    for result, greater in ((masked, greater_masked), (kept, greater_kept)):
+        expected = expected_metrics(np.array(greater), zeros, dataset.n_items)
+        assert result["full"]["NDCG@10"] == pytest.approx(expected["NDCG@10"].mean())
+    assert masked["full"]["HR@10"] > kept["full"]["HR@10"]
+
+
+def test_frequency_groups_partition_items_and_users(tiny):
+    dataset = Dataset(tiny)
+    groups = frequency_groups(dataset.item_frequency())
+    assert len(groups) == 10 and sorted(np.concatenate(groups).tolist()) == list(range(dataset.n_items))
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1
+    frequency = dataset.item_frequency()
+    assert all(frequency[a].max() <= frequency[b].min() for a, b in zip(groups, groups[1:], strict=False))
+    result = evaluate(FixedScores(torch.zeros(dataset.n_items)), dataset)
+    assert sum(g["users"] for g in result["groups"]) == result["users"]
+
+
+def test_cli_train_evaluate_recommend(tiny, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    config = tmp_path / "settings.toml"
+    config.write_text('dim = 8\nepochs = 2\nbatch_size = 8\nmax_len = 6\nvariant = "add-cat"\n')
+    result = runner.invoke(app, ["train", str(tiny), "--out", str(run), "--config", str(config), "--epochs", "1",
+                                 "--no-progress", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    record = orjson.loads((run / "config.json").read_bytes())
+    assert record["train"]["epochs"] == 1 and record["model_config"]["variant"] == "add-cat"
+    assert record["train"]["batch_size"] == 8
+    result = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = orjson.loads(result.output)
+    assert set(metrics) >= {"uni100", "full", "groups"} and len(metrics["groups"]) == 10
+    assert 0 <= metrics["full"]["NDCG@10"] <= 1
+    table = runner.invoke(app, ["evaluate", str(run), "--split", "valid"])
+    assert table.exit_code == 0 and "NDCG@10" in table.output
+    keys = Dataset(tiny).item_table["key"].to_list()
+    result = runner.invoke(app, ["recommend", str(run), "--history", f"{keys[0]} {keys[3]}", "-k", "3"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3 and "Item" in lines[0] and keys[0] not in result.output
+
+
+def test_bad_settings_name_the_problem(tiny, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("dimension = 8\n")
+    result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(tmp_path / "r"), "--config", str(config)])
+    assert isinstance(result.exception, DataError) and "dimension" in str(result.exception)
+    assert "bad.toml" in str(result.exception)
+
+
+def test_python_api_recommends_titles_and_rejects_unknown_keys(tiny, tmp_path):
+    import mahn
+
+    train(tiny, tmp_path / "run", model_config=MAHNConfig(dim=4),
+          config=TrainConfig(epochs=1, batch_size=8, max_len=4, progress=False))
+    recommender = mahn.load(tmp_path / "run")
+    keys = recommender.keys
+    recs = recommender.recommend([keys[1], keys[2]], k=4)
+    assert len(recs) == 4 and all(r.title.startswith("Item") for r in recs)
+    assert not {keys[1], keys[2]} & {r.key for r in recs}
+    assert recs[0].score >= recs[-1].score
+    with pytest.raises(DataError, match="no-such-item"):
+        recommender.recommend(["no-such-item"])

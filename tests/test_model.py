@@ -1,0 +1,160 @@
+"""MAHN's equations on small tensors: gates, shapes of every variant and ablation, the reconstruction
+term, scoring as one matrix product, padding, and a float64 gradient check of the loss."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from mahn.io import DataError
+from mahn.models import MAHN, MODELS, MAHNConfig, make_config
+from mahn.models.base import Batch, left_to_right_padded
+from mahn.models.mahn import ABLATIONS, VARIANTS
+
+N_ITEMS, DV, DT, D = 9, 6, 5, 4
+PAD = N_ITEMS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(variant="cat-cat", ablate="", dtype=torch.float32, rec_weight=1.0) -> MAHN:
+    torch.manual_seed(0)
+    visual = torch.randn(N_ITEMS, DV, dtype=dtype)
+    text = torch.randn(N_ITEMS, DT, dtype=dtype)
+    return MAHN(MAHNConfig(dim=D, variant=variant, ablate=ablate, rec_weight=rec_weight), N_ITEMS, visual,
+                text).to(dtype)
+
+
+def tiny_batch() -> Batch:
+    histories = torch.tensor([[PAD, PAD, 1, 2], [0, 1, 2, 3], [PAD, PAD, PAD, 5]])
+    targets = torch.tensor([[PAD, PAD, 2, 3], [1, 2, 3, 4], [PAD, PAD, PAD, 6]])
+    negatives = torch.tensor([[PAD, PAD, 7, 8], [5, 6, 0, 8], [PAD, PAD, PAD, 1]])
+    return Batch(histories, targets, negatives, torch.arange(3))
+
+
+def test_registry_and_config():
+    assert MODELS["mahn"] is MAHN
+    config = make_config("mahn", {"dim": 7, "variant": "add-cat", "epochs": 3})
+    assert config == MAHNConfig(dim=7, variant="add-cat")
+    with pytest.raises(DataError, match="variant"):
+        MAHNConfig(variant="cat-mul")
+    with pytest.raises(DataError, match="ablation"):
+        MAHNConfig(ablate="x")
+
+
+@pytest.mark.parametrize(("variant", "ablate"), list(itertools.product(VARIANTS, ABLATIONS)))
+def test_shapes_of_every_variant_and_ablation(variant, ablate):
+    model = tiny_model(variant, ablate)
+    modalities = 2 - len(ablate)
+    item_dim = D * (1 + modalities) if variant.startswith("cat") else D
+    batch = tiny_batch()
+    assert model.encode(batch.histories).shape == (3, item_dim)
+    assert model.item_table().shape == (N_ITEMS, item_dim)
+    assert model.lstm1.input_size == item_dim and model.lstm1.hidden_size == D
+    assert model.lstm2.input_size == (D * (1 + modalities) if variant.endswith("cat") else D)
+    assert model.lstm2.hidden_size == item_dim
+    loss = model.loss(batch)
+    assert loss.shape == () and torch.isfinite(loss)
+    loss.backward()
+    assert model.item_embedding.weight.grad is not None
+
+
+def test_gate_values_lie_strictly_between_zero_and_one():
+    model = tiny_model()
+    h = torch.randn(50, D) * 3
+    v = model.visual.project(torch.randn(50, DV))
+    gate = model.visual.gate(h, v)
+    assert gate.shape == (50, D)
+    assert (gate > 0).all() and (gate < 1).all()
+    expected = torch.sigmoid((h @ model.visual.gate_state.weight.T + model.visual.gate_state.bias)
+                             * (v @ model.visual.gate_input.weight.T + model.visual.gate_input.bias))
+    assert torch.allclose(gate, expected)
+
+
+def test_reconstruction_matches_hand_computation():
+    model = MAHN(MAHNConfig(dim=2), 2, torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]),
+                 torch.tensor([[3.0, 1.0], [0.0, 0.0]]))
+    with torch.no_grad():
+        model.visual.project.weight.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]))  # W: 2 x 3
+        model.text.project.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0]]))  # E: 2 x 2
+    # item 0: v = W x = (1 + 2, 0) = (3, 0); t = E x = (3 + 1, 1) = (4, 1); v + t = (7, 1)
+    # W^T (7, 1) = (7, 2, 7) vs x^v (1, 0, 2): 36 + 4 + 25 = 65
+    # E^T (7, 1) = (7, 8)    vs x^t (3, 1):    16 + 49     = 65
+    v, t = model.project(torch.tensor([0]))
+    assert torch.allclose(v, torch.tensor([[3.0, 0.0]])) and torch.allclose(t, torch.tensor([[4.0, 1.0]]))
+    assert torch.allclose(model.reconstruction(v, t, torch.tensor([0])), torch.tensor([130.0]))
+    ablated = MAHN(MAHNConfig(dim=2, ablate="t"), 2, model.visual.raw[:2].clone())
+    with torch.no_grad():
+        ablated.visual.project.weight.copy_(model.visual.project.weight)
+    v, t = ablated.project(torch.tensor([0]))
+    # MAHN-T: ||W^T v - x^v||^2 with v = (3, 0): W^T v = (3, 0, 3) vs (1, 0, 2): 4 + 0 + 1
+    assert t is None and torch.allclose(ablated.reconstruction(v, t, torch.tensor([0])), torch.tensor([5.0]))
+
+
+def test_loss_is_bpr_plus_lambda_reconstruction():
+    model = tiny_model()
+    batch = tiny_batch()
+    with_rec = model.loss(batch)
+    model.config.rec_weight = 0.0
+    bpr = model.loss(batch)
+    real = batch.targets != PAD
+    positives, negatives = batch.targets[real], batch.negatives[real]
+    rec = model.reconstruction(*model.project(positives), positives) + model.reconstruction(
+        *model.project(negatives), negatives)
+    assert torch.allclose(with_rec, bpr + rec.mean(), rtol=1e-5)
+
+
+def test_scores_equal_the_matrix_product_and_the_packed_states():
+    model = tiny_model()
+    histories = tiny_batch().histories
+    scores = model.scores(histories)
+    assert torch.allclose(scores, model.encode(histories) @ model.item_table().T)
+    # the training states (every position) agree with encoding each prefix on its own
+    right, lengths = left_to_right_padded(histories, PAD)
+    assert lengths.tolist() == [2, 4, 1] and right[0].tolist() == [1, 2, PAD, PAD]
+    prefix = torch.tensor([[PAD, PAD, 0, 1]])
+    assert torch.allclose(model.encode(prefix), model.encode(torch.tensor([[0, 1]])), atol=1e-6)
+
+
+def test_left_padding_does_not_change_the_state():
+    model = tiny_model()
+    short = model.encode(torch.tensor([[3, 1, 4]]))
+    padded = model.encode(torch.tensor([[PAD] * 5 + [3, 1, 4]]))
+    batched = model.encode(torch.tensor([[PAD, PAD, 3, 1, 4], [2, 7, 1, 8, 2]]))
+    assert torch.allclose(short, padded, atol=1e-6) and torch.allclose(short[0], batched[0], atol=1e-6)
+
+
+def test_missing_features_fail_unless_ablated():
+    with pytest.raises(DataError, match="visual"):
+        MAHN(MAHNConfig(dim=D), N_ITEMS, None, torch.randn(N_ITEMS, DT))
+    model = MAHN(MAHNConfig(dim=D, ablate="vt"), N_ITEMS)
+    assert model.visual is None and model.text is None
+
+
+def test_raw_features_are_not_in_the_checkpoint():
+    assert not any("raw" in key for key in tiny_model().state_dict())
+
+
+def test_gradient_check_float64():
+    model = tiny_model(dtype=torch.float64)
+    batch = tiny_batch()
+    names = ["item_embedding.weight", "visual.project.weight", "text.gate_state.weight", "lstm1.weight_hh_l0"]
+    params = dict(model.named_parameters())
+    model.forward = model.loss  # functional_call runs forward
+
+    def loss(*values: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, dict(zip(names, values, strict=True)), (batch,), strict=False)
+
+    inputs = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5)
+    np.testing.assert_allclose(float(loss(*inputs)), float(model.loss(batch)))

@@ -1,0 +1,172 @@
+"""The trainer: seed determinism, resume == uninterrupted, batches built on the fly, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from mahn.data import Dataset
+from mahn.io import DataError, read_json, save_npy, write_json
+from mahn.models import MAHNConfig
+from mahn.prepare import PrepareConfig, prepare_frames
+from mahn.train import TrainConfig, load_run, make_batch, train, training_users
+
+
+def make_dataset(out: Path, users: int = 40, items: int = 30, clusters: int = 3, length: int = 8,
+                 seed: int = 0, features: bool = True) -> Path:
+    """A prepared dataset where each user walks through one cluster of items in order, and the image
+    and text features reveal the cluster: sequential and multimodal signal a model can learn."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        cluster = u % clusters
+        members = [i for i in range(items) if i % clusters == cluster]
+        start = int(rng.integers(len(members)))
+        for p in range(length):
+            rows.append((f"u{u:03d}", f"i{members[(start + p) % len(members)]:03d}", p))
+    frame = pl.DataFrame(rows, schema={"user": pl.String, "item": pl.String, "timestamp": pl.Int64}, orient="row")
+    item_frame = pl.DataFrame({"item": [f"i{i:03d}" for i in range(items)],
+                               "title": [f"Item {i} of cluster {i % clusters}" for i in range(items)]})
+    prepare_frames(frame, item_frame, out, PrepareConfig(num_negatives=10, seed=seed))
+    if features:
+        keys = pl.read_parquet(out / "items.parquet")["key"].to_list()
+        cluster_of = np.array([int(k[1:]) % clusters for k in keys])
+        manifest = read_json(out / "manifest.json")
+        manifest["features"] = {}
+        for modality, dim in (("image", 12), ("text", 7)):
+            matrix = rng.normal(0, 0.1, (items, dim)).astype(np.float32)
+            matrix[np.arange(items), cluster_of] += 1.0
+            save_npy(out / "features" / f"{modality}.npy", matrix)
+            save_npy(out / "features" / f"{modality}.mask.npy", np.ones(items, dtype=bool))
+            manifest["features"][modality] = {"dim": dim}
+        write_json(out / "manifest.json", manifest)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP wake-up costs that dominate on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+FAST = dict(batch_size=8, max_len=6, progress=False, dim=8)
+
+
+def quick(epochs: int = 3, seed: int = 0, **overrides) -> tuple[MAHNConfig, TrainConfig]:
+    values = {**FAST, "patience": 100, **overrides}
+    return (MAHNConfig(dim=values.pop("dim")),
+            TrainConfig(epochs=epochs, seed=seed, **values))
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoints" / "last.safetensors"))
+
+
+def test_batches_cover_every_position_without_materialising(tiny):
+    dataset = Dataset(tiny)
+    users = training_users(dataset)
+    batch = make_batch(dataset, users[:5], max_len=4, rng=np.random.default_rng(0))
+    pad = dataset.n_items
+    assert batch.histories.shape == batch.targets.shape == batch.negatives.shape == (5, 4)
+    for row, user in enumerate(users[:5]):
+        train_items = dataset.items[dataset.offsets[user] : dataset.train_ends[user]]
+        expected = train_items[-5:]  # max_len + 1 items: 4 inputs, 4 targets
+        assert batch.histories[row].tolist() == expected[:-1].tolist()
+        assert batch.targets[row].tolist() == expected[1:].tolist()
+        negatives = batch.negatives[row]
+        assert ((negatives >= 0) & (negatives < pad)).all()
+        assert not np.isin(negatives.numpy(), expected).any()
+
+
+def test_short_histories_are_left_padded(tmp_path):
+    root = make_dataset(tmp_path / "d", users=6, length=4, features=False)
+    dataset = Dataset(root)
+    batch = make_batch(dataset, training_users(dataset), max_len=50, rng=np.random.default_rng(0))
+    # 4 items: 2 training items -> one input, one target; width is the longest row, not max_len
+    assert batch.histories.shape[1] == 1
+    assert (batch.targets != dataset.n_items).sum() == len(training_users(dataset))
+
+
+def test_same_seed_gives_identical_metrics(tiny, tmp_path):
+    model_config, config = quick(epochs=2)
+    first = train(tiny, tmp_path / "a", model_config=model_config, config=config)
+    second = train(tiny, tmp_path / "b", model_config=model_config, config=config)
+    assert first["valid"] == second["valid"]
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = train(tiny, tmp_path / "c", model_config=model_config, config=quick(epochs=2, seed=1)[1])
+    assert not torch.equal(final_state(tmp_path / "c")["model.lstm1.weight_ih_l0"], a["model.lstm1.weight_ih_l0"])
+    assert other["epochs"] == 2
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny, tmp_path):
+    model_config, config = quick(epochs=4)
+    whole = train(tiny, tmp_path / "whole", model_config=model_config, config=config)
+
+    def interrupt(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, tmp_path / "cut", model_config=model_config, config=config, on_epoch_end=interrupt)
+    with pytest.raises(DataError, match="--resume"):
+        train(tiny, tmp_path / "cut", model_config=model_config, config=config)
+    resumed = train(tiny, tmp_path / "cut", model_config=model_config, config=config, resume=True)
+    assert resumed["valid"] == whole["valid"] and resumed["steps"] == whole["steps"]
+    a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+def test_run_records_budget_and_loads(tiny, tmp_path):
+    model_config, config = quick(epochs=2)
+    summary = train(tiny, tmp_path / "run", model_config=model_config, config=config)
+    saved = read_json(tmp_path / "run" / "summary.json")
+    assert saved["epochs"] == 2 and saved["steps"] > 0 and saved["train_seconds"] > 0
+    assert summary["best_epoch"] in (1, 2)
+    model, dataset, record = load_run(tmp_path / "run")
+    assert record["model_config"]["dim"] == 8 and model.n_items == dataset.n_items
+
+
+def test_early_stopping_uses_patience(tiny, tmp_path):
+    model_config, config = quick(epochs=50, lr=0.0, patience=2)  # lr 0: validation never improves
+    summary = train(tiny, tmp_path / "run", model_config=model_config, config=config)
+    assert summary["stopped_early"] and summary["epochs"] == 3 and summary["best_epoch"] == 1
+
+
+def test_missing_features_fail_clearly_unless_ablated(tmp_path):
+    root = make_dataset(tmp_path / "plain", users=10, features=False)
+    with pytest.raises(DataError, match="image"):
+        train(root, tmp_path / "run", config=quick(epochs=1)[1])
+    summary = train(root, tmp_path / "run2", model_config=MAHNConfig(dim=4, ablate="vt"), config=quick(epochs=1)[1])
+    assert summary["epochs"] == 1
+
+
+def test_mahn_overfits_tiny_dataset(tiny, tmp_path):
+    model_config, config = quick(epochs=25, lr=1e-2, weight_decay=0.0, dim=16)
+    summary = train(tiny, tmp_path / "run", model_config=model_config, config=config)
+    history = [r["loss"] for r in read_json_lines(tmp_path / "run" / "metrics.jsonl")]
+    assert history[-1] < 0.5 * history[0]
+    # each user walks a cluster in order, so the next item is predictable: far above random (1/30)
+    assert summary["valid"]["full"]["HR@10"] > 0.8
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    import orjson
+
+    return [orjson.loads(line) for line in path.read_text().splitlines()]
