@@ -287,6 +287,34 @@ def demo(
     run_demo(DemoConfig(out=out, users=users, items=items, seeds=seeds, epochs=epochs, progress=progress))
 
 
+# --- reproduce (issue 6) ---
+
+
+@app.command()
+def reproduce(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory (with features for the multimodal models)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report directory (reused: finished runs are kept)."),
+    seeds: int | None = typer.Option(None, help="Seeds per cell (default: 5, or 1 with --budget quick)."),
+    experiments: str = typer.Option(",".join(("compare", "variants", "ablations", "dims", "groups")),
+                                    help="Comma-separated: compare, variants, ablations, dims, groups."),
+    budget: str = typer.Option("full", help="full (search on validation, up to 60 epochs) or quick (smoke check)."),
+    models: str = typer.Option("", help="Comma-separated models for compare (default: all that the data can feed)."),
+    batch_size: int = typer.Option(256, help="Training batch size of every run."),
+    progress: bool = typer.Option(False, help="Show per-epoch progress bars."),
+) -> None:
+    """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
+    from mahn.reproduce import BUDGETS, ReproduceConfig
+    from mahn.reproduce import reproduce as run_reproduce
+
+    if budget not in BUDGETS:
+        fail(f"--budget must be one of {', '.join(BUDGETS)}")
+    config = ReproduceConfig(out=out, seeds=seeds or BUDGETS[budget].seeds,
+                             experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
+                             budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
+                             batch_size=batch_size, progress=progress)
+    run_reproduce(dataset, config, command="mahn " + " ".join(sys.argv[1:]), say=typer.echo)
+
+
 def main() -> None:
     """Console entry point: a DataError (bad input) becomes a one-line message and exit code 2."""
     try:

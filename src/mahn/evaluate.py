@@ -104,10 +104,14 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
             for p, (g, t) in counts.items()}
 
 
-def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None = None) -> dict:
-    """{"split", "users", "uni100": {metric: mean}, "full": {...}, "groups": [...]} for config.split."""
+def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None = None,
+             per_user: dict[str, dict[str, np.ndarray]] | None = None) -> dict:
+    """{"split", "users", "uni100": {metric: mean}, "full": {...}, "groups": [...]} for config.split.
+
+    Pass `per_user` (from rank_users with the same config) to summarise metrics already computed.
+    """
     config = config or EvalConfig()
-    per_user = rank_users(model, dataset, config)
+    per_user = rank_users(model, dataset, config) if per_user is None else per_user
     result: dict = {"split": config.split, "users": int(dataset.evaluated.sum()), "keep_history": config.keep_history}
     for protocol in PROTOCOLS:
         result[protocol] = mean_metrics(per_user[protocol])
