@@ -6,7 +6,7 @@ import gzip
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -36,7 +36,7 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 def utc(*parts: int) -> int:
-    return int(datetime(*parts, tzinfo=timezone.utc).timestamp())
+    return int(datetime(*parts, tzinfo=UTC).timestamp())
 
 
 # --- amazon2014 ---

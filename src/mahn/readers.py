@@ -24,7 +24,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -322,7 +322,7 @@ def review_time(obj: dict, path: Path, lineno: int) -> int:
     written = obj.get("reviewTime")
     if isinstance(written, str):
         try:
-            return int(datetime.strptime(written.strip(), "%m %d, %Y").replace(tzinfo=timezone.utc).timestamp())
+            return int(datetime.strptime(written.strip(), "%m %d, %Y").replace(tzinfo=UTC).timestamp())
         except ValueError as e:
             raise DataError(f"field 'reviewTime' {written!r:.40} is not 'MM DD, YYYY'", path, lineno) from e
     raise DataError("missing field 'unixReviewTime'", path, lineno)

