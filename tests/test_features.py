@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import polars as pl
 import pytest
+import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
@@ -16,7 +17,7 @@ from mahn.cli import app, main
 from mahn.data import Dataset
 from mahn.features import FeatureConfig, extract_features, feature_summary, nearest_neighbours
 from mahn.features.codes import one_hot, parse_codes
-from mahn.features.image import MCAULEY_RECORD, EfficientNetLite, load_image, to_tensor
+from mahn.features.image import MCAULEY_RECORD, EfficientNetLite, load_image, make_image_encoder, to_tensor
 from mahn.features.store import _fingerprint, make_encoder
 from mahn.features.text import item_texts, make_text_encoder
 from mahn.io import DataError, load_npy, save_npy, write_json
@@ -258,3 +259,17 @@ def test_instruments_codes_on_real_items(shared_data, tmp_path):
     assert all(r.n_present > 0.95 * len(records) and not r.failed for r in reports)
     matrix = load_npy(dataset.root / "features" / "image.npy")
     assert matrix.shape == (len(records), 1024) and set(np.unique(matrix.sum(1))) <= {0.0, 4.0}
+
+
+def test_onnx_runtime_matches_torch(lite0):
+    pytest.importorskip("onnxruntime")
+    batch = np.stack([np.asarray(draw_crossword()), np.asarray(draw_traffic_light())])
+    x = to_tensor(batch, lite0.mean, lite0.std)
+    with torch.inference_mode():
+        reference = lite0.torch_embed(x).numpy()
+    onnx = make_image_encoder("efficientnet-lite0", runtime="onnx")
+    assert onnx.runtime == "onnx" and onnx.record()["runtime"] == "onnx"
+    np.testing.assert_allclose(onnx.embed(x).numpy(), reference, atol=1e-3)
+    assert make_image_encoder("efficientnet-lite0", runtime="torch").runtime == "torch"
+    with pytest.raises(DataError, match="unknown runtime"):
+        make_image_encoder("efficientnet-lite0", runtime="tpu")

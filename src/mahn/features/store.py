@@ -40,6 +40,7 @@ class FeatureConfig:
     image_file: str | None = None  # mcauley: the binary feature file
     batch_size: int = 64
     workers: int = max(2, os.cpu_count() or 1)
+    runtime: str = "auto"  # image CNNs: auto (ONNX Runtime when installed) | onnx | torch
     dtype: str = "float32"
     chunk_size: int = 1024
     force: bool = False
@@ -102,7 +103,8 @@ def make_encoder(modality: str, config: FeatureConfig):
     if name == "codes":
         return CodeEncoder(f"{modality}_codes")
     if modality == "image":
-        return make_image_encoder(name, config.weights, config.image_file, config.batch_size, config.workers)
+        return make_image_encoder(name, config.weights, config.image_file, config.batch_size, config.workers,
+                                  config.runtime)
     return make_text_encoder(name, config.text_model, config.text_pooling, max(config.batch_size, 128))
 
 
