@@ -190,6 +190,38 @@ def _train_settings(config_file: Path | None, flags: dict) -> dict:
     return settings
 
 
+def _parse_assignments(assignments: list[str]) -> dict:
+    """KEY=VALUE pairs; values are read as TOML (numbers, booleans, quoted strings), else taken as text."""
+    import tomllib
+
+    values = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"expected KEY=VALUE, got {assignment!r}", "--set")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = text
+    return values
+
+
+@app.command("models")
+def models_command(
+    settings: bool = typer.Option(False, "--settings", help="Also list each model's settings and defaults."),
+) -> None:
+    """List the models `mahn train --model` accepts."""
+    from dataclasses import fields
+
+    from mahn.models import MODELS, describe
+
+    for name, cls in MODELS.items():
+        typer.echo(f"{name:<11} {describe(name)}")
+        if settings:
+            for f in fields(cls.Config):
+                typer.echo(f"{'':<13}{f.name} = {f.default!r}")
+
+
 @app.command()
 def train(
     dataset: Path = typer.Argument(..., help="Prepared dataset directory (with features unless ablated)."),
@@ -211,6 +243,8 @@ def train(
     seed: int | None = typer.Option(None, help="Seed of initialisation, shuffling and negatives [0]."),
     threads: int | None = typer.Option(None, help="Torch CPU threads (0: torch's default)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    set_: list[str] = typer.Option([], "--set", help="Any model or trainer setting as KEY=VALUE (repeatable), "
+                                   "e.g. --set dropout=0.5 (see `mahn models --settings`)."),
     resume: bool = typer.Option(False, help="Continue the run from its last checkpoint."),
     force: bool = typer.Option(False, help="Overwrite an existing run directory."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -225,6 +259,7 @@ def train(
     flags = dict(model=model, variant=variant, ablate=ablate, dim=dim, rec_weight=rec_weight, epochs=epochs,
                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
                  max_len=max_len, patience=patience, select=select, seed=seed, threads=threads)
+    flags.update(_parse_assignments(set_))
     settings = _train_settings(config, flags)
     train_config = TrainConfig(progress=progress, **{f.name: settings[f.name] for f in fields(TrainConfig)
                                                     if f.name in settings and f.name != "progress"})

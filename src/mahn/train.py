@@ -170,6 +170,9 @@ def train(dataset_dir: str | Path, run: str | Path, model_name: str = "mahn", mo
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = build_model(model_name, model_config, dataset)
+    if not getattr(model, "trainable", True):
+        write_json(run / "config.json", run_record)
+        return fit_without_training(model, dataset, run, model_name, config)
     optimizer, scheduler = make_optimizer(model, config)
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
              "train_seconds": 0.0, "sequences": 0}
@@ -228,6 +231,21 @@ def train(dataset_dir: str | Path, run: str | Path, model_name: str = "mahn", mo
                "sequences": state["sequences"], "train_seconds": state["train_seconds"],
                "stopped_early": state["bad_epochs"] >= config.patience, "best_epoch": state["best_epoch"],
                "select": f"valid {config.select} NDCG@10", "valid": best["valid"]}
+    write_json(run / "summary.json", summary)
+    return summary
+
+
+def fit_without_training(model: SequentialModel, dataset: Dataset, run: Path, model_name: str,
+                         config: TrainConfig) -> dict:
+    """A model with nothing to learn (popularity): score validation once and save it like a trained run."""
+    started = time.perf_counter()
+    valid = evaluate(model, dataset, EvalConfig(split="valid", max_len=config.max_len, groups=False))
+    save_weights(run / "best.safetensors", model, {"epoch": "0"})
+    record = {"epoch": 0, "valid": {p: valid[p] for p in ("uni100", "full")}}
+    write_history(run, [record])
+    summary = {"model": model_name, "epochs": 0, "steps": 0, "sequences": 0,
+               "train_seconds": time.perf_counter() - started, "stopped_early": False, "best_epoch": 0,
+               "select": f"valid {config.select} NDCG@10", "valid": record["valid"]}
     write_json(run / "summary.json", summary)
     return summary
 

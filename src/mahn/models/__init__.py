@@ -3,19 +3,44 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 
 from mahn.io import DataError
 from mahn.models.base import Batch, SequentialModel
+from mahn.models.bert4rec import BERT4Rec
+from mahn.models.caser import Caser
+from mahn.models.gru4rec import GRU4Rec
+from mahn.models.jrl import JRL
 from mahn.models.mahn import MAHN, MAHNConfig
+from mahn.models.mvrnn import MVRNN
+from mahn.models.popularity import Popularity
+from mahn.models.sasrec import SASRec
+from mahn.models.vbpr import VBPR
 
-MODELS: dict[str, type[SequentialModel]] = {"mahn": MAHN}
+MODELS: dict[str, type[SequentialModel]] = {
+    "mahn": MAHN,
+    "vbpr": VBPR,
+    "jrl": JRL,
+    "mvrnn": MVRNN,
+    "gru4rec": GRU4Rec,
+    "caser": Caser,
+    "sasrec": SASRec,
+    "bert4rec": BERT4Rec,
+    "popularity": Popularity,
+}
 
 
 def model_class(name: str) -> type[SequentialModel]:
     if name not in MODELS:
         raise DataError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}", "--model")
     return MODELS[name]
+
+
+def describe(name: str) -> str:
+    """The first line of the model's docstring: what it is and where it comes from."""
+    doc = sys.modules[model_class(name).__module__].__doc__ or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def make_config(name: str, values: dict):
@@ -29,5 +54,5 @@ def build_model(name: str, config, dataset) -> SequentialModel:
     return model_class(name).from_dataset(config, dataset)
 
 
-__all__ = ["MODELS", "MAHN", "MAHNConfig", "Batch", "SequentialModel", "build_model", "make_config",
+__all__ = ["MODELS", "MAHN", "MAHNConfig", "Batch", "SequentialModel", "build_model", "describe", "make_config",
            "model_class"]

@@ -1,0 +1,84 @@
+"""`mahn reproduce`: every experiment runs, runs are shared and cached, a killed reproduce resumes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mahn.io import DataError, read_json
+from mahn.reproduce import ReproduceConfig, Run, reproduce
+from test_train import make_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("reproduce")
+    data = make_dataset(root / "data", users=30, items=24, length=6)
+    out = root / "report"
+    config = ReproduceConfig(out=out, seeds=2, budget="quick", models=("mahn", "popularity", "gru4rec"), batch_size=64)
+    results = reproduce(data, config, say=lambda *_: None)
+    return data, out, results
+
+
+def test_every_experiment_is_reported_with_plots_and_raw_numbers(report):
+    _, out, results = report
+    text = (out / "report.md").read_text()
+    for heading in ("Tables 2-3", "Tables 4-5", "Fig. 3", "Fig. 4", "Fig. 5"):
+        assert heading in text
+    for figure in ("fig3_ablations.png", "fig4_dims.png", "fig5_groups.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(results["compare"]) == {"MAHN", "Popularity", "GRU4Rec"}
+    assert set(results["variants"]) == {"add-add", "add-cat", "cat-add", "cat-cat"}
+    assert set(results["ablations"]) == {"MAHN", "MAHN-V", "MAHN-T", "MAHN-V-T"}
+    assert list(results["dims"]) == ["10", "20", "30", "40", "50"]
+    assert results["groups"]["rival"] == "GRU4Rec"  # popularity is not a sequential model
+    assert len(results["groups"]["MAHN"]) == 10
+    assert all(len(runs) == 2 for runs in results["variants"].values())
+    for rival in ("Popularity", "GRU4Rec"):
+        pvalues = results["paired_tests"][rival]
+        assert set(pvalues) == {"uni100", "full"} and all(0 <= p <= 1 for p in pvalues.values())
+    assert results["compare"]["Popularity"][0]["budget"]["epochs"] == 0  # nothing to train
+    assert read_json(out / "results.json")["paired_tests"] == results["paired_tests"]
+    assert "±" in text and "**" in text  # mean ± std, best per column marked
+
+
+def test_shared_runs_are_trained_once(report):
+    _, out, _ = report
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    # MAHN defaults (cat-cat, d=50, no ablation) serve compare, variants, ablations and dims alike
+    assert runs.count("mahn-seed0") == 1 and not any("variant=cat-cat" in r or "dim=50" in r for r in runs)
+    assert len(runs) == 2 * (1 + 3 + 3 + 4 + 2)  # seeds x (mahn, 3 variants, 3 ablations, 4 dims, 2 baselines)
+
+
+def test_a_killed_reproduce_resumes_without_retraining(report):
+    data, out, results = report
+    done = out / "runs" / "mahn-dim=10-seed1"
+    (done / "result.json").unlink()  # as if killed after training, before testing
+    before = {p: os.stat(p).st_mtime_ns for p in (out / "runs").glob("*/best.safetensors")}
+    again = reproduce(data, ReproduceConfig(out=out, seeds=2, budget="quick", models=("mahn", "popularity", "gru4rec"),
+                                            batch_size=64), say=lambda *_: None)
+    after = {p: os.stat(p).st_mtime_ns for p in (out / "runs").glob("*/best.safetensors")}
+    assert before == after  # nothing was retrained
+    assert again["dims"]["10"][1]["test"] == results["dims"]["10"][1]["test"]
+    np.testing.assert_equal(again["paired_tests"], results["paired_tests"])
+
+
+def test_settings_equal_to_defaults_share_a_key_and_bad_config_is_refused(tmp_path):
+    assert Run("mahn", 0).with_settings(dim=50, variant="cat-cat").key == "mahn-seed0"
+    assert Run("mahn", 3).with_settings(dim=20, lr=3e-4).key == "mahn-dim=20-lr=0.0003-seed3"
+    with pytest.raises(DataError, match="unknown experiment"):
+        ReproduceConfig(out=tmp_path, experiments=("tables",))
+    with pytest.raises(DataError, match="budget"):
+        ReproduceConfig(out=tmp_path, budget="huge")
