@@ -6,66 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mahn.data import Dataset
 from mahn.evaluate import EvalConfig, evaluate
-from mahn.io import DataError, read_json, save_npy, write_json
+from mahn.io import DataError
 from mahn.models.base import Batch
 from mahn.models.jrl import JRL, JRLConfig
 from mahn.models.mvrnn import MVRNN, MVRNNConfig
 from mahn.models.popularity import Popularity, PopularityConfig
 from mahn.models.vbpr import VBPR, VBPRConfig, user_item_pairs
-from mahn.prepare import PrepareConfig, prepare_frames
 from mahn.train import make_batch, training_users
-
-
-def make_dataset(out: Path, users: int = 30, items: int = 24, clusters: int = 3, length: int = 8,
-                 seed: int = 0, modalities: tuple[str, ...] = ("image", "text"),
-                 missing: dict[str, list[int]] | None = None) -> Path:
-    """Each user walks through one cluster of items in order; image and text features reveal the
-    cluster. `missing` lists items (by key number) whose modality is absent (mask False, zero row)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(users):
-        members = [i for i in range(items) if i % clusters == u % clusters]
-        start = int(rng.integers(len(members)))
-        rows += [(f"u{u:03d}", f"i{members[(start + p) % len(members)]:03d}", p) for p in range(length)]
-    schema = {"user": pl.String, "item": pl.String, "timestamp": pl.Int64}
-    frame = pl.DataFrame(rows, schema=schema, orient="row")
-    prepare_frames(frame, None, out, PrepareConfig(num_negatives=10, seed=seed))
-    keys = pl.read_parquet(out / "items.parquet")["key"].to_list()
-    number = np.array([int(k[1:]) for k in keys])
-    manifest = read_json(out / "manifest.json")
-    manifest["features"] = {}
-    for modality, dim in (("image", 12), ("text", 7)):
-        if modality not in modalities:
-            continue
-        matrix = rng.normal(0, 0.1, (len(keys), dim)).astype(np.float32)
-        matrix[np.arange(len(keys)), number % clusters] += 1.0
-        mask = ~np.isin(number, (missing or {}).get(modality, []))
-        matrix[~mask] = 0
-        save_npy(out / "features" / f"{modality}.npy", matrix)
-        save_npy(out / "features" / f"{modality}.mask.npy", mask)
-        manifest["features"][modality] = {"dim": dim}
-    write_json(out / "manifest.json", manifest)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "tiny")
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny", users=30, items=24)
 
 
 SMALL = {
@@ -250,7 +209,7 @@ def test_interface_shapes_scores_and_padding(tiny, name):
 
 @pytest.mark.parametrize("name", ["vbpr", "jrl", "mvrnn"])
 def test_missing_modality_is_a_clear_error(tmp_path, name):
-    root = make_dataset(tmp_path / "text-only", users=6, modalities=("text",))
+    root = make_dataset(tmp_path / "text-only", users=6, items=24, modalities=("text",))
     model_class, config = SMALL[name]
     with pytest.raises(DataError, match="'image' features"):
         model_class.from_dataset(config, Dataset(root))
@@ -261,7 +220,7 @@ def test_missing_modality_is_a_clear_error(tmp_path, name):
 
 
 def test_mvrnn_absent_features_are_no_reconstruction_target(tmp_path):
-    root = make_dataset(tmp_path / "gaps", users=6, missing={"text": [0, 3]})
+    root = make_dataset(tmp_path / "gaps", users=6, items=24, missing={"text": [0, 3]})
     dataset = Dataset(root)
     model = build("mvrnn", dataset)
     absent = torch.from_numpy(np.flatnonzero(~dataset.features("text")[1]))

@@ -17,15 +17,7 @@ from mahn.io import DataError
 from mahn.models import MAHNConfig
 from mahn.models.base import SequentialModel
 from mahn.train import TrainConfig, train
-from test_train import make_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

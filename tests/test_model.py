@@ -19,14 +19,6 @@ N_ITEMS, DV, DT, D = 9, 6, 5, 4
 PAD = N_ITEMS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(variant="cat-cat", ablate="", dtype=torch.float32, rec_weight=1.0) -> MAHN:
     torch.manual_seed(0)
     visual = torch.randn(N_ITEMS, DV, dtype=dtype)

@@ -7,19 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mahn.io import DataError, read_json
 from mahn.reproduce import ReproduceConfig, Run, reproduce
-from test_train import make_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -5,55 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
 from mahn.data import Dataset
-from mahn.io import DataError, read_json, save_npy, write_json
+from mahn.io import DataError, read_json
 from mahn.models import MAHNConfig
-from mahn.prepare import PrepareConfig, prepare_frames
 from mahn.train import TrainConfig, load_run, make_batch, train, training_users
-
-
-def make_dataset(out: Path, users: int = 40, items: int = 30, clusters: int = 3, length: int = 8,
-                 seed: int = 0, features: bool = True) -> Path:
-    """A prepared dataset where each user walks through one cluster of items in order, and the image
-    and text features reveal the cluster: sequential and multimodal signal a model can learn."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(users):
-        cluster = u % clusters
-        members = [i for i in range(items) if i % clusters == cluster]
-        start = int(rng.integers(len(members)))
-        for p in range(length):
-            rows.append((f"u{u:03d}", f"i{members[(start + p) % len(members)]:03d}", p))
-    frame = pl.DataFrame(rows, schema={"user": pl.String, "item": pl.String, "timestamp": pl.Int64}, orient="row")
-    item_frame = pl.DataFrame({"item": [f"i{i:03d}" for i in range(items)],
-                               "title": [f"Item {i} of cluster {i % clusters}" for i in range(items)]})
-    prepare_frames(frame, item_frame, out, PrepareConfig(num_negatives=10, seed=seed))
-    if features:
-        keys = pl.read_parquet(out / "items.parquet")["key"].to_list()
-        cluster_of = np.array([int(k[1:]) % clusters for k in keys])
-        manifest = read_json(out / "manifest.json")
-        manifest["features"] = {}
-        for modality, dim in (("image", 12), ("text", 7)):
-            matrix = rng.normal(0, 0.1, (items, dim)).astype(np.float32)
-            matrix[np.arange(items), cluster_of] += 1.0
-            save_npy(out / "features" / f"{modality}.npy", matrix)
-            save_npy(out / "features" / f"{modality}.mask.npy", np.ones(items, dtype=bool))
-            manifest["features"][modality] = {"dim": dim}
-        write_json(out / "manifest.json", manifest)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP wake-up costs that dominate on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +52,7 @@ def test_batches_cover_every_position_without_materialising(tiny):
 
 
 def test_short_histories_are_left_padded(tmp_path):
-    root = make_dataset(tmp_path / "d", users=6, length=4, features=False)
+    root = make_dataset(tmp_path / "d", users=6, length=4, modalities=())
     dataset = Dataset(root)
     batch = make_batch(dataset, training_users(dataset), max_len=50, rng=np.random.default_rng(0))
     # 4 items: 2 training items -> one input, one target; width is the longest row, not max_len
@@ -150,7 +109,7 @@ def test_early_stopping_uses_patience(tiny, tmp_path):
 
 
 def test_missing_features_fail_clearly_unless_ablated(tmp_path):
-    root = make_dataset(tmp_path / "plain", users=10, features=False)
+    root = make_dataset(tmp_path / "plain", users=10, modalities=())
     with pytest.raises(DataError, match="image"):
         train(root, tmp_path / "run", config=quick(epochs=1)[1])
     summary = train(root, tmp_path / "run2", model_config=MAHNConfig(dim=4, ablate="vt"), config=quick(epochs=1)[1])
