@@ -122,8 +122,8 @@ def features_command(
     text_template: str = typer.Option("title", help="title | title+brand+categories | description | title+text."),
     text_model: str | None = typer.Option(None, help="bert/minilm/mpnet: local model folder or hub name."),
     pooling: str | None = typer.Option(None, help="Text pooling: cls | mean (default: the model's own)."),
-    batch_size: int = typer.Option(64, help="Images per forward pass (text uses at least 128)."),
-    workers: int = typer.Option(2, help="Image-decoding threads."),
+    batch_size: int = typer.Option(32, help="Images per forward pass (text uses at least 128)."),
+    workers: int | None = typer.Option(None, help="Image-decoding threads [half the cores]."),
     runtime: str = typer.Option("auto", help="Image CNN runtime: auto (ONNX Runtime if installed), onnx, torch."),
     dtype: str = typer.Option("float32", help="Stored dtype: float32 | float16."),
     weights: str | None = typer.Option(None, help="Image encoder weights file (.pth state dict)."),
@@ -138,8 +138,8 @@ def features_command(
     config = FeatureConfig(image=image, text=text, text_template=text_template, text_model=text_model,
                            text_pooling=pooling, weights=weights,
                            image_file=str(image_file) if image_file else None, batch_size=batch_size,
-                           workers=workers, runtime=runtime, dtype=dtype, chunk_size=chunk_size, force=force,
-                           progress=progress)
+                           workers=workers or FeatureConfig.workers, runtime=runtime, dtype=dtype,
+                           chunk_size=chunk_size, force=force, progress=progress)
     for report in extract_features(dataset, config):
         typer.echo(report.line())
 

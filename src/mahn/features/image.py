@@ -59,11 +59,12 @@ def load_image(source: str, size: int) -> np.ndarray:
             rgb.paste(rgba, mask=rgba.getchannel("A"))
         else:
             rgb = img.convert("RGB")
-    scale = size / min(rgb.size)
-    new_w, new_h = max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale))
-    rgb = rgb.resize((new_w, new_h), Image.BILINEAR, reducing_gap=2.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    # resize only the centred square of side min(w, h) to size x size: the same pixels as resizing the
+    # shorter side to `size` and centre-cropping, without resampling the parts the crop throws away
+    side = min(rgb.size)
+    left, top = (rgb.width - side) / 2, (rgb.height - side) / 2
+    rgb = rgb.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=2.0)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _load_or_error(source: str, size: int) -> np.ndarray | str:
@@ -132,6 +133,8 @@ class TorchImageEncoder:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # idle ORT threads must not spin: the decoding threads need the same cores between batches
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = onnxruntime.InferenceSession(buffer.getvalue(), options,
                                                          providers=["CPUExecutionProvider"])
         return self._session

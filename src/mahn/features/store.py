@@ -38,8 +38,8 @@ class FeatureConfig:
     text_pooling: str | None = None  # cls | mean (default: the model's own)
     weights: str | None = None  # image encoder weights file
     image_file: str | None = None  # mcauley: the binary feature file
-    batch_size: int = 64
-    workers: int = max(2, os.cpu_count() or 1)
+    batch_size: int = 32  # images per forward pass: 32 is the fastest on 2 cores (benchmarks/feature_speed.py)
+    workers: int = max(1, (os.cpu_count() or 2) // 2)  # decoding threads; the encoder gets the other cores
     runtime: str = "auto"  # image CNNs: auto (ONNX Runtime when installed) | onnx | torch
     dtype: str = "float32"
     chunk_size: int = 1024
