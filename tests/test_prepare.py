@@ -1,5 +1,6 @@
 """The preparation pipeline: filters, k-core, ids, order, split, negatives, atomic output, the CLI."""
 
+import gzip
 import os
 import subprocess
 import sys
@@ -225,3 +226,16 @@ def test_real_amazon_sequences_prepare_to_the_published_counts(shared_data, tmp_
     keys = pl.read_parquet(tmp_path / name / "items.parquet")["key"].to_list()
     user = pl.read_parquet(tmp_path / name / "users.parquet")["key"].to_list().index(first[0])
     assert [keys[i] for i in data.history(user)] == first[1:]
+
+
+@pytest.mark.shared
+def test_real_amazon2014_reviews_prepare(shared_data, tmp_path):
+    source = shared_data / "amazon2014-phones" / "reviews_sample_5.json.gz"
+    manifest = prepare(source, "amazon2014", tmp_path / "reviews", PrepareConfig())
+    with gzip.open(source, "rt") as f:
+        lines = sum(1 for line in f if line.strip())
+    assert manifest["counts"]["interactions"] == lines  # no (user, item, time) repeats in the sample
+    assert manifest["has_time"] is True and manifest["sources"][0]["sha256"]
+    table = pl.read_parquet(tmp_path / "reviews" / "interactions.parquet")
+    # every history is in time order
+    assert table.group_by("user").agg(pl.col("timestamp").diff().min()).drop_nulls()["timestamp"].min() >= 0
