@@ -47,7 +47,7 @@ def test_every_experiment_is_reported_with_plots_and_raw_numbers(report):
 
 def test_shared_runs_are_trained_once(report):
     _, out, _ = report
-    runs = sorted(p.name for p in (out / "runs").iterdir())
+    runs = sorted(p.name for p in (out / "runs" / "quick").iterdir())
     # MAHN defaults (cat-cat, d=50, no ablation) serve compare, variants, ablations and dims alike
     assert runs.count("mahn-seed0") == 1 and not any("variant=cat-cat" in r or "dim=50" in r for r in runs)
     assert len(runs) == 2 * (1 + 3 + 3 + 4 + 2)  # seeds x (mahn, 3 variants, 3 ablations, 4 dims, 2 baselines)
@@ -55,12 +55,12 @@ def test_shared_runs_are_trained_once(report):
 
 def test_a_killed_reproduce_resumes_without_retraining(report):
     data, out, results = report
-    done = out / "runs" / "mahn-dim=10-seed1"
+    done = out / "runs" / "quick" / "mahn-dim=10-seed1"
     (done / "result.json").unlink()  # as if killed after training, before testing
-    before = {p: os.stat(p).st_mtime_ns for p in (out / "runs").glob("*/best.safetensors")}
+    before = {p: os.stat(p).st_mtime_ns for p in (out / "runs" / "quick").glob("*/best.safetensors")}
     again = reproduce(data, ReproduceConfig(out=out, seeds=2, budget="quick", models=("mahn", "popularity", "gru4rec"),
                                             batch_size=64), say=lambda *_: None)
-    after = {p: os.stat(p).st_mtime_ns for p in (out / "runs").glob("*/best.safetensors")}
+    after = {p: os.stat(p).st_mtime_ns for p in (out / "runs" / "quick").glob("*/best.safetensors")}
     assert before == after  # nothing was retrained
     assert again["dims"]["10"][1]["test"] == results["dims"]["10"][1]["test"]
     np.testing.assert_equal(again["paired_tests"], results["paired_tests"])

@@ -334,9 +334,11 @@ def reproduce(
     seeds: int | None = typer.Option(None, help="Seeds per cell (default: 5, or 1 with --budget quick)."),
     experiments: str = typer.Option(",".join(("compare", "variants", "ablations", "dims", "groups")),
                                     help="Comma-separated: compare, variants, ablations, dims, groups."),
-    budget: str = typer.Option("full", help="full (search on validation, up to 60 epochs) or quick (smoke check)."),
+    budget: str = typer.Option("full", help="full (search on validation, up to 60 epochs, 5 seeds), standard "
+                               "(defaults, up to 50 epochs, 3 seeds) or quick (3 epochs, 1 seed: a smoke check)."),
     models: str = typer.Option("", help="Comma-separated models for compare (default: all that the data can feed)."),
     batch_size: int = typer.Option(256, help="Training batch size of every run."),
+    threads: int = typer.Option(0, help="Torch threads per run (0: torch's default)."),
     progress: bool = typer.Option(False, help="Show per-epoch progress bars."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
@@ -348,7 +350,7 @@ def reproduce(
     config = ReproduceConfig(out=out, seeds=seeds or BUDGETS[budget].seeds,
                              experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
                              budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, threads=threads, progress=progress)
     run_reproduce(dataset, config, command="mahn " + " ".join(sys.argv[1:]), say=typer.echo)
 
 

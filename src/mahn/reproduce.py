@@ -46,6 +46,8 @@ class Budget:
 BUDGETS = {
     # a smoke check: few epochs, one seed, no search (the papers' defaults)
     "quick": Budget("quick", epochs=3, patience=2, seeds=1),
+    # every model to convergence with its papers' defaults, no search: the budget of the runs in docs/
+    "standard": Budget("standard", epochs=50, patience=5, seeds=3),
     "full": Budget("full", epochs=60, patience=5, seeds=5, search={
         "*": {"lr": [1e-3, 3e-4]},
         "mahn": {"rec_weight": [1.0, 0.1]},
@@ -82,6 +84,7 @@ class ReproduceConfig:
     budget: str = "full"
     models: tuple[str, ...] = ()  # empty: every registered model that the dataset can feed
     batch_size: int = 256
+    threads: int = 0  # torch threads per run (0: torch's default)
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -112,7 +115,7 @@ class Reproduction:
         self.config = config
         self.budget = BUDGETS[config.budget]
         self.say = say
-        self.runs_dir = config.out / "runs"
+        self.runs_dir = config.out / "runs" / config.budget  # a budget's runs never stand in for another's
         self.notes: list[str] = []
 
     # --- running ---
@@ -127,7 +130,8 @@ class Reproduction:
         model_config, trainer = split_settings(run.model, dict(run.settings))
         train_config = TrainConfig(**{"epochs": self.budget.epochs, "patience": self.budget.patience,
                                       "batch_size": self.config.batch_size, "seed": run.seed,
-                                      "progress": self.config.progress, **trainer})
+                                      "threads": self.config.threads, "progress": self.config.progress,
+                                      **trainer})
         self.say(f"training {run.key}")
         started = time.perf_counter()
         checkpoint = folder / "checkpoints" / "last.safetensors"
@@ -138,7 +142,8 @@ class Reproduction:
         per_user = rank_users(model, dataset, eval_config)
         test = evaluate(model, dataset, eval_config, per_user)
         save_npy(folder / "test_ndcg10.npy", np.stack([per_user[p]["NDCG@10"] for p in PROTOCOLS]))
-        result = {"run": run.key, "model": run.model, "seed": run.seed, "settings": dict(run.settings),
+        result = {"run": run.key, "budget_name": self.budget.name, "model": run.model, "seed": run.seed,
+                  "settings": dict(run.settings),
                   "test": test, "valid": summary["valid"],
                   "budget": {k: summary[k] for k in ("epochs", "steps", "sequences", "train_seconds",
                                                      "stopped_early", "best_epoch")},
@@ -252,7 +257,7 @@ def stats(runs: list[dict]) -> dict:
 
 def per_user_ndcg(out: Path, runs: list[dict]) -> np.ndarray:
     """(protocols, users) test NDCG@10 averaged over a cell's seeds."""
-    return np.mean([load_npy(out / "runs" / r["run"] / "test_ndcg10.npy") for r in runs], axis=0)
+    return np.mean([load_npy(out / "runs" / r["budget_name"] / r["run"] / "test_ndcg10.npy") for r in runs], axis=0)
 
 
 def paired_tests(out: Path, compare: dict) -> dict:
