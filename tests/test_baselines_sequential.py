@@ -4,10 +4,8 @@ that each overfits a tiny dataset whose next item is predictable."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,8 +17,8 @@ from mahn.models.bert4rec import BERT4Rec, BERT4RecConfig
 from mahn.models.caser import Caser, CaserConfig
 from mahn.models.gru4rec import GRU4Rec, GRU4RecConfig, bpr_max, top1_max
 from mahn.models.sasrec import SASRec, SASRecConfig
-from mahn.prepare import PrepareConfig, prepare_frames
 from mahn.train import make_batch, training_users
+from synthetic import make_dataset
 
 N_ITEMS, N_USERS = 12, 5
 PAD = N_ITEMS
@@ -189,22 +187,9 @@ def test_configs_reject_bad_values():
 # --- overfitting a tiny dataset ------------------------------------------------------------------
 
 
-def make_dataset(out: Path, users: int = 30, items: int = 24, clusters: int = 3, length: int = 8) -> Path:
-    """Each user walks one cluster of items in a fixed cyclic order, so the next item is predictable."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(users):
-        members = [i for i in range(items) if i % clusters == u % clusters]
-        start = int(rng.integers(len(members)))
-        rows += [(f"u{u:03d}", f"i{members[(start + p) % len(members)]:03d}", p) for p in range(length)]
-    frame = pl.DataFrame(rows, schema={"user": pl.String, "item": pl.String, "timestamp": pl.Int64}, orient="row")
-    prepare_frames(frame, None, out, PrepareConfig(num_negatives=10, seed=0))
-    return out
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Dataset:
-    return Dataset(make_dataset(tmp_path_factory.mktemp("data") / "tiny"))
+    return Dataset(make_dataset(tmp_path_factory.mktemp("data") / "tiny", users=30, items=24, modalities=()))
 
 
 def share_of_last_items_in_top(model, dataset: Dataset, k: int) -> float:
