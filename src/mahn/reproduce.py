@@ -165,7 +165,9 @@ class Reproduction:
     def choose(self, model: str, base: dict) -> dict:
         """Pick settings on validation NDCG@10 (seed 0) over the budget's search space."""
         space = {**self.budget.search.get("*", {}), **self.budget.search.get(model, {})}
-        if not space:
+        from mahn.models import model_class
+
+        if not space or not getattr(model_class(model), "trainable", True):
             return base
         best, best_score = base, -1.0
         for values in itertools.product(*space.values()):
