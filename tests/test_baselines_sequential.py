@@ -194,7 +194,7 @@ def tiny(tmp_path_factory) -> Dataset:
 
 def share_of_last_items_in_top(model, dataset: Dataset, k: int) -> float:
     """Share of users whose last training item ranks in the top k given the training items before it."""
-    from mahn.evaluate import left_padded
+    from mahn.data import left_padded
 
     users = training_users(dataset)
     starts, ends = dataset.train_histories()

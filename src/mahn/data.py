@@ -116,7 +116,17 @@ class Dataset:
     def item_frequency(self) -> np.ndarray:
         """Training interactions per item (int64, items,)."""
         starts, ends = self.train_histories()
-        lengths = ends - starts
-        # index of every training interaction: each user's start repeated, plus 0..length-1
-        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return np.bincount(self.items[np.repeat(starts, lengths) + within], minlength=self.n_items)
+        return np.bincount(self.items[range_indices(starts, ends - starts)], minlength=self.n_items)
+
+
+def range_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Every index of the ranges [starts[i], starts[i] + lengths[i]), concatenated, without a Python loop."""
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + within
+
+
+def left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int, pad: int) -> np.ndarray:
+    """(B, L) int64: the last min(max_len, longest) items of items[starts[b]:ends[b]], left-padded with pad."""
+    width = int(max(1, min(max_len, (ends - starts).max(initial=1))))
+    index = ends[:, None] - width + np.arange(width)[None, :]
+    return np.where(index >= starts[:, None], items[np.maximum(index, 0)], pad)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mahn.data import Dataset
+from mahn.data import Dataset, left_padded, range_indices
 from mahn.io import DataError
 from mahn.models.base import SequentialModel
 
@@ -31,13 +31,6 @@ class EvalConfig:
     max_len: int = 50  # histories are cut to the last max_len items, as in training
     batch_size: int = 1024
     groups: bool = True
-
-
-def left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int, pad: int) -> np.ndarray:
-    """(B, L) int64: the last min(max_len, longest) items of items[starts[b]:ends[b]], left-padded with pad."""
-    width = int(max(1, min(max_len, (ends - starts).max(initial=1))))
-    index = ends[:, None] - width + np.arange(width)[None, :]
-    return np.where(index >= starts[:, None], items[np.maximum(index, 0)], pad)
 
 
 def expected_metrics(greater: np.ndarray, ties: np.ndarray, n_candidates: int) -> dict[str, np.ndarray]:
@@ -92,8 +85,7 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
         if not config.keep_history:
             lengths = ends - starts
             seen_rows = np.repeat(np.arange(len(users)), lengths)
-            seen = dataset.items[np.repeat(starts, lengths) + np.arange(lengths.sum()) - np.repeat(
-                np.cumsum(lengths) - lengths, lengths)]
+            seen = dataset.items[range_indices(starts, lengths)]
             scores[torch.from_numpy(seen_rows), torch.from_numpy(seen)] = -torch.inf
         scores[rows, targets] = target_scores.squeeze(1)  # a repeated target stays a candidate
         counts["full"][0].append((scores > target_scores).sum(1))
