@@ -1,13 +1,16 @@
 """Print a reproduce report's compare table beside the MAHN paper's numbers (SPEC.md §4, uni100 protocol).
 
-Usage: python scripts/paper_table.py REPORT/results.json phones|clothing
+Usage: python scripts/paper_table.py REPORT/results.json phones|clothing   (a `mahn reproduce` report)
+       python scripts/paper_table.py RUNS phones|clothing                  (runs of scripts/baselines.sh)
 The paper's numbers are reference values copied from the paper (Table 2-3 of Han, Niu, Wang 2021);
-every other number is read from the results file that `mahn reproduce` wrote.
+every other number is read from the files that `mahn reproduce` or `scripts/baselines.sh` wrote.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +26,44 @@ PAPER = {  # (HR@10, NDCG@10) under uni100
 }
 
 
+LABELS = {"popularity": "popularity", "gru4rec": "GRU4Rec", "caser": "Caser", "sasrec": "SASRec",
+          "bert4rec": "BERT4Rec"}
+
+
+def delta_cells(values: tuple[float, float], reference: tuple[float, float] | None) -> list[str]:
+    cells = []
+    for value, ref in zip(values, reference or (None, None), strict=True):
+        cells += [f"{value:.4f}", f"{ref:.4f}" if ref else "–", f"{100 * (value / ref - 1):+.1f}%" if ref else "–"]
+    return cells
+
+
+def runs_table(runs: Path, dataset: str) -> None:
+    """One row per RUNS/<dataset>-<name>.test.json; the budget read from the run's metrics.jsonl."""
+    print("| run | uni100 HR@10 | paper | Δ | uni100 NDCG@10 | paper | Δ | full HR@10 | full NDCG@10 | "
+          "epochs (best) | steps | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for path in sorted(runs.glob(f"{dataset}-*.test.json")):
+        name = path.name.removesuffix(".test.json")
+        test = read_json(path)
+        folder = runs / name
+        history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        summary = read_json(folder / "summary.json") if (folder / "summary.json").exists() else None
+        config = read_json(folder / "config.json")
+        key = config["train"]["select"]
+        best = max(history, key=lambda r: r["valid"][key]["NDCG@10"])
+        epochs = f"{len(history) if history[-1]['epoch'] else 0} ({best['epoch']})" + ("" if summary else ", cut")
+        steps = summary["steps"] if summary else "–"
+        seconds = sum(r.get("train_seconds", 0.0) for r in history)
+        cells = delta_cells((test["uni100"]["HR@10"], test["uni100"]["NDCG@10"]),
+                            PAPER[dataset].get(LABELS[config["model"]]))
+        print(f"| {name.removeprefix(dataset + '-')} | " + " | ".join(cells) +
+              f" | {test['full']['HR@10']:.4f} | {test['full']['NDCG@10']:.4f} | {epochs} | {steps} | {seconds:.0f} |")
+
+
 def main() -> None:
+    if Path(sys.argv[1]).is_dir():
+        runs_table(Path(sys.argv[1]), sys.argv[2])
+        return
     results, dataset = read_json(sys.argv[1]), sys.argv[2]
     paper = PAPER[dataset]
     mahn_label = "MAHN-V-T (ID only)" if results["chosen"]["mahn"].get("ablate") == "vt" else "MAHN"
@@ -34,11 +74,7 @@ def main() -> None:
         mean = {p: {m: np.mean([r["test"][p][m] for r in runs]) for m in ("HR@10", "NDCG@10")}
                 for p in ("uni100", "full")}
         ours = (mean["uni100"]["HR@10"], mean["uni100"]["NDCG@10"])
-        ref = paper.get(label)
-        cells = []
-        for value, reference in zip(ours, ref or (None, None), strict=True):
-            cells += [f"{value:.4f}", f"{reference:.4f}" if reference else "–",
-                      f"{100 * (value / reference - 1):+.1f}%" if reference else "–"]
+        cells = delta_cells(ours, paper.get(label))
         epochs = f"{np.mean([r['budget']['epochs'] for r in runs]):.0f} " \
                  f"({np.mean([r['budget']['best_epoch'] for r in runs]):.0f})"
         name = mahn_label if label == "MAHN" else label

@@ -129,3 +129,28 @@ def read_json_lines(path: Path) -> list[dict]:
     import orjson
 
     return [orjson.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_device_is_recorded_and_bad_devices_fail_clearly(tiny, tmp_path):
+    from mahn.train import resolve_device
+
+    train(tiny, tmp_path / "run", model_config=quick()[0], config=quick(epochs=1, device="cpu")[1])
+    assert read_json(tmp_path / "run" / "config.json")["device"] == "cpu"
+    with pytest.raises(DataError, match="unknown device"):
+        resolve_device("abacus")
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_run_resumes_and_loads_on_cpu(tiny, tmp_path):
+    model_config, config = quick(epochs=2, device="cuda")
+    train(tiny, tmp_path / "once", model_config=model_config, config=config)
+    train(tiny, tmp_path / "twice", model_config=model_config, config=quick(epochs=1, device="cuda")[1])
+    train(tiny, tmp_path / "twice", model_config=model_config, config=config, resume=True)
+    once, twice = final_state(tmp_path / "once"), final_state(tmp_path / "twice")
+    for key in once:
+        torch.testing.assert_close(once[key], twice[key])
+    model, _, _ = load_run(tmp_path / "once")  # weights saved from the GPU load on the CPU
+    assert model.device.type == "cpu"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -26,9 +27,18 @@ class Recommender:
 
     def __init__(self, model: SequentialModel, dataset: Dataset, record: dict):
         self.model, self.dataset, self.record = model, dataset, record
-        self.keys: list[str] = dataset.item_table["key"].to_list()
-        self.index = {key: i for i, key in enumerate(self.keys)}
-        self.titles = dataset.titles()
+
+    @cached_property
+    def keys(self) -> list[str]:
+        return self.dataset.item_table["key"].to_list()
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {key: i for i, key in enumerate(self.keys)}
+
+    @cached_property
+    def titles(self) -> list[str]:
+        return self.dataset.titles()
 
     def item_ids(self, keys: list[str]) -> list[int]:
         unknown = [k for k in keys if k not in self.index]

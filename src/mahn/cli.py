@@ -242,6 +242,7 @@ def train(
     select: str | None = typer.Option(None, help="Validation protocol for early stopping: full|uni100 [full]."),
     seed: int | None = typer.Option(None, help="Seed of initialisation, shuffling and negatives [0]."),
     threads: int | None = typer.Option(None, help="Torch CPU threads (0: torch's default)."),
+    device: str | None = typer.Option(None, help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N [auto]."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
     set_: list[str] = typer.Option([], "--set", help="Any model or trainer setting as KEY=VALUE (repeatable), "
                                    "e.g. --set dropout=0.5 (see `mahn models --settings`)."),
@@ -258,7 +259,8 @@ def train(
 
     flags = dict(model=model, variant=variant, ablate=ablate, dim=dim, rec_weight=rec_weight, epochs=epochs,
                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
-                 max_len=max_len, patience=patience, select=select, seed=seed, threads=threads)
+                 max_len=max_len, patience=patience, select=select, seed=seed, threads=threads,
+                 device=device)
     flags.update(_parse_assignments(set_))
     settings = _train_settings(config, flags)
     train_config = TrainConfig(progress=progress, **{f.name: settings[f.name] for f in fields(TrainConfig)
@@ -339,6 +341,7 @@ def reproduce(
     models: str = typer.Option("", help="Comma-separated models for compare (default: all that the data can feed)."),
     batch_size: int = typer.Option(256, help="Training batch size of every run."),
     threads: int = typer.Option(0, help="Torch threads per run (0: torch's default)."),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N."),
     progress: bool = typer.Option(False, help="Show per-epoch progress bars."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
@@ -350,7 +353,8 @@ def reproduce(
     config = ReproduceConfig(out=out, seeds=seeds or BUDGETS[budget].seeds,
                              experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
                              budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
-                             batch_size=batch_size, threads=threads, progress=progress)
+                             batch_size=batch_size, threads=threads, device=device,
+                             progress=progress)
     run_reproduce(dataset, config, command="mahn " + " ".join(sys.argv[1:]), say=typer.echo)
 
 

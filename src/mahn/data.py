@@ -9,11 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
+import pyarrow.parquet as pq
 
 from mahn.io import DataError, load_npy, read_json, sha256_file
+
+if TYPE_CHECKING:
+    import polars as pl
 
 SCHEMA_VERSION = 1
 SPLITS = ("valid", "test")
@@ -43,7 +47,8 @@ class Dataset:
         counts = self.manifest["counts"]
         self.n_users: int = counts["users"]
         self.n_items: int = counts["items"]
-        table = pl.read_parquet(self.root / "interactions.parquet", columns=["user", "item"])
+        # pyarrow rather than Polars here keeps training (and the GPU machines that run it) free of Polars
+        table = pq.read_table(self.root / "interactions.parquet", columns=["user", "item"])
         users = table["user"].to_numpy()
         self.items: np.ndarray = table["item"].to_numpy().astype(np.int64)
         self.offsets = np.zeros(self.n_users + 1, dtype=np.int64)
@@ -91,6 +96,8 @@ class Dataset:
 
     @cached_property
     def item_table(self) -> pl.DataFrame:
+        import polars as pl
+
         return pl.read_parquet(self.root / "items.parquet")
 
     def titles(self) -> list[str]:

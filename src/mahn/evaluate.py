@@ -64,21 +64,22 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
     evalset = dataset.eval_set(config.split)
     negatives = dataset.negatives(config.split)
     pad = dataset.n_items
+    device = model.device
     table = model.item_table()
     counts = {p: ([], []) for p in PROTOCOLS}  # (greater, ties) per batch
     for lo in range(0, len(evalset.users), config.batch_size):
         users = evalset.users[lo : lo + config.batch_size]
         starts, ends = dataset.offsets[users], evalset.input_ends[lo : lo + config.batch_size]
-        targets = torch.from_numpy(evalset.targets[lo : lo + config.batch_size])
-        histories = torch.from_numpy(left_padded(dataset.items, starts, ends, config.max_len, pad))
-        scores = model.encode(histories, torch.from_numpy(users)) @ table.T
-        rows = torch.arange(len(users))
+        targets = torch.from_numpy(evalset.targets[lo : lo + config.batch_size]).to(device)
+        histories = torch.from_numpy(left_padded(dataset.items, starts, ends, config.max_len, pad)).to(device)
+        scores = model.encode(histories, torch.from_numpy(users).to(device)) @ table.T
+        rows = torch.arange(len(users), device=device)
         target_scores = scores[rows, targets].unsqueeze(1)
 
         sampled = negatives[users]
         if (sampled < 0).any():
             raise DataError(f"no stored {config.split} negatives for an evaluated user", dataset.root)
-        negative_scores = scores.gather(1, torch.from_numpy(sampled.astype(np.int64)))
+        negative_scores = scores.gather(1, torch.from_numpy(sampled.astype(np.int64)).to(device))
         counts["uni100"][0].append((negative_scores > target_scores).sum(1))
         counts["uni100"][1].append((negative_scores == target_scores).sum(1))
 
@@ -86,13 +87,13 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
             lengths = ends - starts
             seen_rows = np.repeat(np.arange(len(users)), lengths)
             seen = dataset.items[range_indices(starts, lengths)]
-            scores[torch.from_numpy(seen_rows), torch.from_numpy(seen)] = -torch.inf
+            scores[torch.from_numpy(seen_rows).to(device), torch.from_numpy(seen).to(device)] = -torch.inf
         scores[rows, targets] = target_scores.squeeze(1)  # a repeated target stays a candidate
         counts["full"][0].append((scores > target_scores).sum(1))
         counts["full"][1].append((scores == target_scores).sum(1) - 1)
     model.train(was_training)
     candidates = {"uni100": negatives.shape[1] + 1, "full": dataset.n_items}
-    return {p: expected_metrics(torch.cat(g).numpy(), torch.cat(t).numpy(), candidates[p])
+    return {p: expected_metrics(torch.cat(g).cpu().numpy(), torch.cat(t).cpu().numpy(), candidates[p])
             for p, (g, t) in counts.items()}
 
 

@@ -85,6 +85,7 @@ class ReproduceConfig:
     models: tuple[str, ...] = ()  # empty: every registered model that the dataset can feed
     batch_size: int = 256
     threads: int = 0  # torch threads per run (0: torch's default)
+    device: str = "auto"
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -130,7 +131,8 @@ class Reproduction:
         model_config, trainer = split_settings(run.model, dict(run.settings))
         train_config = TrainConfig(**{"epochs": self.budget.epochs, "patience": self.budget.patience,
                                       "batch_size": self.config.batch_size, "seed": run.seed,
-                                      "threads": self.config.threads, "progress": self.config.progress,
+                                      "threads": self.config.threads, "device": self.config.device,
+                                      "progress": self.config.progress,
                                       **trainer})
         self.say(f"training {run.key}")
         started = time.perf_counter()

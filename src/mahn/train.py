@@ -44,6 +44,7 @@ class TrainConfig:
     select: str = "full"  # protocol whose validation NDCG@10 picks the checkpoint: full or uni100
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N; results differ across devices
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -52,6 +53,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_len", "patience", "lr_step"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be at least 1", f"--{name.replace('_', '-')}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise DataError(f"unknown device {name!r} (auto, cpu, cuda or cuda:N)", "--device") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("device cuda was asked for but torch sees no CUDA GPU", "--device")
+    return device
 
 
 def training_users(dataset: Dataset) -> np.ndarray:
@@ -98,7 +111,7 @@ def make_optimizer(model: SequentialModel, config: TrainConfig):
 
 
 def save_weights(path: Path, model: SequentialModel, metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -110,12 +123,14 @@ def load_weights(path: Path, model: SequentialModel) -> None:
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, rng: np.random.Generator, state: dict) -> None:
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_state = optimizer.state_dict()
     for index, values in optim_state["state"].items():
         for name, value in values.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).cpu().contiguous()
     tensors["torch_rng"] = torch.get_rng_state()
+    if model.device.type == "cuda":
+        tensors["cuda_rng"] = torch.cuda.get_rng_state(model.device)
     trainer = {**state, "numpy_rng": rng.bit_generator.state, "scheduler": scheduler.state_dict(),
                "param_groups": optim_state["param_groups"]}
     with atomic_path(path) as tmp:
@@ -138,6 +153,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rng: np.random.Gene
     scheduler.load_state_dict(trainer.pop("scheduler"))
     rng.bit_generator.state = trainer.pop("numpy_rng")
     torch.set_rng_state(tensors["torch_rng"])
+    if "cuda_rng" in tensors and model.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["cuda_rng"], model.device)
     return trainer
 
 
@@ -155,6 +172,7 @@ def train(dataset_dir: str | Path, run: str | Path, model_name: str = "mahn", mo
     model_config = model_config or make_config(model_name, {})
     checkpoint = run / "checkpoints" / "last.safetensors"
     run_record = {"model": model_name, "model_config": asdict(model_config), "train": asdict(config),
+                  "device": str(resolve_device(config.device)),
                   "dataset": str(Path(dataset_dir).resolve()), "n_items": dataset.n_items,
                   "torch": torch.__version__, "numpy": np.__version__}
     if resume and checkpoint.exists():
@@ -169,7 +187,8 @@ def train(dataset_dir: str | Path, run: str | Path, model_name: str = "mahn", mo
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = build_model(model_name, model_config, dataset)
+    device = resolve_device(config.device)
+    model = build_model(model_name, model_config, dataset).to(device)
     if not getattr(model, "trainable", True):
         write_json(run / "config.json", run_record)
         return fit_without_training(model, dataset, run, model_name, config)
@@ -193,7 +212,7 @@ def train(dataset_dir: str | Path, run: str | Path, model_name: str = "mahn", mo
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}", disable=not config.progress,
                    leave=False)
         for lo in bar:
-            batch = make_batch(dataset, order[lo : lo + config.batch_size], config.max_len, rng)
+            batch = make_batch(dataset, order[lo : lo + config.batch_size], config.max_len, rng).to(device)
             loss = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -8,6 +8,7 @@ share the same code. `loss` is the model's own training objective on a `Batch`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,10 @@ class Batch:
     negatives: torch.Tensor
     users: torch.Tensor
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.histories, self.targets, self.negatives,
+                                                                  self.users)))
+
 
 class SequentialModel(nn.Module):
     """Base class: subclasses implement `encode`, `item_table` and `loss`."""
@@ -36,6 +41,11 @@ class SequentialModel(nn.Module):
     @property
     def pad(self) -> int:
         return self.n_items
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return torch.device("cpu") if tensor is None else tensor.device
 
     def encode(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) left-padded item ids -> (B, D) user state after the last real position."""
