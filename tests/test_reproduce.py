@@ -73,3 +73,34 @@ def test_settings_equal_to_defaults_share_a_key_and_bad_config_is_refused(tmp_pa
         ReproduceConfig(out=tmp_path, experiments=("tables",))
     with pytest.raises(DataError, match="budget"):
         ReproduceConfig(out=tmp_path, budget="huge")
+
+
+def test_paper_table_reads_a_folder_of_runs(tmp_path):
+    """scripts/paper_table.py RUNS DATASET: one row per run, deltas against the paper, cut runs marked."""
+    import subprocess
+    import sys
+
+    from mahn.api import load
+    from mahn.io import write_json
+    from mahn.models import make_config
+    from mahn.train import TrainConfig, train
+
+    data = make_dataset(tmp_path / "data", users=30, items=24, length=6, modalities=())
+    runs = tmp_path / "runs"
+    for name, model, epochs in (("sasrec", "sasrec", 2), ("popularity", "popularity", 1)):
+        run = runs / f"phones-{name}"
+        train(data, run, model, make_config(model, {"dim": 8}),
+              TrainConfig(epochs=epochs, batch_size=16, max_len=6, select="uni100", progress=False))
+        write_json(runs / f"phones-{name}.test.json", load(run).evaluate("test"))
+    (runs / "phones-sasrec" / "summary.json").unlink()  # as if the run had been cut by a time limit
+
+    script = Path(__file__).parents[1] / "scripts" / "paper_table.py"
+    table = subprocess.run([sys.executable, str(script), str(runs), "phones"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    sasrec = next(line for line in table if line.startswith("| sasrec |"))
+    test = read_json(runs / "phones-sasrec.test.json")
+    cells = [c.strip() for c in sasrec.strip("|").split("|")]
+    assert cells[1] == f"{test['uni100']['HR@10']:.4f}" and cells[2] == "0.5659"  # the paper's SASRec HR@10
+    assert cells[3] == f"{100 * (test['uni100']['HR@10'] / 0.5659 - 1):+.1f}%"
+    assert cells[9].endswith(", cut") and cells[9].startswith("2 (")
+    assert any(line.startswith("| popularity | ") and "| – |" in line for line in table)
