@@ -170,9 +170,10 @@ def train(dataset_dir: str | Path, run: str | Path, model_name: str = "mahn", mo
     run = Path(run)
     dataset = Dataset(dataset_dir)
     model_config = model_config or make_config(model_name, {})
+    device = resolve_device(config.device)
     checkpoint = run / "checkpoints" / "last.safetensors"
     run_record = {"model": model_name, "model_config": asdict(model_config), "train": asdict(config),
-                  "device": str(resolve_device(config.device)),
+                  "device": str(device),
                   "dataset": str(Path(dataset_dir).resolve()), "n_items": dataset.n_items,
                   "torch": torch.__version__, "numpy": np.__version__}
     if resume and checkpoint.exists():
@@ -187,7 +188,6 @@ def train(dataset_dir: str | Path, run: str | Path, model_name: str = "mahn", mo
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    device = resolve_device(config.device)
     model = build_model(model_name, model_config, dataset).to(device)
     if not getattr(model, "trainable", True):
         write_json(run / "config.json", run_record)
