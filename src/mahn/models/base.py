@@ -38,6 +38,11 @@ class SequentialModel(nn.Module):
 
     n_items: int
 
+    @classmethod
+    def from_dataset(cls, config, dataset) -> SequentialModel:
+        """Build from a prepared dataset; models that need more than n_items (features, users) override this."""
+        return cls(config, dataset.n_items)
+
     @property
     def pad(self) -> int:
         return self.n_items

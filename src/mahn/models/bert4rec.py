@@ -83,10 +83,6 @@ class BERT4Rec(SequentialModel):
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
 
-    @classmethod
-    def from_dataset(cls, config: BERT4RecConfig, dataset) -> BERT4Rec:
-        return cls(config, dataset.n_items)
-
     def hidden(self, sequences: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded ids (items and [mask]) -> (B, L, d) bidirectional states."""
         sequences = sequences[:, -self.config.max_len :]

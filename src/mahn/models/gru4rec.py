@@ -85,10 +85,6 @@ class GRU4Rec(SequentialModel):
         self.output_bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.output_embedding.weight, std=d**-0.5)
 
-    @classmethod
-    def from_dataset(cls, config: GRU4RecConfig, dataset) -> GRU4Rec:
-        return cls(config, dataset.n_items)
-
     def run(self, histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRU over each history's real items. Returns (outputs of every real position, packed in the
         order of `pack`, the final hidden state (B, d), the lengths)."""

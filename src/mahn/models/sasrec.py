@@ -86,10 +86,6 @@ class SASRec(SequentialModel):
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
 
-    @classmethod
-    def from_dataset(cls, config: SASRecConfig, dataset) -> SASRec:
-        return cls(config, dataset.n_items)
-
     def hidden(self, histories: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded ids -> (B, L, d) states F_t; F_t sees only positions <= t."""
         histories = histories[:, -self.config.max_len :]
