@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mahn.data import Dataset
+from mahn.errors import DataError
 from mahn.evaluate import EvalConfig, evaluate
-from mahn.io import DataError
 from mahn.models.base import Batch
 from mahn.models.jrl import JRL, JRLConfig
 from mahn.models.mvrnn import MVRNN, MVRNNConfig

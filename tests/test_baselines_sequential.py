@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mahn.data import Dataset
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models.base import Batch
 from mahn.models.bert4rec import BERT4Rec, BERT4RecConfig
 from mahn.models.caser import Caser, CaserConfig

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mahn.demo_data import ATTRIBUTES, PATTERNS, SHAPES, generate_demo
-from mahn.io import DataError
+from mahn.errors import DataError
 
 USERS, ITEMS = 1500, 300
 

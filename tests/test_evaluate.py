@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mahn.cli import app
 from mahn.data import Dataset
+from mahn.errors import DataError
 from mahn.evaluate import METRICS, EvalConfig, evaluate, expected_metrics, frequency_groups
-from mahn.io import DataError
 from mahn.models import MAHNConfig
 from mahn.models.base import SequentialModel
 from mahn.train import TrainConfig, train

@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 
 from mahn.cli import app, main
 from mahn.data import Dataset
+from mahn.errors import DataError
 from mahn.features import FeatureConfig, extract_features, feature_summary, nearest_neighbours
 from mahn.features.codes import one_hot, parse_codes
 from mahn.features.image import MCAULEY_RECORD, EfficientNetLite, load_image, make_image_encoder, to_tensor
 from mahn.features.store import _fingerprint, make_encoder
 from mahn.features.text import item_texts, make_text_encoder
-from mahn.io import DataError, load_npy, save_npy, write_json
+from mahn.io import load_npy, save_npy, write_json
 
 ONLY_CODES = dict(image="codes", text="codes", progress=False)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models import MAHN, MODELS, MAHNConfig, make_config
 from mahn.models.base import Batch, left_to_right_padded
 from mahn.models.mahn import ABLATIONS, VARIANTS

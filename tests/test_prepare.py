@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mahn.data import Dataset
-from mahn.io import DataError, write_bytes
+from mahn.errors import DataError
+from mahn.io import write_bytes
 from mahn.prepare import PrepareConfig, draw_negatives, prepare, prepare_frames
 from mahn.readers import Source, chunked
 

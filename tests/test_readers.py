@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mahn import readers
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.readers import READERS, ReaderOptions, Source
 
 HM_OPTIONS = ReaderOptions(user_col="customer_id", item_col="article_id", time_col="t_dat",

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mahn.io import DataError, read_json
+from mahn.errors import DataError
+from mahn.io import read_json
 from mahn.reproduce import ReproduceConfig, Run, reproduce
 from synthetic import make_dataset
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mahn.data import Dataset
-from mahn.io import DataError, read_json
+from mahn.errors import DataError
+from mahn.io import read_json
 from mahn.models import MAHNConfig
 from mahn.train import TrainConfig, load_run, make_batch, train, training_users
 from synthetic import make_dataset

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from mahn.data import Dataset
+from mahn.errors import DataError
 from mahn.evaluate import EvalConfig, evaluate
-from mahn.io import DataError
 from mahn.models.base import SequentialModel
 from mahn.train import load_run
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mahn.io import DataError
+from mahn.errors import DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal sequential recommendation: prepare data, extract features, train, evaluate.")

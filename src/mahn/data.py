@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
-from mahn.io import DataError, load_npy, read_json, sha256_file
+from mahn.errors import DataError
+from mahn.io import load_npy, read_json, sha256_file
 
 if TYPE_CHECKING:
     import polars as pl

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mahn.io import DataError, atomic_dir, write_json
+from mahn.errors import DataError
+from mahn.io import atomic_dir, write_json
 
 IMAGE_SIZE = 128
 SUPERSAMPLE = 2  # shapes are drawn at 2x and downscaled, for anti-aliased edges

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mahn.data import Dataset, left_padded, range_indices
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models.base import SequentialModel
 
 CUTOFFS = (10, 20)

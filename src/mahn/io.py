@@ -1,4 +1,4 @@
-"""Safe file handling shared by every command: atomic writes, hashes, and the user-facing error type.
+"""Safe file handling shared by every command: atomic writes, hashes, JSON, TOML and .npy files.
 
 Every file mahn writes goes to a temporary name in the same directory and is renamed into place,
 so a killed command leaves either the old file or the new one, never half of one.
@@ -18,20 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-
-class DataError(Exception):
-    """Bad input from the user. The CLI prints the message and exits with code 2.
-
-    `where` names the file (and line or field) so the user can find the problem.
-    """
-
-    def __init__(self, message: str, where: str | os.PathLike | None = None, line: int | None = None):
-        self.where = str(where) if where is not None else None
-        self.line = line
-        location = ""
-        if self.where:
-            location = f"{self.where}:{line}: " if line is not None else f"{self.where}: "
-        super().__init__(location + message)
+from mahn.errors import DataError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -18,7 +18,8 @@ import polars as pl
 
 import mahn
 from mahn.data import MIN_EVAL_LENGTH, SCHEMA_VERSION, SPLITS
-from mahn.io import DataError, atomic_dir, read_json, save_npy, sha256_file, write_json
+from mahn.errors import DataError
+from mahn.io import atomic_dir, read_json, save_npy, sha256_file, write_json
 from mahn.readers import READERS, Source
 
 if TYPE_CHECKING:

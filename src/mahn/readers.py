@@ -11,7 +11,7 @@ Images: URLs pass through; a local path is made absolute (relative paths resolve
 `ReaderOptions.image_root`, default the items file's folder) and becomes null when the file does not
 exist, counted in `Source.warnings`.
 
-Errors in the input raise `mahn.io.DataError` naming the file and line (or field). Readers check
+Errors in the input raise `mahn.errors.DataError` naming the file and line (or field). Readers check
 that their files exist when called; line errors surface while the interactions are consumed.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from mahn.io import DataError
+from mahn.errors import DataError
 
 CHUNK_ROWS = 1_000_000
 INTERACTION_SCHEMA = {"user": pl.String, "item": pl.String, "timestamp": pl.Int64}

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from mahn.data import Dataset
+from mahn.errors import DataError
 from mahn.evaluate import METRICS, PROTOCOLS, EvalConfig, evaluate, rank_users
-from mahn.io import DataError, load_npy, read_json, save_npy, write_bytes, write_json
+from mahn.io import load_npy, read_json, save_npy, write_bytes, write_json
 
 EXPERIMENTS = ("compare", "variants", "ablations", "dims", "groups")
 VARIANTS = ("add-add", "add-cat", "cat-add", "cat-cat")

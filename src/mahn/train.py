@@ -25,8 +25,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from mahn.data import Dataset, left_padded
+from mahn.errors import DataError
 from mahn.evaluate import EvalConfig, evaluate
-from mahn.io import DataError, atomic_path, read_json, write_bytes, write_json
+from mahn.io import atomic_path, read_json, write_bytes, write_json
 from mahn.models import build_model, make_config
 from mahn.models.base import Batch, SequentialModel
 

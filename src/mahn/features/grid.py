@@ -8,9 +8,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mahn.data import Dataset
+from mahn.errors import DataError
 from mahn.features.image import load_image
 from mahn.features.store import nearest_neighbours
-from mahn.io import DataError, atomic_path
+from mahn.io import atomic_path
 
 THUMB_W, THUMB_H, CAPTION_H = 160, 240, 34
 

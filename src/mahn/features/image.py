@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
-from mahn.io import DataError, sha256_file
+from mahn.errors import DataError
+from mahn.io import sha256_file
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a failure, not a half-grey picture
 MAX_PIXELS = 40_000_000  # larger images are refused as decompression bombs (before they are decoded)

@@ -19,10 +19,11 @@ import orjson
 from tqdm import tqdm
 
 from mahn.data import Dataset
+from mahn.errors import DataError
 from mahn.features.codes import CodeEncoder
 from mahn.features.image import make_image_encoder
 from mahn.features.text import TEMPLATES, item_texts, make_text_encoder
-from mahn.io import DataError, load_npy, read_json, save_npy, sha256_file, write_json
+from mahn.io import load_npy, read_json, save_npy, sha256_file, write_json
 
 MODALITIES = ("image", "text")
 FIRST_IDS = 10  # how many affected item ids a report lists

@@ -14,7 +14,8 @@ import numpy as np
 import orjson
 import torch
 
-from mahn.io import DataError, sha256_file
+from mahn.errors import DataError
+from mahn.io import sha256_file
 
 TEMPLATES = ("title", "title+brand+categories", "description", "title+text")
 MAX_TOKENS = 256

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel
 from mahn.models.bert4rec import BERT4Rec
 from mahn.models.caser import Caser

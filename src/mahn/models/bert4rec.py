@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel
 
 

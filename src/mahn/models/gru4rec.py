@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel, left_to_right_padded
 
 LOSSES = ("bpr-max", "top1-max")

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel
 from mahn.models.vbpr import load_features, parse_modalities, user_item_pairs
 

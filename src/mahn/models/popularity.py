@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mahn.io import DataError
+from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel
 
 
