@@ -19,8 +19,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from mahn.features.image import load_image, make_image_encoder
-from mahn.features.text import make_text_encoder
+from mahn.features.encoders import make_image_encoder, make_text_encoder
+from mahn.features.encoders.images import load_image
 from mahn.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]

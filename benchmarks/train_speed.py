@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from mahn.data import Dataset
-from mahn.evaluate import EvalConfig, evaluate
+from mahn.data.prepare import PrepareConfig, prepare
+from mahn.evaluation import EvalConfig, evaluate
 from mahn.io import read_json, save_npy, write_json
-from mahn.models import MAHN, MAHNConfig
-from mahn.prepare import PrepareConfig, prepare
-from mahn.train import TrainConfig, epoch_order, make_batch, make_optimizer, training_users
+from mahn.models import build_model
+from mahn.settings import resolve
+from mahn.training import make_optimizer, train_epoch, training_users
 
 PHONES = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014-phones" / "user_sequence.txt"
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
@@ -48,25 +49,19 @@ def peak_rss_gib() -> float:
 
 
 def one_epoch(dataset: Dataset, batch_size: int) -> dict:
+    """One epoch through the trainer's own `train_epoch`, then full-ranking evaluation of the test split."""
     torch.manual_seed(0)
-    config = TrainConfig(batch_size=batch_size, max_len=50)
-    model = MAHN.from_dataset(MAHNConfig(dim=50, variant="cat-cat"), dataset)
-    optimizer, _ = make_optimizer(model, config)
-    rng = np.random.default_rng(0)
-    order = epoch_order(training_users(dataset), rng)
-    started = time.perf_counter()
-    for lo in range(0, len(order), batch_size):
-        loss = model.loss(make_batch(dataset, order[lo : lo + batch_size], config.max_len, rng))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - started
+    settings = resolve(("benchmark", {"model": "mahn", "dim": 50, "variant": "cat-cat", "batch_size": batch_size,
+                                      "max_len": 50, "progress": False}))
+    model = build_model("mahn", settings.model_config, dataset)
+    optimizer, _ = make_optimizer(model, settings.train)
+    epoch = train_epoch(model, optimizer, dataset, training_users(dataset), settings.train, np.random.default_rng(0))
     started = time.perf_counter()
     result = evaluate(model, dataset, EvalConfig(split="test", max_len=50, groups=False))
     eval_seconds = time.perf_counter() - started
-    return {"batch_size": batch_size, "epoch_seconds": seconds, "sequences": len(order),
-            "sequences_per_second": len(order) / seconds, "full_eval_seconds": eval_seconds,
-            "eval_users": result["users"], "final_loss": loss.item()}
+    return {"batch_size": batch_size, "epoch_seconds": epoch["seconds"], "sequences": epoch["sequences"],
+            "sequences_per_second": epoch["sequences"] / epoch["seconds"], "full_eval_seconds": eval_seconds,
+            "eval_users": result["users"], "final_loss": epoch["loss"]}
 
 
 def main() -> None:

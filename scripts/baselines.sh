@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ID-only baselines of docs/baselines.md on Amazon 2014 Phones and Clothing, under SPEC §4's
+# The ID-only baselines of docs/baselines.md on Amazon 2014 Phones and Clothing, under the paper's
 # uni100 protocol, with the test metrics of each run written to RUNS/NAME.test.json.
 #
 # Usage: scripts/baselines.sh DATA RUNS [EPOCHS] [LIMIT_S]

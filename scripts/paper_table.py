@@ -1,4 +1,4 @@
-"""Print a reproduce report's compare table beside the MAHN paper's numbers (SPEC.md §4, uni100 protocol).
+"""Print a reproduce report's compare table beside the MAHN paper's numbers (its Tables 2-3, uni100; docs/protocol.md).
 
 Usage: python scripts/paper_table.py REPORT/results.json phones|clothing   (a `mahn reproduce` report)
        python scripts/paper_table.py RUNS phones|clothing                  (runs of scripts/baselines.sh)

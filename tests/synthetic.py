@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mahn.data.prepare import PrepareConfig, prepare_frames
 from mahn.io import read_json, save_npy, write_json
-from mahn.prepare import PrepareConfig, prepare_frames
 
 
 def make_dataset(out: Path, users: int = 40, items: int = 30, clusters: int = 3, length: int = 8, seed: int = 0,

@@ -17,7 +17,7 @@ from mahn.models.bert4rec import BERT4Rec, BERT4RecConfig
 from mahn.models.caser import Caser, CaserConfig
 from mahn.models.gru4rec import GRU4Rec, GRU4RecConfig, bpr_max, top1_max
 from mahn.models.sasrec import SASRec, SASRecConfig
-from mahn.train import make_batch, training_users
+from mahn.training import make_batch, training_users
 from synthetic import make_dataset
 
 N_ITEMS, N_USERS = 12, 5

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from mahn.demo_data import ATTRIBUTES, PATTERNS, SHAPES, generate_demo
+from mahn.demo.shop import ATTRIBUTES, PATTERNS, SHAPES, generate_demo
 from mahn.errors import DataError
 
 USERS, ITEMS = 1500, 300

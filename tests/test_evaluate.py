@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from mahn.cli import app
 from mahn.data import Dataset
 from mahn.errors import DataError
-from mahn.evaluate import METRICS, EvalConfig, evaluate, expected_metrics, frequency_groups
-from mahn.models import MAHNConfig
+from mahn.evaluation import METRICS, EvalConfig, evaluate, expected_metrics, frequency_groups
 from mahn.models.base import SequentialModel
-from mahn.train import TrainConfig, train
+from mahn.settings import resolve
+from mahn.training import train
 from synthetic import make_dataset
 
 
@@ -94,6 +94,8 @@ def test_frequency_groups_partition_items_and_users(tiny):
 
 
 def test_cli_train_evaluate_recommend(tiny, tmp_path):
+    import mahn
+
     runner = CliRunner()
     run = tmp_path / "run"
     config = tmp_path / "settings.toml"
@@ -104,18 +106,32 @@ def test_cli_train_evaluate_recommend(tiny, tmp_path):
     record = orjson.loads((run / "config.json").read_bytes())
     assert record["train"]["epochs"] == 1 and record["model_config"]["variant"] == "add-cat"
     assert record["train"]["batch_size"] == 8
+    summary = orjson.loads((run / "summary.json").read_bytes())
     result = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert result.exit_code == 0, result.output
     metrics = orjson.loads(result.output)
+    assert metrics == mahn.load(run).evaluate("test")  # the CLI prints what the Python API computes
+    assert metrics["split"] == "test" and metrics["users"] == Dataset(tiny).evaluated.sum()
     assert set(metrics) >= {"uni100", "full", "groups"} and len(metrics["groups"]) == 10
-    assert 0 <= metrics["full"]["NDCG@10"] <= 1
+    for protocol in ("uni100", "full"):  # the groups split the users: their user-weighted means are the total
+        for metric in METRICS:
+            weighted = sum(g["users"] * g[protocol][metric] for g in metrics["groups"] if g["users"])
+            assert weighted / metrics["users"] == pytest.approx(metrics[protocol][metric])
+    # the saved run, reloaded by the CLI, scores the validation split exactly as training did at its best epoch
+    valid = orjson.loads(runner.invoke(app, ["evaluate", str(run), "--split", "valid", "--json"]).output)
+    for protocol in ("uni100", "full"):
+        assert valid[protocol] == pytest.approx(summary["valid"][protocol], rel=1e-6)
     table = runner.invoke(app, ["evaluate", str(run), "--split", "valid"])
-    assert table.exit_code == 0 and "NDCG@10" in table.output
+    assert table.exit_code == 0
+    row = next(line for line in table.output.splitlines() if " NDCG@10 " in line)
+    assert f"{valid['uni100']['NDCG@10']:.4f}" in row and f"{valid['full']['NDCG@10']:.4f}" in row
     keys = Dataset(tiny).item_table["key"].to_list()
     result = runner.invoke(app, ["recommend", str(run), "--history", f"{keys[0]} {keys[3]}", "-k", "3"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 3 and "Item" in lines[0] and keys[0] not in result.output
+    lines = [line.strip() for line in result.output.strip().splitlines()]
+    expected = mahn.load(run).recommend([keys[0], keys[3]], k=3)
+    assert lines == [f"{rank}. {r.key}  {r.title}  ({r.score:.3f})" for rank, r in enumerate(expected, start=1)]
+    assert keys[0] not in result.output and keys[3] not in result.output
 
 
 def test_bad_settings_name_the_problem(tiny, tmp_path):
@@ -128,14 +144,24 @@ def test_bad_settings_name_the_problem(tiny, tmp_path):
 
 def test_python_api_recommends_titles_and_rejects_unknown_keys(tiny, tmp_path):
     import mahn
+    from mahn.training import load_run
 
-    train(tiny, tmp_path / "run", model_config=MAHNConfig(dim=4),
-          config=TrainConfig(epochs=1, batch_size=8, max_len=4, progress=False))
+    train(tiny, tmp_path / "run", resolve(("test", dict(dim=4, epochs=1, batch_size=8, max_len=4, progress=False))))
     recommender = mahn.load(tmp_path / "run")
     keys = recommender.keys
     recs = recommender.recommend([keys[1], keys[2]], k=4)
-    assert len(recs) == 4 and all(r.title.startswith("Item") for r in recs)
+    assert len(recs) == 4
+    # each item's own title (synthetic item n is "Item n of cluster n % 3")
+    assert all(r.title == f"Item {int(r.key[1:])} of cluster {int(r.key[1:]) % 3}" for r in recs)
     assert not {keys[1], keys[2]} & {r.key for r in recs}
-    assert recs[0].score >= recs[-1].score
+    # the model's scores after the history, highest first; no other unseen item scores above the fourth
+    model, _, _ = load_run(tmp_path / "run")
+    with torch.no_grad():
+        scores = model.scores(torch.tensor([[1, 2]], device=model.device))[0].cpu()
+    ids = [keys.index(r.key) for r in recs]
+    assert [r.score for r in recs] == pytest.approx(scores[ids].tolist())
+    assert all(a.score >= b.score for a, b in zip(recs, recs[1:], strict=False))
+    others = [i for i in range(len(keys)) if i not in {1, 2, *ids}]
+    assert (scores[others] <= recs[-1].score).all()
     with pytest.raises(DataError, match="no-such-item"):
         recommender.recommend(["no-such-item"])

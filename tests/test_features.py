@@ -17,10 +17,14 @@ from mahn.cli import app, main
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.features import FeatureConfig, extract_features, feature_summary, nearest_neighbours
-from mahn.features.codes import one_hot, parse_codes
-from mahn.features.image import MCAULEY_RECORD, EfficientNetLite, load_image, make_image_encoder, to_tensor
-from mahn.features.store import _fingerprint, make_encoder
-from mahn.features.text import item_texts, make_text_encoder
+from mahn.features.encoders import make_encoder, make_image_encoder, make_text_encoder
+from mahn.features.encoders.base import ChunkEncoder, LookupEncoder
+from mahn.features.encoders.cnn import EfficientNetLite, TorchImageEncoder, onnx_available
+from mahn.features.encoders.codes import CodeEncoder, one_hot, parse_codes
+from mahn.features.encoders.images import load_image, to_tensor
+from mahn.features.encoders.mcauley import MCAULEY_RECORD, McAuleyFile
+from mahn.features.store import _fingerprint
+from mahn.features.templates import item_texts
 from mahn.io import load_npy, save_npy, write_json
 
 ONLY_CODES = dict(image="codes", text="codes", progress=False)
@@ -288,3 +292,58 @@ def test_mpnet_from_the_split_packages_when_installed():
                                    "stainless steel kitchen knife"])
     assert rows.shape == (3, 768) and errors == [None, None, None]
     assert rows[0] @ rows[1] > rows[0] @ rows[2] + 0.4
+
+
+class TinyCNN(TorchImageEncoder):
+    """A CNN encoder without weights to load: the runtime plumbing only."""
+
+    pooling = "global average of the input channels, 3-d"
+
+    def __init__(self, runtime: str):
+        super().__init__("tiny", 8, 3, (0.5,) * 3, (0.5,) * 3, batch_size=4, workers=1, runtime=runtime)
+        self.net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    def module(self) -> torch.nn.Module:
+        return self.net
+
+
+def test_image_runtime_is_fixed_when_the_encoder_is_made(lite0):
+    x = torch.rand(2, 3, 8, 8)
+    runtimes = ["torch", "onnx"] if onnx_available() else ["torch"]
+    for runtime in runtimes:
+        tiny = TinyCNN(runtime)
+        assert tiny.runtime == runtime and tiny.record()["runtime"] == runtime
+        np.testing.assert_allclose(tiny.embed(x).numpy(), x.mean((2, 3)).numpy(), atol=1e-6)
+        with pytest.raises(AttributeError):
+            tiny.runtime = "torch"  # read-only: make_image_encoder cannot have set it afterwards
+    assert lite0.runtime == "torch" and lite0.record()["pooling"].startswith("global average")
+    with pytest.raises(DataError, match="unknown runtime 'tpu'"):
+        TinyCNN("tpu")
+    assert isinstance(lite0, ChunkEncoder) and not isinstance(lite0, LookupEncoder)
+
+
+def test_encoders_declare_the_store_interface(tmp_path):
+    codes = CodeEncoder("image_codes")
+    assert isinstance(codes, ChunkEncoder) and not isinstance(codes, LookupEncoder)
+    path = tmp_path / "image_features.b"
+    path.write_bytes(np.zeros(1, dtype=MCAULEY_RECORD).tobytes())
+    mcauley = make_image_encoder("mcauley", image_file=str(path))
+    assert isinstance(mcauley, McAuleyFile) and isinstance(mcauley, LookupEncoder)
+
+
+def test_progress_without_a_terminal_is_one_line_per_chunk(tmp_path, capsys):
+    dataset = codes_dataset(tmp_path / "d")
+    extract_features(dataset.root, FeatureConfig(image="codes", text="none", chunk_size=4))
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["image codes: 4/6 items", "image codes: 6/6 items"] and "\r" not in err
+
+
+def test_text_templates_clean_lists_numbers_and_bytes():
+    table = pl.DataFrame({"key": ["a", "b"], "title": ["  Pick\n set ", "Case"],
+                          "description": [["Thin,  light.", None, "  ", "Nylon"], []],
+                          "brand": [None, "Acme"], "categories": ['["Music", "Music", "Picks"]', "Cases"]})
+    assert item_texts(table, "description")[0] == ["Thin, light., Nylon", None]
+    assert item_texts(table, "title+brand+categories")[0] == ["Pick set. Categories: Music, Picks",
+                                                              "Case. Brand: Acme. Categories: Cases"]
+    numbers = pl.DataFrame({"key": ["a", "b"], "title": [12, None]})
+    assert item_texts(numbers, "title")[0] == ["12", None]

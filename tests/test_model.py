@@ -58,19 +58,25 @@ def test_shapes_of_every_variant_and_ablation(variant, ablate):
     loss = model.loss(batch)
     assert loss.shape == () and torch.isfinite(loss)
     loss.backward()
-    assert model.item_embedding.weight.grad is not None
+    # every parameter of the variant takes part in the loss; the padding row never learns
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    grad = model.item_embedding.weight.grad
+    assert (grad[PAD] == 0).all() and (grad[:PAD].abs().sum(1) > 0).all()  # the batch uses every item
 
 
-def test_gate_values_lie_strictly_between_zero_and_one():
+def test_gate_is_the_sigmoid_of_the_product_of_state_and_input_projections():
     model = tiny_model()
     h = torch.randn(50, D) * 3
-    v = model.visual.project(torch.randn(50, DV))
-    gate = model.visual.gate(h, v)
-    assert gate.shape == (50, D)
-    assert (gate > 0).all() and (gate < 1).all()
-    expected = torch.sigmoid((h @ model.visual.gate_state.weight.T + model.visual.gate_state.bias)
-                             * (v @ model.visual.gate_input.weight.T + model.visual.gate_input.bias))
-    assert torch.allclose(gate, expected)
+    for modality, raw_dim in ((model.visual, DV), (model.text, DT)):
+        v = modality.project(torch.randn(50, raw_dim))
+        gate = modality.gate(h, v)
+        assert gate.shape == (50, D)
+        # g = σ((M h + b) ⊙ (N v + q)), from the module's own weights
+        expected = torch.sigmoid((h @ modality.gate_state.weight.T + modality.gate_state.bias)
+                                 * (v @ modality.gate_input.weight.T + modality.gate_input.bias))
+        assert torch.allclose(gate, expected)
 
 
 def test_reconstruction_matches_hand_computation():

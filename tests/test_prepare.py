@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mahn.data import Dataset
+from mahn.data.negatives import draw_negatives
+from mahn.data.prepare import PrepareConfig, prepare, prepare_frames
 from mahn.errors import DataError
 from mahn.io import write_bytes
-from mahn.prepare import PrepareConfig, draw_negatives, prepare, prepare_frames
 from mahn.readers import Source, chunked
 
 SCHEMA = {"user": pl.String, "item": pl.String, "timestamp": pl.Int64}
@@ -91,7 +92,7 @@ def test_duplicates_collapse_and_ties_keep_file_order(tmp_path):
 def test_rows_without_time_keep_repeats(tmp_path):
     rows = [("u", "a", None), ("u", "b", None), ("u", "a", None), ("v", "c", None)]
     source = Source(chunked(iter(rows), SCHEMA, size=1), None, [], has_time=False)
-    from mahn.prepare import write_dataset
+    from mahn.data.prepare import write_dataset
 
     manifest = write_dataset(source, tmp_path / "ds", PrepareConfig(num_negatives=1, kcore=0), "test")
     assert manifest["counts"]["interactions"] == 4
@@ -162,7 +163,7 @@ def test_existing_output_is_refused_and_a_failed_run_leaves_nothing(tmp_path):
         yield frame(rows)
         raise DataError("malformed line", "source.txt", 3)
 
-    from mahn.prepare import write_dataset
+    from mahn.data.prepare import write_dataset
 
     with pytest.raises(DataError, match="source.txt:3"):
         write_dataset(Source(broken(), None, []), out, PrepareConfig(num_negatives=1, force=True), "test")

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mahn import readers
 from mahn.errors import DataError
-from mahn.readers import READERS, ReaderOptions, Source
+from mahn.readers import READERS, ReaderOptions, Source, table
+from mahn.readers.common import INTERACTION_SCHEMA
 
 HM_OPTIONS = ReaderOptions(user_col="customer_id", item_col="article_id", time_col="t_dat",
                            title_col="prod_name", text_cols=("detail_desc",),
@@ -26,7 +26,7 @@ HM_OPTIONS = ReaderOptions(user_col="customer_id", item_col="article_id", time_c
 def collect(source: Source) -> pl.DataFrame:
     chunks = list(source.interactions)
     for chunk in chunks:
-        assert chunk.schema == pl.Schema(readers.INTERACTION_SCHEMA)
+        assert chunk.schema == pl.Schema(INTERACTION_SCHEMA)
     return pl.concat(chunks)
 
 
@@ -204,7 +204,7 @@ def test_csv_times_in_every_accepted_form(tmp_path):
 
 
 def test_csv_without_time_keeps_file_order_across_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(table, "CHUNK_ROWS", 7)
     lines = [f"{n % 5:03d},{(n * 7) % 11:04d}" for n in range(40)]
     path = write(tmp_path / "plain.csv", "user,item\n" + "\n".join(lines) + "\n")
     source = READERS["csv"](path)
@@ -291,6 +291,44 @@ def test_sequences_with_office_items(shared_data):
     assert items.columns == ["item", "title", "text", "brand"]  # description became the text
     assert items["text"][0] == raw[0]["description"].strip() and items["title"][0] == raw[0]["title"]
     assert not source.has_time
+
+
+# --- text cleaning: every reader's titles and texts go through mahn.text.clean_text ---
+
+
+def test_titles_and_texts_fold_whitespace_in_every_format(tmp_path):
+    (tmp_path / "my  photos").mkdir()
+    write(tmp_path / "my  photos" / "a.jpg", b"\xff\xd8")
+    seq = write(tmp_path / "seq.txt", "u a b\n")
+    items = write(tmp_path / "items.jsonl", "\n".join(json.dumps(r) for r in [
+        {"item": "a", "title": " Six  Sonatas\nFor Two\tFlutes ", "description": ["First\n part.", "  "],
+         "image": " my  photos/a.jpg "},
+        {"item": "b", "title": True, "text": " \n "},
+    ]) + "\n")
+    source = READERS["sequences"](seq, items=items)
+    assert source.items["title"].to_list() == ["Six Sonatas For Two Flutes", None]  # a boolean is no title
+    assert source.items["text"].to_list() == ["First part.", None]
+    assert source.items["image"].to_list() == [str(tmp_path / "my  photos" / "a.jpg"), None]  # a path as written
+
+    inter = write(tmp_path / "i.csv", "user,item\nu,x1\n")
+    table_items = write(tmp_path / "items.csv", 'item,title,colour,material\nx1,"Wool\n  Scarf",dark  red, wool.\n')
+    options = ReaderOptions(text_cols=("colour", "material"))
+    items = READERS["csv"](inter, items=table_items, options=options).items
+    assert items["title"].to_list() == ["Wool Scarf"] and items["text"].to_list() == ["dark red. wool."]
+
+    write(tmp_path / "r.inter", "user_id:token\titem_id:token\nu\t1\n")
+    write(tmp_path / "r.item", "item_id:token\tmovie_title:token_seq\n1\t Toy  Story (1995) \n")
+    assert READERS["recbole"](tmp_path / "r.inter").items["title"].to_list() == ["Toy Story (1995)"]
+
+
+def test_amazon2014_metadata_bytes_and_tuples(tmp_path):
+    reviews = write(tmp_path / "r.json", '{"reviewerID": "U", "asin": "A", "unixReviewTime": 1}\n')
+    meta = write(tmp_path / "meta.json", "{'asin': 'A', 'title': b'Caf\\xc3\\xa9', 'brand': ('Acme', ' Inc ')}\n")
+    items = READERS["amazon2014"](reviews, items=meta).items
+    assert items["title"].to_list() == ["Café"] and items["brand"].to_list() == ["Acme Inc"]
+    bad = write(tmp_path / "bad.json", "{'asin': 'A'}\n{'asin': 'B', 'title': b'\\xff'}\n")
+    with pytest.raises(DataError, match=r"bad.json:2: not UTF-8 text"):
+        READERS["amazon2014"](reviews, items=bad)
 
 
 # --- bad input shared by every reader ---

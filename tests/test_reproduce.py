@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mahn.data import Dataset
 from mahn.errors import DataError
+from mahn.evaluation import PROTOCOLS, SHOWN
 from mahn.io import read_json
 from mahn.reproduce import ReproduceConfig, Run, reproduce
 from synthetic import make_dataset
@@ -38,12 +40,75 @@ def test_every_experiment_is_reported_with_plots_and_raw_numbers(report):
     assert results["groups"]["rival"] == "GRU4Rec"  # popularity is not a sequential model
     assert len(results["groups"]["MAHN"]) == 10
     assert all(len(runs) == 2 for runs in results["variants"].values())
-    for rival in ("Popularity", "GRU4Rec"):
-        pvalues = results["paired_tests"][rival]
-        assert set(pvalues) == {"uni100", "full"} and all(0 <= p <= 1 for p in pvalues.values())
     assert results["compare"]["Popularity"][0]["budget"]["epochs"] == 0  # nothing to train
     assert read_json(out / "results.json")["paired_tests"] == results["paired_tests"]
-    assert "±" in text and "**" in text  # mean ± std, best per column marked
+
+
+def test_paired_tests_are_wilcoxon_on_per_user_ndcg_averaged_over_seeds(report):
+    from scipy.stats import wilcoxon
+
+    data, out, results = report
+    users = int(Dataset(data).evaluated.sum())
+    per_user = {}
+    for label, runs in results["compare"].items():
+        stored = [np.load(out / "runs" / "quick" / r["run"] / "test_ndcg10.npy") for r in runs]
+        for run, values in zip(runs, stored, strict=True):  # the stored per-user values are the run's reported ones
+            assert values.shape == (2, users)
+            for row, protocol in enumerate(PROTOCOLS):
+                assert values[row].mean() == pytest.approx(run["test"][protocol]["NDCG@10"])
+        per_user[label] = np.mean(stored, axis=0)
+    assert set(results["paired_tests"]) == {"Popularity", "GRU4Rec"}
+    for rival in ("Popularity", "GRU4Rec"):
+        for row, protocol in enumerate(PROTOCOLS):
+            ours, theirs = per_user["MAHN"][row], per_user[rival][row]
+            assert np.any(ours != theirs)  # a real test, not the no-difference shortcut
+            expected = wilcoxon(ours, theirs).pvalue
+            assert results["paired_tests"][rival][protocol] == pytest.approx(expected, rel=1e-9)
+
+
+def report_table(text: str, heading: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(header, label -> cells) of the Markdown table under `## heading` in report.md."""
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("|")]
+    return rows[0], {row[0]: row[1:] for row in rows[2:]}
+
+
+def test_report_tables_show_mean_and_std_over_seeds_with_the_best_in_bold(report):
+    _, out, _ = report
+    text = (out / "report.md").read_text()
+    saved = read_json(out / "results.json")
+    tables = [("Comparison with the baselines (Tables 2-3), @10", saved["compare"], ("HR@10", "NDCG@10")),
+              ("Comparison, @20", saved["compare"], ("HR@20", "NDCG@20")),
+              ("Fusion variants (Tables 4-5)", saved["variants"], SHOWN),
+              ("Ablations (Fig. 3)", saved["ablations"], SHOWN),
+              ("Embedding size (Fig. 4)", {f"d = {d}": runs for d, runs in saved["dims"].items()}, SHOWN)]
+    for heading, cells, metrics in tables:
+        header, rows = report_table(text, heading)
+        assert list(rows) == list(cells), heading
+        columns = [(p, m) for p in PROTOCOLS for m in metrics]
+        assert header[: 1 + len(columns)] == ["model"] + [f"{p} {m}" for p, m in columns]
+        for index, (protocol, metric) in enumerate(columns):
+            values = {label: [r["test"][protocol][metric] for r in runs] for label, runs in cells.items()}
+            top = max(np.mean(v) for v in values.values())
+            bold = 0
+            for label, v in values.items():
+                plain = f"{np.mean(v):.4f} ± {np.std(v):.4f}"  # population std over the seeds
+                assert rows[label][index] in (plain, f"**{plain}**"), (heading, label, protocol, metric)
+                assert rows[label][index].startswith("**") == (np.mean(v) == top), (heading, label, protocol, metric)
+                bold += rows[label][index].startswith("**")
+            assert bold >= 1
+        assert all(len(runs) == 2 for runs in cells.values())  # two seeds: the std is a real spread
+
+    # the comparison also gives MAHN's p-values against each row's model and the training budget
+    header, rows = report_table(text, tables[0][0])
+    assert header[5:] == ["p (uni100)", "p (full)", "epochs (best)", "train s"]
+    for label, runs in saved["compare"].items():
+        pvalues = saved["paired_tests"].get(label)
+        assert rows[label][4:6] == ([f"{pvalues[p]:.2g}" for p in PROTOCOLS] if pvalues else ["–", "–"])
+        epochs, best = (np.mean([r["budget"][k] for r in runs]) for k in ("epochs", "best_epoch"))
+        assert rows[label][6:] == [f"{epochs:.0f} ({best:.0f})",
+                                   f"{np.mean([r['budget']['train_seconds'] for r in runs]):.0f}"]
 
 
 def test_shared_runs_are_trained_once(report):
@@ -83,15 +148,16 @@ def test_paper_table_reads_a_folder_of_runs(tmp_path):
 
     from mahn.api import load
     from mahn.io import write_json
-    from mahn.models import make_config
-    from mahn.train import TrainConfig, train
+    from mahn.settings import resolve
+    from mahn.training import train
 
     data = make_dataset(tmp_path / "data", users=30, items=24, length=6, modalities=())
     runs = tmp_path / "runs"
     for name, model, epochs in (("sasrec", "sasrec", 2), ("popularity", "popularity", 1)):
         run = runs / f"phones-{name}"
-        train(data, run, model, make_config(model, {"dim": 8}),
-              TrainConfig(epochs=epochs, batch_size=16, max_len=6, select="uni100", progress=False))
+        settings = {"model": model, "epochs": epochs, "batch_size": 16, "max_len": 6, "select": "uni100",
+                    "progress": False} | ({"dim": 8} if model == "sasrec" else {})
+        train(data, run, resolve(("test", settings)))
         write_json(runs / f"phones-{name}.test.json", load(run).evaluate("test"))
     (runs / "phones-sasrec" / "summary.json").unlink()  # as if the run had been cut by a time limit
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,10 @@ import torch
 
 from mahn.data import Dataset
 from mahn.errors import DataError
+from mahn.evaluation import EvalConfig, evaluate
 from mahn.io import read_json
-from mahn.models import MAHNConfig
-from mahn.train import TrainConfig, load_run, make_batch, train, training_users
+from mahn.settings import RunSettings, resolve
+from mahn.training import load_run, make_batch, train, training_users
 from synthetic import make_dataset
 
 
@@ -24,10 +27,8 @@ def tiny(tmp_path_factory) -> Path:
 FAST = dict(batch_size=8, max_len=6, progress=False, dim=8)
 
 
-def quick(epochs: int = 3, seed: int = 0, **overrides) -> tuple[MAHNConfig, TrainConfig]:
-    values = {**FAST, "patience": 100, **overrides}
-    return (MAHNConfig(dim=values.pop("dim")),
-            TrainConfig(epochs=epochs, seed=seed, **values))
+def quick(epochs: int = 3, seed: int = 0, **overrides) -> RunSettings:
+    return resolve(("test", {**FAST, "patience": 100, "epochs": epochs, "seed": seed, **overrides}))
 
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:
@@ -62,30 +63,30 @@ def test_short_histories_are_left_padded(tmp_path):
 
 
 def test_same_seed_gives_identical_metrics(tiny, tmp_path):
-    model_config, config = quick(epochs=2)
-    first = train(tiny, tmp_path / "a", model_config=model_config, config=config)
-    second = train(tiny, tmp_path / "b", model_config=model_config, config=config)
+    settings = quick(epochs=2)
+    first = train(tiny, tmp_path / "a", settings)
+    second = train(tiny, tmp_path / "b", settings)
     assert first["valid"] == second["valid"]
     a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    other = train(tiny, tmp_path / "c", model_config=model_config, config=quick(epochs=2, seed=1)[1])
+    other = train(tiny, tmp_path / "c", quick(epochs=2, seed=1))
     assert not torch.equal(final_state(tmp_path / "c")["model.lstm1.weight_ih_l0"], a["model.lstm1.weight_ih_l0"])
     assert other["epochs"] == 2
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tiny, tmp_path):
-    model_config, config = quick(epochs=4)
-    whole = train(tiny, tmp_path / "whole", model_config=model_config, config=config)
+    settings = quick(epochs=4)
+    whole = train(tiny, tmp_path / "whole", settings)
 
     def interrupt(record: dict) -> None:
         if record["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny, tmp_path / "cut", model_config=model_config, config=config, on_epoch_end=interrupt)
+        train(tiny, tmp_path / "cut", settings, on_epoch_end=interrupt)
     with pytest.raises(DataError, match="--resume"):
-        train(tiny, tmp_path / "cut", model_config=model_config, config=config)
-    resumed = train(tiny, tmp_path / "cut", model_config=model_config, config=config, resume=True)
+        train(tiny, tmp_path / "cut", settings)
+    resumed = train(tiny, tmp_path / "cut", settings, resume=True)
     assert resumed["valid"] == whole["valid"] and resumed["steps"] == whole["steps"]
     a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -93,33 +94,70 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny, tmp_path):
     assert len(lines) == 4
 
 
-def test_run_records_budget_and_loads(tiny, tmp_path):
-    model_config, config = quick(epochs=2)
-    summary = train(tiny, tmp_path / "run", model_config=model_config, config=config)
-    saved = read_json(tmp_path / "run" / "summary.json")
-    assert saved["epochs"] == 2 and saved["steps"] > 0 and saved["train_seconds"] > 0
-    assert summary["best_epoch"] in (1, 2)
-    model, dataset, record = load_run(tmp_path / "run")
-    assert record["model_config"]["dim"] == 8 and model.n_items == dataset.n_items
+def test_run_records_budget_and_keeps_the_best_epoch(tiny, tmp_path):
+    """summary.json counts the steps, sequences and time actually spent; best_epoch is the argmax of the
+    selected protocol's validation NDCG@10, and best.safetensors holds that epoch's weights."""
+    from safetensors.torch import load_file
+
+    users = len(training_users(Dataset(tiny)))
+    epochs, batch_size = 6, 6  # 40 users in batches of 6: the last batch of an epoch is partial
+    best = {}
+    for select in ("full", "uni100"):
+        run = tmp_path / select
+        records, stamps, weights = [], [], {}
+
+        def snapshot(record: dict, run: Path = run, records=records, stamps=stamps, weights=weights) -> None:
+            stamps.append(time.perf_counter())
+            records.append(record)
+            weights[record["epoch"]] = {k[6:]: v for k, v in final_state(run).items() if k.startswith("model.")}
+
+        started = time.perf_counter()
+        summary = train(tiny, run, quick(epochs=epochs, lr=0.1, batch_size=batch_size, select=select),
+                        on_epoch_end=snapshot)
+        history = read_json_lines(run / "metrics.jsonl")
+        assert read_json(run / "summary.json") == summary and history == records
+        assert summary["epochs"] == epochs and [r["epoch"] for r in history] == list(range(1, epochs + 1))
+        assert summary["steps"] == epochs * math.ceil(users / batch_size)
+        assert summary["sequences"] == epochs * users
+        # each epoch's training time fits between the end of the previous epoch and the end of its own
+        gaps = np.diff([started, *stamps])
+        assert all(r["train_seconds"] <= gap for r, gap in zip(history, gaps, strict=True))
+        assert summary["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in history))
+        assert all(r["sequences_per_second"] == pytest.approx(users / r["train_seconds"]) for r in history)
+
+        scores = [r["valid"][select]["NDCG@10"] for r in history]
+        assert summary["best_epoch"] == 1 + int(np.argmax(scores)) and summary["select"] == f"valid {select} NDCG@10"
+        assert summary["valid"] == history[summary["best_epoch"] - 1]["valid"]
+        saved, expected = load_file(str(run / "best.safetensors")), weights[summary["best_epoch"]]
+        assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
+        model, dataset, record = load_run(run)
+        assert record["model_config"]["dim"] == 8 and model.n_items == dataset.n_items
+        again = evaluate(model, dataset, EvalConfig(split="valid", max_len=FAST["max_len"], groups=False))
+        for protocol in ("uni100", "full"):
+            assert again[protocol] == pytest.approx(summary["valid"][protocol], rel=1e-6)
+        best[select] = summary["best_epoch"]
+    # the case discriminates: validation peaks before the last epoch, and at another epoch per protocol
+    # (full 3, uni100 5 with these settings); if a model change moves the peaks, pick settings that keep this
+    assert best["full"] != best["uni100"] and max(best.values()) < epochs, best
 
 
 def test_early_stopping_uses_patience(tiny, tmp_path):
-    model_config, config = quick(epochs=50, lr=0.0, patience=2)  # lr 0: validation never improves
-    summary = train(tiny, tmp_path / "run", model_config=model_config, config=config)
+    settings = quick(epochs=50, lr=0.0, patience=2)  # lr 0: validation never improves
+    summary = train(tiny, tmp_path / "run", settings)
     assert summary["stopped_early"] and summary["epochs"] == 3 and summary["best_epoch"] == 1
 
 
 def test_missing_features_fail_clearly_unless_ablated(tmp_path):
     root = make_dataset(tmp_path / "plain", users=10, modalities=())
     with pytest.raises(DataError, match="image"):
-        train(root, tmp_path / "run", config=quick(epochs=1)[1])
-    summary = train(root, tmp_path / "run2", model_config=MAHNConfig(dim=4, ablate="vt"), config=quick(epochs=1)[1])
+        train(root, tmp_path / "run", quick(epochs=1))
+    summary = train(root, tmp_path / "run2", quick(epochs=1, dim=4, ablate="vt"))
     assert summary["epochs"] == 1
 
 
 def test_mahn_overfits_tiny_dataset(tiny, tmp_path):
-    model_config, config = quick(epochs=25, lr=1e-2, weight_decay=0.0, dim=16)
-    summary = train(tiny, tmp_path / "run", model_config=model_config, config=config)
+    settings = quick(epochs=25, lr=1e-2, weight_decay=0.0, dim=16)
+    summary = train(tiny, tmp_path / "run", settings)
     history = [r["loss"] for r in read_json_lines(tmp_path / "run" / "metrics.jsonl")]
     assert history[-1] < 0.5 * history[0]
     # each user walks a cluster in order, so the next item is predictable: far above random (1/30)
@@ -133,9 +171,9 @@ def read_json_lines(path: Path) -> list[dict]:
 
 
 def test_device_is_recorded_and_bad_devices_fail_clearly(tiny, tmp_path):
-    from mahn.train import resolve_device
+    from mahn.device import resolve_device
 
-    train(tiny, tmp_path / "run", model_config=quick()[0], config=quick(epochs=1, device="cpu")[1])
+    train(tiny, tmp_path / "run", quick(epochs=1, device="cpu"))
     assert read_json(tmp_path / "run" / "config.json")["device"] == "cpu"
     with pytest.raises(DataError, match="unknown device"):
         resolve_device("abacus")
@@ -146,13 +184,13 @@ def test_device_is_recorded_and_bad_devices_fail_clearly(tiny, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_run_resumes_and_loads_on_cpu(tiny, tmp_path):
-    model_config, config = quick(epochs=2, device="cuda")
-    train(tiny, tmp_path / "once", model_config=model_config, config=config)
-    train(tiny, tmp_path / "twice", model_config=model_config, config=quick(epochs=1, device="cuda")[1])
-    train(tiny, tmp_path / "twice", model_config=model_config, config=config, resume=True)
+    settings = quick(epochs=2, device="cuda")
+    train(tiny, tmp_path / "once", settings)
+    train(tiny, tmp_path / "twice", quick(epochs=1, device="cuda"))
+    train(tiny, tmp_path / "twice", settings, resume=True)
     once, twice = final_state(tmp_path / "once"), final_state(tmp_path / "twice")
     for key in once:  # CUDA kernels need not repeat bit-for-bit, so close rather than equal
         if key != "cuda_rng":
             torch.testing.assert_close(once[key], twice[key], rtol=1e-3, atol=1e-4)
-    model, _, _ = load_run(tmp_path / "once")  # weights saved from the GPU load on the CPU
+    model, _, _ = load_run(tmp_path / "once", device="cpu")  # weights saved from the GPU load on the CPU
     assert model.device.type == "cpu"

@@ -10,9 +10,9 @@ import torch
 
 from mahn.data import Dataset
 from mahn.errors import DataError
-from mahn.evaluate import EvalConfig, evaluate
+from mahn.evaluation import EvalConfig, evaluate
 from mahn.models.base import SequentialModel
-from mahn.train import load_run
+from mahn.training import load_run
 
 
 @dataclass
@@ -51,9 +51,10 @@ class Recommender:
         """Top-k items after a history of item keys (oldest first)."""
         if not history:
             raise DataError("the history is empty: give at least one item key")
-        ids = self.item_ids(history)[-self.record["train"]["max_len"] :]
-        scores = self.model.scores(torch.tensor([ids]))[0]
-        if exclude_history:
+        ids = self.item_ids(history)
+        window = torch.tensor([ids[-self.record["train"]["max_len"] :]], device=self.model.device)
+        scores = self.model.scores(window)[0]
+        if exclude_history:  # every item of the history, as full-ranking evaluation masks them, not only the window
             scores[ids] = -torch.inf
         top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
         return [Recommendation(self.keys[i], self.titles[i], float(s))
@@ -64,9 +65,12 @@ class Recommender:
         return evaluate(self.model, self.dataset, config)
 
 
-def load(run: str | Path, dataset: str | Path | None = None) -> Recommender:
-    """Load a training run (best validation checkpoint); `dataset` overrides the path stored in the run."""
-    model, data, record = load_run(run, dataset)
+def load(run: str | Path, dataset: str | Path | None = None, device: str = "auto") -> Recommender:
+    """Load a training run (best validation checkpoint) onto `device` (auto: a CUDA GPU when there is one).
+
+    `dataset` overrides the dataset path stored in the run.
+    """
+    model, data, record = load_run(run, dataset, device)
     return Recommender(model, data, record)
 
 

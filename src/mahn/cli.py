@@ -9,6 +9,8 @@ import typer
 
 from mahn.errors import DataError
 
+DEVICE_HELP = "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal sequential recommendation: prepare data, extract features, train, evaluate.")
 
@@ -44,8 +46,8 @@ def prepare(
     image_root: Path | None = typer.Option(None, help="Folder relative image paths resolve against."),
 ) -> None:
     """Turn source files into a prepared dataset: filter, k-core, dense ids, split, stored negatives."""
-    from mahn.prepare import PrepareConfig
-    from mahn.prepare import prepare as run_prepare
+    from mahn.data.prepare import PrepareConfig
+    from mahn.data.prepare import prepare as run_prepare
     from mahn.readers import ReaderOptions
 
     config = PrepareConfig(kcore=kcore, require=tuple(r.strip() for r in require.split(",") if r.strip()),
@@ -68,7 +70,7 @@ def negatives_command(
     count: int = typer.Option(100, help="Negatives per user and split."),
 ) -> None:
     """(Re)draw the stored evaluation negatives of a dataset with a given seed."""
-    from mahn.prepare import draw_negatives
+    from mahn.data.negatives import draw_negatives
 
     manifest = draw_negatives(dataset, count, seed)
     typer.echo(f"drew {count} negatives per user and split with seed {seed}: "
@@ -104,7 +106,7 @@ def demo_data(
     force: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Generate a synthetic catalog with rendered images, titles and content-driven histories."""
-    from mahn.demo_data import generate_demo
+    from mahn.demo.shop import generate_demo
 
     summary = generate_demo(out, users=users, items=items, seed=seed, force=force)
     typer.echo(f"wrote {out}: {summary['users']} users, {summary['items']} items, "
@@ -164,48 +166,6 @@ def features_grid_command(
 # --- train/evaluate/recommend/demo commands (issue 4) ---
 
 
-def _train_settings(config_file: Path | None, flags: dict) -> dict:
-    """Hyperparameters: dataclass defaults, then the TOML file, then the flags given on the command line."""
-    import tomllib
-    from dataclasses import fields
-
-    from mahn.models import model_class
-    from mahn.train import TrainConfig
-
-    settings: dict = {}
-    if config_file is not None:
-        try:
-            settings = tomllib.loads(config_file.read_text())
-        except FileNotFoundError as e:
-            raise DataError("file not found", config_file) from e
-        except tomllib.TOMLDecodeError as e:
-            raise DataError(f"not valid TOML ({e})", config_file) from e
-    settings.update({k: v for k, v in flags.items() if v is not None})
-    model = settings.setdefault("model", "mahn")
-    known = {"model"} | {f.name for f in fields(TrainConfig)} | {f.name for f in fields(model_class(model).Config)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise DataError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-                        config_file)
-    return settings
-
-
-def _parse_assignments(assignments: list[str]) -> dict:
-    """KEY=VALUE pairs; values are read as TOML (numbers, booleans, quoted strings), else taken as text."""
-    import tomllib
-
-    values = {}
-    for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        if not sep or not key.strip():
-            raise DataError(f"expected KEY=VALUE, got {assignment!r}", "--set")
-        try:
-            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key.strip()] = text
-    return values
-
-
 @app.command("models")
 def models_command(
     settings: bool = typer.Option(False, "--settings", help="Also list each model's settings and defaults."),
@@ -214,19 +174,25 @@ def models_command(
     from dataclasses import fields
 
     from mahn.models import MODELS, describe
+    from mahn.settings import TRAIN_KEYS, TrainConfig
 
     for name, cls in MODELS.items():
         typer.echo(f"{name:<11} {describe(name)}")
         if settings:
             for f in fields(cls.Config):
-                typer.echo(f"{'':<13}{f.name} = {f.default!r}")
+                shared = "  (shared with the trainer)" if f.name in TRAIN_KEYS else ""
+                typer.echo(f"{'':<13}{f.name} = {f.default!r}{shared}")
+    if settings:
+        typer.echo(f"{'trainer':<11} settings of every model (flags, --config TOML or --set):")
+        for f in fields(TrainConfig):
+            typer.echo(f"{'':<13}{f.name} = {f.default!r}")
 
 
 @app.command()
 def train(
     dataset: Path = typer.Argument(..., help="Prepared dataset directory (with features unless ablated)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
-    model: str | None = typer.Option(None, help="Model name [default: mahn]."),
+    model: str | None = typer.Option(None, help="Model name [mahn]."),
     variant: str | None = typer.Option(None, help="MAHN fusion op1-op2: add-add|add-cat|cat-add|cat-cat [cat-cat]."),
     ablate: str | None = typer.Option(None, help="MAHN ablation: v (MAHN-V), t (MAHN-T), vt (MAHN-V-T)."),
     dim: int | None = typer.Option(None, help="Embedding size d [50]."),
@@ -242,31 +208,27 @@ def train(
     select: str | None = typer.Option(None, help="Validation protocol for early stopping: full|uni100 [full]."),
     seed: int | None = typer.Option(None, help="Seed of initialisation, shuffling and negatives [0]."),
     threads: int | None = typer.Option(None, help="Torch CPU threads (0: torch's default)."),
-    device: str | None = typer.Option(None, help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N [auto]."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP + " [auto]"),
     config: Path | None = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
     set_: list[str] = typer.Option([], "--set", help="Any model or trainer setting as KEY=VALUE (repeatable), "
                                    "e.g. --set dropout=0.5 (see `mahn models --settings`)."),
     resume: bool = typer.Option(False, help="Continue the run from its last checkpoint."),
     force: bool = typer.Option(False, help="Overwrite an existing run directory."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                         help="Progress output: a bar on a terminal, a line per epoch in a log [on]."),
 ) -> None:
     """Train a model; early stopping on validation NDCG@10; writes checkpoints, metrics.jsonl, summary.json."""
-    from dataclasses import fields
-
-    from mahn.models import make_config
-    from mahn.train import TrainConfig
-    from mahn.train import train as run_training
+    from mahn.settings import parse_assignments, read_toml, resolve
+    from mahn.training import train as run_training
 
     flags = dict(model=model, variant=variant, ablate=ablate, dim=dim, rec_weight=rec_weight, epochs=epochs,
                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
                  max_len=max_len, patience=patience, select=select, seed=seed, threads=threads,
-                 device=device)
-    flags.update(_parse_assignments(set_))
-    settings = _train_settings(config, flags)
-    train_config = TrainConfig(progress=progress, **{f.name: settings[f.name] for f in fields(TrainConfig)
-                                                    if f.name in settings and f.name != "progress"})
-    summary = run_training(dataset, out, settings["model"], make_config(settings["model"], settings), train_config,
-                           resume=resume, force=force)
+                 device=device, progress=progress)
+    layers = [("flags", flags), ("--set", parse_assignments(set_))]
+    if config is not None:
+        layers.insert(0, (str(config), read_toml(config)))
+    summary = run_training(dataset, out, resolve(*layers), resume=resume, force=force)
     typer.echo(f"trained {out}: {summary['epochs']} epochs, {summary['steps']} steps, "
                f"{summary['train_seconds']:.0f} s; best epoch {summary['best_epoch']} "
                f"(valid NDCG@10 full {summary['valid']['full']['NDCG@10']:.4f}, "
@@ -280,16 +242,17 @@ def evaluate(
     json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     keep_history: bool = typer.Option(False, help="Full ranking: keep the user's earlier items as candidates."),
     data: Path | None = typer.Option(None, help="Dataset directory, if it moved since training."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """HR, NDCG, MRR @10/@20 under uni100 and full ranking, overall and per item-frequency group."""
     import orjson
 
     from mahn.api import load
-    from mahn.evaluate import render
+    from mahn.evaluation import render
 
     if split not in ("valid", "test"):
         raise DataError(f"unknown split {split!r}; choose valid or test", "--split")
-    result = load(run, data).evaluate(split, keep_history=keep_history)
+    result = load(run, data, device).evaluate(split, keep_history=keep_history)
     if json:
         typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -302,12 +265,13 @@ def recommend(
     history: list[str] = typer.Option(..., "--history", help="Item keys, oldest first (repeat or space-separate)."),
     k: int = typer.Option(10, "-k", help="How many items to recommend."),
     keep_history: bool = typer.Option(False, help="Allow items already in the history."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Print the top-k items (key, title, score) after a history of item keys."""
     from mahn.api import load
 
     keys = [key for value in history for key in value.split()]
-    for rank, rec in enumerate(load(run).recommend(keys, k, exclude_history=not keep_history), start=1):
+    for rank, rec in enumerate(load(run, device=device).recommend(keys, k, exclude_history=not keep_history), start=1):
         typer.echo(f"{rank:>3}. {rec.key}  {rec.title}  ({rec.score:.3f})")
 
 
@@ -321,7 +285,7 @@ def demo(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Demo data -> prepare -> features -> train MAHN and MAHN-V-T -> both protocols + example recommendations."""
-    from mahn.demo import DemoConfig, run_demo
+    from mahn.demo.pipeline import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, users=users, items=items, seeds=seeds, epochs=epochs, progress=progress))
 
@@ -339,9 +303,9 @@ def reproduce(
     budget: str = typer.Option("full", help="full (search on validation, up to 60 epochs, 5 seeds), standard "
                                "(defaults, up to 50 epochs, 3 seeds) or quick (3 epochs, 1 seed: a smoke check)."),
     models: str = typer.Option("", help="Comma-separated models for compare (default: all that the data can feed)."),
-    batch_size: int = typer.Option(256, help="Training batch size of every run."),
+    batch_size: int | None = typer.Option(None, help="Training batch size of every run [the trainer's: 256]."),
     threads: int = typer.Option(0, help="Torch threads per run (0: torch's default)."),
-    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " (training and test scoring)"),
     progress: bool = typer.Option(False, help="Show per-epoch progress bars."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""

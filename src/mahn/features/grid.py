@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from mahn.data import Dataset
 from mahn.errors import DataError
-from mahn.features.image import load_image
+from mahn.features.encoders.images import load_image
 from mahn.features.store import nearest_neighbours
 from mahn.io import atomic_path
 

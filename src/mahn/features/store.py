@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,11 @@ from tqdm import tqdm
 
 from mahn.data import Dataset
 from mahn.errors import DataError
-from mahn.features.codes import CodeEncoder
-from mahn.features.image import make_image_encoder
-from mahn.features.text import TEMPLATES, item_texts, make_text_encoder
+from mahn.features.encoders import ChunkEncoder, LookupEncoder, make_encoder
+from mahn.features.encoders.codes import CodeEncoder
+from mahn.features.templates import TEMPLATES, item_texts
 from mahn.io import load_npy, read_json, save_npy, sha256_file, write_json
+from mahn.progress import on_terminal
 
 MODALITIES = ("image", "text")
 FIRST_IDS = 10  # how many affected item ids a report lists
@@ -99,31 +101,28 @@ def _inputs(dataset: Dataset, modality: str, config: FeatureConfig, encoder) -> 
     return images, [None] * n
 
 
-def make_encoder(modality: str, config: FeatureConfig):
-    name = config.image if modality == "image" else config.text
-    if name == "codes":
-        return CodeEncoder(f"{modality}_codes")
-    if modality == "image":
-        return make_image_encoder(name, config.weights, config.image_file, config.batch_size, config.workers,
-                                  config.runtime)
-    return make_text_encoder(name, config.text_model, config.text_pooling, max(config.batch_size, 128))
-
-
 def _fingerprint(dataset: Dataset, modality: str, config: FeatureConfig, record: dict) -> dict:
     return {"modality": modality, "n_items": dataset.n_items, "chunk_size": config.chunk_size,
             "items_sha256": sha256_file(dataset.root / "items.parquet"),
             "text_template": config.text_template if modality == "text" else None, "encoder": record}
 
 
-def _run_chunks(encoder, inputs: list, errors: list, partial: Path, chunk_size: int, progress: bool) -> None:
-    """Encode every chunk whose .json is not in `partial`. With torchrun, rank r does chunks r, r+W, ..."""
+def _run_chunks(modality: str, encoder: ChunkEncoder, inputs: list, errors: list, partial: Path, chunk_size: int,
+                progress: bool) -> None:
+    """Encode every chunk whose .json is not in `partial`. With torchrun, rank r does chunks r, r+W, ...
+
+    Progress goes to stderr: a live bar on a terminal, else one line per finished chunk (no carriage
+    returns in log files).
+    """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     n = len(inputs)
     starts = list(range(0, n, chunk_size))[rank::world]
     todo = [s for s in starts if not (partial / f"chunk-{s:09d}.json").exists()]
-    with tqdm(total=sum(min(chunk_size, n - s) for s in starts), unit="item", disable=not progress,
-              desc=f"{encoder.kind} {encoder.name}") as bar:
-        bar.update(sum(min(chunk_size, n - s) for s in starts if s not in todo))
+    total = sum(min(chunk_size, n - s) for s in starts)
+    done = sum(min(chunk_size, n - s) for s in starts if s not in todo)
+    desc, live = f"{modality} {encoder.name}", progress and on_terminal()
+    with tqdm(total=total, unit="item", disable=not live, desc=desc) as bar:
+        bar.update(done)
         for start in todo:
             stop = min(start + chunk_size, n)
             rows = np.zeros((stop - start, encoder.dim), dtype=np.float32)
@@ -144,6 +143,9 @@ def _run_chunks(encoder, inputs: list, errors: list, partial: Path, chunk_size: 
             save_npy(partial / f"chunk-{start:09d}.npy", rows)
             write_json(partial / f"chunk-{start:09d}.json", {"status": {str(k): v for k, v in status.items()}})
             bar.update(stop - start)
+            done += stop - start
+            if progress and not live:
+                print(f"{desc}: {done}/{total} items", file=sys.stderr, flush=True)
 
 
 def _assemble(partial: Path, n: int, dim: int, chunk_size: int) -> tuple[np.ndarray, dict[int, str]]:
@@ -169,7 +171,7 @@ def extract_modality(dataset: Dataset, modality: str, config: FeatureConfig) -> 
     record = encoder.record()
     inputs, errors = _inputs(dataset, modality, config, encoder)
     n = dataset.n_items
-    if hasattr(encoder, "lookup"):  # a precomputed file: one pass over it, no chunks to resume
+    if isinstance(encoder, LookupEncoder):  # a precomputed file: one pass over it, no chunks to resume
         matrix, lookup_errors = encoder.lookup(inputs)
         status = {i: e for i, e in enumerate(lookup_errors) if e is not None}
     else:
@@ -179,7 +181,7 @@ def extract_modality(dataset: Dataset, modality: str, config: FeatureConfig) -> 
         if config.force or not run_file.exists() or read_json(run_file) != orjson.loads(orjson.dumps(fingerprint)):
             shutil.rmtree(partial, ignore_errors=True)  # another encoder/dataset: its chunks are not ours
             write_json(run_file, fingerprint)
-        _run_chunks(encoder, inputs, errors, partial, config.chunk_size, config.progress)
+        _run_chunks(modality, encoder, inputs, errors, partial, config.chunk_size, config.progress)
         if int(os.environ.get("RANK", 0)) != 0:
             return ModalityReport(modality, encoder.name, encoder.dim, n, 0, [], {},
                                   time.perf_counter() - started)
@@ -211,7 +213,7 @@ def extract_modality(dataset: Dataset, modality: str, config: FeatureConfig) -> 
         "sha256": sha256_file(out_dir / f"{modality}.npy")}
     write_json(dataset.root / "manifest.json", manifest)
     dataset.manifest = manifest
-    if not hasattr(encoder, "lookup"):
+    if not isinstance(encoder, LookupEncoder):
         shutil.rmtree(out_dir / ".partial" / modality, ignore_errors=True)
         with contextlib.suppress(OSError):  # removed only once no modality has chunks left in it
             (out_dir / ".partial").rmdir()

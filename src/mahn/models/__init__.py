@@ -29,6 +29,13 @@ MODELS: dict[str, type[SequentialModel]] = {
     "bert4rec": BERT4Rec,
     "popularity": Popularity,
 }
+LABELS = {"mahn": "MAHN", "vbpr": "VBPR", "jrl": "JRL", "mvrnn": "MV-RNN", "gru4rec": "GRU4Rec", "caser": "Caser",
+          "sasrec": "SASRec", "bert4rec": "BERT4Rec", "popularity": "Popularity"}  # names as the papers write them
+
+
+def label(name: str) -> str:
+    """The model's name as printed in tables ("mvrnn" -> "MV-RNN")."""
+    return LABELS.get(name, name)
 
 
 def model_class(name: str) -> type[SequentialModel]:
@@ -54,5 +61,5 @@ def build_model(name: str, config, dataset) -> SequentialModel:
     return model_class(name).from_dataset(config, dataset)
 
 
-__all__ = ["MODELS", "MAHN", "MAHNConfig", "Batch", "SequentialModel", "build_model", "describe", "make_config",
-           "model_class"]
+__all__ = ["LABELS", "MODELS", "MAHN", "MAHNConfig", "Batch", "SequentialModel", "build_model", "describe", "label",
+           "make_config", "model_class"]

@@ -11,8 +11,15 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from mahn.errors import DataError
+
+# The history window: the trainer, the evaluator and position-aware models (SASRec, BERT4Rec) all read the
+# last MAX_LEN items; the settings resolver gives them one value.
+MAX_LEN = 50
 
 
 @dataclass
@@ -36,6 +43,8 @@ class Batch:
 class SequentialModel(nn.Module):
     """Base class: subclasses implement `encode`, `item_table` and `loss`."""
 
+    Config: type  # the model's settings dataclass (`mahn models --settings` lists its fields)
+    trainable: bool = True  # False: nothing to learn (popularity); the trainer scores it once and saves it
     n_items: int
 
     @classmethod
@@ -79,3 +88,23 @@ def left_to_right_padded(ids: torch.Tensor, pad: int) -> tuple[torch.Tensor, tor
     moved = ids.gather(1, index.clamp(max=width - 1))
     moved = moved.masked_fill(index >= width, pad)
     return moved, lengths
+
+
+Features = list[tuple[torch.Tensor, torch.Tensor]]  # per modality: (float32 (items, dim), bool mask (items,))
+
+
+def load_features(dataset, modalities: tuple[str, ...], model: str, hint: str) -> Features:
+    """[(float32 features (items, dim), bool mask (items,))] per modality, read from the dataset's feature store.
+
+    Rows of items that lack a modality are zeros (mask False). A missing modality is a DataError that
+    names the model and ends with `hint` (how to do without it).
+    """
+    loaded = []
+    for modality in modalities:
+        if modality not in dataset.feature_modalities():
+            raise DataError(f"{model} needs '{modality}' features: run `mahn features DIR` first, {hint}",
+                            dataset.root)
+        matrix, mask = dataset.features(modality)
+        loaded.append((torch.from_numpy(np.array(matrix, dtype=np.float32)),
+                       torch.from_numpy(np.array(mask, dtype=bool))))
+    return loaded

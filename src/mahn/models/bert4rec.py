@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel
+from mahn.models.base import MAX_LEN, Batch, SequentialModel
 
 
 @dataclass
@@ -46,18 +46,18 @@ class BERT4RecConfig:
     heads: int = 2
     dropout: float = 0.1
     mask_prob: float = 0.6  # ρ
-    max_len: int = 50  # input length including the appended [mask]
+    max_len: int = MAX_LEN  # input length including the appended [mask]
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.blocks < 1 or self.heads < 1 or self.max_len < 2:
             raise DataError("dim, blocks, heads must be positive and max_len at least 2",
-                            "--dim/--blocks/--heads/--max-len")
+                            "--dim / --max-len / --set blocks=... / --set heads=...")
         if self.dim % self.heads:
-            raise DataError(f"dim {self.dim} is not divisible by heads {self.heads}", "--heads")
+            raise DataError(f"dim {self.dim} is not divisible by heads {self.heads}", "--set heads=...")
         if not 0 < self.mask_prob <= 1:
-            raise DataError("mask_prob must be in (0, 1]", "--mask-prob")
+            raise DataError("mask_prob must be in (0, 1]", "--set mask_prob=...")
         if not 0 <= self.dropout < 1:
-            raise DataError("dropout must be in [0, 1)", "--dropout")
+            raise DataError("dropout must be in [0, 1)", "--set dropout=...")
 
 
 class BERT4Rec(SequentialModel):

@@ -47,9 +47,9 @@ class CaserConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "window", "targets", "horizontal", "vertical"):
             if getattr(self, name) < 1:
-                raise DataError(f"{name} must be at least 1", f"--{name}")
+                raise DataError(f"{name} must be at least 1", f"--set {name}=...")
         if not 0 <= self.dropout < 1:
-            raise DataError("dropout must be in [0, 1)", "--dropout")
+            raise DataError("dropout must be in [0, 1)", "--set dropout=...")
 
 
 class Caser(SequentialModel):

@@ -49,11 +49,12 @@ class GRU4RecConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise DataError(f"unknown GRU4Rec loss {self.loss!r}; choose one of {', '.join(LOSSES)}", "--loss")
+            raise DataError(f"unknown GRU4Rec loss {self.loss!r}; choose one of {', '.join(LOSSES)}",
+                            "--set loss=...")
         if self.dim < 1:
             raise DataError("dim must be positive", "--dim")
         if not 0 <= self.dropout < 1:
-            raise DataError("dropout must be in [0, 1)", "--dropout")
+            raise DataError("dropout must be in [0, 1)", "--set dropout=...")
 
 
 def bpr_max(target_scores: torch.Tensor, negative_scores: torch.Tensor, valid: torch.Tensor,

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel
-from mahn.models.vbpr import load_features, parse_modalities, user_item_pairs
+from mahn.models.base import Batch, SequentialModel, load_features
+from mahn.models.vbpr import parse_modalities, user_item_pairs
 
 
 @dataclass
@@ -62,9 +62,9 @@ class JRLConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.negatives < 1:
-            raise DataError("JRL: dim and negatives must be positive", "--dim")
+            raise DataError("JRL: dim and negatives must be positive", "--dim / --set negatives=...")
         if self.feature_weight < 0 or self.view_weight < 0:
-            raise DataError("JRL: loss weights must be non-negative", "--feature-weight")
+            raise DataError("JRL: loss weights must be non-negative", "--set feature_weight=... / view_weight=...")
         parse_modalities(self.modalities, "JRL")
 
 
@@ -112,7 +112,8 @@ class JRL(SequentialModel):
 
     @classmethod
     def from_dataset(cls, config: JRLConfig, dataset) -> JRL:
-        features = load_features(dataset, parse_modalities(config.modalities, "JRL"), "JRL")
+        features = load_features(dataset, parse_modalities(config.modalities, "JRL"), "JRL",
+                                 "or choose other --set modalities=...")
         frequency = torch.from_numpy(dataset.item_frequency()).double()
         weights = (frequency**config.sampling_power).float()
         return cls(config, dataset.n_items, dataset.n_users, features, weights)

@@ -1,4 +1,4 @@
-"""MAHN (Han, Niu, Wang 2021), as decided in SPEC.md §2.
+"""MAHN (Han, Niu, Wang 2021); equations and our decisions where the paper is open: docs/model.md.
 
 Layer 1 fuses each history item's visual, ID and text vectors (v ⊕ e ⊕ t or v + e + t) and runs an
 LSTM over them. Two gates, one per modality, let the layer-1 state h_k pick what of v_k and t_k
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel, left_to_right_padded
+from mahn.models.base import Batch, SequentialModel, left_to_right_padded, load_features
 
 VARIANTS = ("add-add", "add-cat", "cat-add", "cat-cat")
 ABLATIONS = ("", "v", "t", "vt")
@@ -93,11 +92,8 @@ class MAHN(SequentialModel):
         def load(modality: str, letter: str) -> torch.Tensor | None:
             if letter in config.ablate:
                 return None
-            if modality not in dataset.feature_modalities():
-                raise DataError(f"MAHN needs '{modality}' features: run `mahn features DIR`, "
-                                f"or train the ablation with --ablate {letter}", dataset.root)
-            matrix, _ = dataset.features(modality)  # rows of items lacking the modality are zeros
-            return torch.from_numpy(np.array(matrix, dtype=np.float32))
+            # rows of items lacking the modality are zeros
+            return load_features(dataset, (modality,), "MAHN", f"or train the ablation with --ablate {letter}")[0][0]
 
         return cls(config, dataset.n_items, load(VISUAL, "v"), load(TEXT, "t"))
 

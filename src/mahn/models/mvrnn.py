@@ -41,8 +41,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel, left_to_right_padded
-from mahn.models.vbpr import load_features, parse_modalities
+from mahn.models.base import Batch, SequentialModel, left_to_right_padded, load_features
+from mahn.models.vbpr import parse_modalities
 
 
 @dataclass
@@ -55,9 +55,9 @@ class MVRNNConfig:
 
     def __post_init__(self) -> None:
         if self.id_dim < 1 or self.code_dim < 1:
-            raise DataError("MV-RNN: id_dim and code_dim must be positive", "--dim")
+            raise DataError("MV-RNN: id_dim and code_dim must be positive", "--set id_dim=... / code_dim=...")
         if self.rec_weight < 0 or not 0 <= self.corrupt < 1:
-            raise DataError("MV-RNN: rec_weight must be >= 0 and corrupt in [0, 1)", "--corrupt")
+            raise DataError("MV-RNN: rec_weight must be >= 0 and corrupt in [0, 1)", "--lambda / --set corrupt=...")
         parse_modalities(self.modalities, "MV-RNN")
 
 
@@ -99,7 +99,8 @@ class MVRNN(SequentialModel):
     @classmethod
     def from_dataset(cls, config: MVRNNConfig, dataset) -> MVRNN:
         modalities = parse_modalities(config.modalities, "MV-RNN")
-        return cls(config, dataset.n_items, load_features(dataset, modalities, "MV-RNN"))
+        return cls(config, dataset.n_items, load_features(dataset, modalities, "MV-RNN",
+                                                          "or choose other --set modalities=..."))
 
     def code(self, ids: torch.Tensor) -> torch.Tensor:
         """m_i = Σ_views E f_i for 1-D ids; in training with `corrupt`, whole features drop out at random."""

@@ -1,5 +1,5 @@
 """Popularity: rank every item by how often it occurs in the training split. The floor every
-personalised model must beat (SPEC §5). Not from a paper; no parameters and nothing to train.
+personalised model must beat (docs/protocol.md). Not from a paper; no parameters and nothing to train.
 
 score(u, i) = training frequency of i, the same for every user. In the shared interface the user
 state is the constant [1] and the item table is the frequency column, so scoring stays one matrix

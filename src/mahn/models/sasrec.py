@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel
+from mahn.models.base import MAX_LEN, Batch, SequentialModel
 
 
 @dataclass
@@ -39,15 +39,16 @@ class SASRecConfig:
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.2
-    max_len: int = 50  # longest history the positional embedding covers; longer ones keep their tail
+    max_len: int = MAX_LEN  # longest history the positional embedding covers; longer ones keep their tail
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.blocks < 1 or self.heads < 1 or self.max_len < 1:
-            raise DataError("dim, blocks, heads and max_len must be positive", "--dim/--blocks/--heads/--max-len")
+            raise DataError("dim, blocks, heads and max_len must be positive",
+                            "--dim / --max-len / --set blocks=... / --set heads=...")
         if self.dim % self.heads:
-            raise DataError(f"dim {self.dim} is not divisible by heads {self.heads}", "--heads")
+            raise DataError(f"dim {self.dim} is not divisible by heads {self.heads}", "--set heads=...")
         if not 0 <= self.dropout < 1:
-            raise DataError("dropout must be in [0, 1)", "--dropout")
+            raise DataError("dropout must be in [0, 1)", "--set dropout=...")
 
 
 class Block(nn.Module):

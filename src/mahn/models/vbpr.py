@@ -33,16 +33,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel
+from mahn.models.base import Batch, SequentialModel, load_features
 
 MODALITIES = ("image", "text")
-Features = list[tuple[torch.Tensor, torch.Tensor]]  # per modality: (float32 (items, dim), bool mask (items,))
 
 
 def parse_modalities(spec: str, model: str) -> tuple[str, ...]:
@@ -50,21 +48,8 @@ def parse_modalities(spec: str, model: str) -> tuple[str, ...]:
     names = tuple(m.strip() for m in spec.split("+") if m.strip())
     if not names or any(m not in MODALITIES for m in names) or len(set(names)) != len(names):
         raise DataError(f"{model}: modalities must be 'image', 'text' or 'image+text', got {spec!r}",
-                        "--modalities")
+                        "--set modalities=...")
     return names
-
-
-def load_features(dataset, modalities: tuple[str, ...], model: str) -> Features:
-    """[(float32 features (items, dim), bool mask (items,))] per modality; a DataError names a missing one."""
-    loaded = []
-    for modality in modalities:
-        if modality not in dataset.feature_modalities():
-            raise DataError(f"{model} needs '{modality}' features: run `mahn features DIR` first "
-                            f"(or choose other --modalities)", dataset.root)
-        matrix, mask = dataset.features(modality)
-        loaded.append((torch.from_numpy(np.array(matrix, dtype=np.float32)),
-                       torch.from_numpy(np.array(mask, dtype=bool))))
-    return loaded
 
 
 def user_item_pairs(batch: Batch, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,7 +78,7 @@ class VBPRConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.visual_dim < 1:
-            raise DataError("VBPR: dim and visual_dim must be positive", "--dim")
+            raise DataError("VBPR: dim and visual_dim must be positive", "--dim / --set visual_dim=...")
         parse_modalities(self.modalities, "VBPR")
 
 
@@ -121,7 +106,8 @@ class VBPR(SequentialModel):
 
     @classmethod
     def from_dataset(cls, config: VBPRConfig, dataset) -> VBPR:
-        parts = load_features(dataset, parse_modalities(config.modalities, "VBPR"), "VBPR")
+        parts = load_features(dataset, parse_modalities(config.modalities, "VBPR"), "VBPR",
+                              "or choose other --set modalities=...")
         return cls(config, dataset.n_items, dataset.n_users, torch.cat([matrix for matrix, _ in parts], 1))
 
     def user_vectors(self, users: torch.Tensor | None, batch_size: int) -> torch.Tensor:

@@ -1,10 +1,6 @@
-"""Evaluation under both protocols of SPEC §3: the stored uni100 negatives and full ranking over all items.
-
-Ties are ranked fairly: every metric is its expected value when the target is placed uniformly at
-random among the items that share its score. With g items scored strictly higher and t items tied,
-the target's 0-based rank is uniform on g..g+t, so HR@k = |{g..g+t} ∩ [0, k)| / (t + 1) and NDCG@k,
-MRR@k average their discounts over the same ranks. A constant-score model therefore gets exactly
-what random guessing gets, never a perfect score.
+"""Scoring a model on a split under both protocols: the stored uni100 negatives and full ranking over all
+items (docs/protocol.md). A user's history and the candidates go through one `encode` and one matrix
+product with the model's item table, in batches, on the model's device.
 """
 
 from __future__ import annotations
@@ -16,44 +12,17 @@ import torch
 
 from mahn.data import Dataset, left_padded, range_indices
 from mahn.errors import DataError
-from mahn.models.base import SequentialModel
-
-CUTOFFS = (10, 20)
-METRICS = tuple(f"{name}@{k}" for k in CUTOFFS for name in ("HR", "NDCG", "MRR"))
-PROTOCOLS = ("uni100", "full")
-N_GROUPS = 10
+from mahn.evaluation.metrics import PROTOCOLS, expected_metrics, frequency_groups, mean_metrics
+from mahn.models.base import MAX_LEN, SequentialModel
 
 
 @dataclass
 class EvalConfig:
     split: str = "test"
     keep_history: bool = False  # full ranking: keep the user's earlier items as candidates
-    max_len: int = 50  # histories are cut to the last max_len items, as in training
+    max_len: int = MAX_LEN  # histories are cut to the last max_len items, as in training
     batch_size: int = 1024
     groups: bool = True
-
-
-def expected_metrics(greater: np.ndarray, ties: np.ndarray, n_candidates: int) -> dict[str, np.ndarray]:
-    """Per-user metrics with the target's rank uniform over greater..greater+ties (ties excludes the target)."""
-    ranks = np.arange(n_candidates + 1)
-    discounts = {"HR": np.ones(len(ranks)), "NDCG": 1.0 / np.log2(ranks + 2), "MRR": 1.0 / (ranks + 1)}
-    out = {}
-    for name, discount in discounts.items():
-        prefix = np.concatenate([[0.0], np.cumsum(discount)])  # prefix[x] = sum of discount[r] for r < x
-        for k in CUTOFFS:
-            lo = np.minimum(greater, k)
-            hi = np.minimum(greater + ties + 1, k)
-            out[f"{name}@{k}"] = (prefix[hi] - prefix[lo]) / (ties + 1)
-    return {m: out[m] for m in METRICS}
-
-
-def frequency_groups(frequency: np.ndarray, n_groups: int = N_GROUPS) -> list[np.ndarray]:
-    """Items sorted by training frequency (ties by id), cut into n_groups of (nearly) equal item count."""
-    return np.array_split(np.argsort(frequency, kind="stable"), n_groups)
-
-
-def mean_metrics(per_user: dict[str, np.ndarray], rows: np.ndarray | slice = slice(None)) -> dict[str, float | None]:
-    return {m: (float(v[rows].mean()) if v[rows].size else None) for m, v in per_user.items()}
 
 
 @torch.no_grad()
@@ -122,28 +91,3 @@ def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None
                 **{p: mean_metrics(per_user[p], rows) for p in PROTOCOLS},
             })
     return result
-
-
-def render(result: dict, console=None) -> None:
-    """Print the metrics table (and the per-group table) with Rich."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=f"{result['split']} split, {result['users']} users")
-    table.add_column("metric")
-    for protocol in PROTOCOLS:
-        table.add_column(protocol, justify="right")
-    for metric in METRICS:
-        table.add_row(metric, *(f"{result[p][metric]:.4f}" for p in PROTOCOLS))
-    console.print(table)
-    if result.get("groups"):
-        groups = Table(title="by target item's training frequency (group 1 = rarest)")
-        for column in ("group", "train freq", "users", "uni100 HR@10", "uni100 NDCG@10", "full HR@10",
-                       "full NDCG@10"):
-            groups.add_column(column, justify="right")
-        for g in result["groups"]:
-            cells = [f"{g[p][m]:.4f}" if g[p][m] is not None else "-" for p in PROTOCOLS
-                     for m in ("HR@10", "NDCG@10")]
-            groups.add_row(str(g["group"]), f"{g['min_frequency']}-{g['max_frequency']}", str(g["users"]), *cells)
-        console.print(groups)

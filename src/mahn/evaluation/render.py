@@ -1,0 +1,30 @@
+"""The evaluation result as Rich tables: both protocols, then the item-frequency groups."""
+
+from __future__ import annotations
+
+from mahn.evaluation.metrics import METRICS, PROTOCOLS
+
+
+def render(result: dict, console=None) -> None:
+    """Print the metrics table (and the per-group table) with Rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"{result['split']} split, {result['users']} users")
+    table.add_column("metric")
+    for protocol in PROTOCOLS:
+        table.add_column(protocol, justify="right")
+    for metric in METRICS:
+        table.add_row(metric, *(f"{result[p][metric]:.4f}" for p in PROTOCOLS))
+    console.print(table)
+    if result.get("groups"):
+        groups = Table(title="by target item's training frequency (group 1 = rarest)")
+        for column in ("group", "train freq", "users", "uni100 HR@10", "uni100 NDCG@10", "full HR@10",
+                       "full NDCG@10"):
+            groups.add_column(column, justify="right")
+        for g in result["groups"]:
+            cells = [f"{g[p][m]:.4f}" if g[p][m] is not None else "-" for p in PROTOCOLS
+                     for m in ("HR@10", "NDCG@10")]
+            groups.add_row(str(g["group"]), f"{g['min_frequency']}-{g['max_frequency']}", str(g["users"]), *cells)
+        console.print(groups)

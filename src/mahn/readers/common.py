@@ -1,0 +1,239 @@
+"""The pieces every reader shares: options, the `Source` it returns, line-by-line text and JSON input,
+the items table and its image paths."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+from mahn.errors import DataError
+from mahn.text import clean_text
+
+CHUNK_ROWS = 1_000_000
+INTERACTION_SCHEMA = {"user": pl.String, "item": pl.String, "timestamp": pl.Int64}
+ITEM_COLUMNS = ("item", "title", "text", "image")
+
+
+@dataclass
+class ReaderOptions:
+    """How to read a user's own files; the flags of `mahn prepare` map 1:1 onto these."""
+
+    user_col: str = "user"
+    item_col: str = "item"
+    time_col: str | None = None  # None: file order is the order
+    time_format: str | None = None  # strptime format for string times; None = ISO date/datetime or integer seconds
+    item_key_col: str | None = None  # key column in the items table; defaults to item_col
+    title_col: str | None = None  # None: "title" if the items table has it
+    text_cols: tuple[str, ...] = ()  # joined with ". "; empty: "text" if the items table has it
+    image_col: str | None = None  # None: "image" if the items table has it
+    image_pattern: str | None = None  # e.g. "images/{key:.3}/{key}.jpg" (str.format with key=item key)
+    image_root: Path | None = None  # relative image paths resolve here; default: the items file's folder
+
+
+@dataclass
+class Source:
+    interactions: Iterator[pl.DataFrame]
+    items: pl.DataFrame | None = None
+    files: list[Path] = field(default_factory=list)  # every file read, for the manifest's hashes
+    has_time: bool = True  # False: timestamps are positions in the source (or null), not times
+    warnings: list[str] = field(default_factory=list)  # may grow while `interactions` is consumed
+
+
+# --- plain text and JSON lines ---
+
+
+def require_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError("file not found", path)
+    if not path.is_file():
+        raise DataError("not a file", path)
+    if path.stat().st_size == 0:
+        raise DataError("file is empty", path)
+
+
+def open_text(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line) from a text file, .gz or plain; decode and gzip errors name the file."""
+    require_file(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            for lineno, line in enumerate(f, start=1):  # noqa: B007 - lineno is used after the loop
+                yield lineno, line
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise DataError(f"cannot read the file after line {lineno} ({e})", path) from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason})", path, lineno + 1) from e
+
+
+def chunked(rows: Iterator[tuple], columns: dict, size: int = CHUNK_ROWS) -> Iterator[pl.DataFrame]:
+    """Group row tuples into DataFrames of at most `size` rows with the given schema."""
+    batch: list[tuple] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield pl.DataFrame(batch, schema=columns, orient="row")
+            batch = []
+    if batch:
+        yield pl.DataFrame(batch, schema=columns, orient="row")
+
+
+def read_jsonl_objects(path: Path, loose: bool = False) -> Iterator[tuple[int, dict]]:
+    """JSON objects, one a line. `loose` also accepts Python dict literals (McAuley's 2014 metadata)."""
+    for lineno, line in open_text(path):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            if not loose:
+                raise DataError(f"malformed JSON ({e})", path, lineno) from e
+            obj = python_literal(line, path, lineno)
+        if not isinstance(obj, dict):
+            raise DataError("expected a JSON object", path, lineno)
+        yield lineno, obj
+
+
+def python_literal(line: str, path: Path, lineno: int) -> object:
+    """Parse a Python literal with ast.literal_eval (never eval): strings, numbers, lists, dicts only."""
+    try:
+        return ast.literal_eval(line.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+        raise DataError(f"malformed record: neither JSON nor a Python literal ({type(e).__name__})",
+                        path, lineno) from e
+
+
+def required_key(obj: dict, name: str, path: Path, lineno: int) -> str:
+    """A key field (user or item id) as a non-blank string."""
+    value = obj.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) and value is not None:
+        raise DataError(f"field '{name}' must be a string, got {type(value).__name__}", path, lineno)
+    if value is None or not value.strip():
+        raise DataError(f"missing field '{name}'", path, lineno)
+    return value
+
+
+def string_list(value: object) -> list[str] | None:
+    """A list field (categories, features, image URLs) as its non-blank texts; None when not a list."""
+    if not isinstance(value, list):
+        return None
+    return [text for text in map(clean_text, value) if text is not None]
+
+
+def image_value(value: object) -> str | None:
+    """An image path or URL as written, ends stripped: unlike titles, inner spaces are part of a file name."""
+    if isinstance(value, str):
+        return value.strip() or None
+    return clean_text(value)
+
+
+# --- items tables ---
+
+
+def items_frame(records: list[dict]) -> pl.DataFrame:
+    """Build the items table: keys first, then title/text/image, then extras (nested values as JSON).
+
+    Blank title/text/image become null; extra columns with no value at all are left out.
+    """
+    keys: list[str] = []
+    for record in records:
+        for k in record:
+            if k not in keys:
+                keys.append(k)
+    columns = {}
+    for k in keys:
+        values = [r.get(k) for r in records]
+        if k in ITEM_COLUMNS:
+            texts = [None if v is None else str(v) for v in values]
+            columns[k] = pl.Series(k, [t if t is None or k == "item" or t.strip() else None for t in texts],
+                                   dtype=pl.String)
+            continue
+        if all(v is None for v in values):
+            continue
+        try:  # keep uniform values (numbers, lists of ints) native; anything ragged becomes JSON text
+            columns[k] = pl.Series(k, values, strict=True)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+            columns[k] = pl.Series(k, [None if v is None else orjson.dumps(v, default=str).decode()
+                                       for v in values])
+    frame = pl.DataFrame(columns)
+    order = [c for c in ITEM_COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in ITEM_COLUMNS]
+    return frame.select(order).unique(subset="item", keep="first", maintain_order=True)
+
+
+def read_items_jsonl(path: Path) -> pl.DataFrame:
+    """An items file of JSON objects with key `item` (the format of ../shared/data/*/items.jsonl).
+
+    Without a `text` key, `description` (Amazon metadata) is the text.
+    """
+    records = []
+    for lineno, obj in read_jsonl_objects(path):
+        record = {k: v for k, v in obj.items() if k != "item"}
+        record["item"] = required_key(obj, "item", path, lineno)
+        if record.get("text") is None and "description" in record:
+            record["text"] = record.pop("description")
+        for column in ("title", "text"):
+            if column in record:
+                record[column] = clean_text(record[column])
+        if "image" in record:
+            record["image"] = image_value(record["image"])
+        records.append(record)
+    if not records:
+        raise DataError("no items", path)
+    return items_frame(records)
+
+
+def is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def finish_items(table: pl.DataFrame | None, items_path: Path | None, options: ReaderOptions,
+                 warnings: list[str]) -> pl.DataFrame | None:
+    """Apply the image options to an items table: fill `image` from the pattern, then resolve paths.
+
+    URLs pass through; local paths become absolute; a path to a missing file becomes null (counted in
+    `warnings`), so `--require image` drops the item.
+    """
+    if table is None:
+        return None
+    if options.image_pattern:
+        table = table.with_columns(image=pl.Series(image_paths(table["item"].to_list(), options.image_pattern)))
+    if "image" not in table.columns:
+        return table
+    root = options.image_root if options.image_root is not None else (
+        items_path.parent if items_path is not None else Path.cwd())
+    resolved, missing, first_missing = [], 0, None
+    for value in table["image"].to_list():
+        if value is None or not value.strip() or is_url(value):
+            resolved.append(value if value and value.strip() else None)
+            continue
+        local = os.path.abspath(os.path.join(root, os.path.expanduser(value)))
+        if os.path.isfile(local):
+            resolved.append(local)
+        else:
+            resolved.append(None)
+            missing += 1
+            first_missing = first_missing or local
+    if missing:
+        warnings.append(f"{missing} of {table.height} items name an image file that does not exist "
+                        f"(first: {first_missing}); their image is left empty")
+    columns = table.columns
+    return table.with_columns(image=pl.Series(resolved, dtype=pl.String)).select(
+        [c for c in ITEM_COLUMNS if c in columns] + [c for c in columns if c not in ITEM_COLUMNS])
+
+
+def image_paths(keys: list[str], pattern: str) -> list[str]:
+    try:
+        return [pattern.format(key=key) for key in keys]
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        raise DataError(f"bad image pattern {pattern!r} ({type(e).__name__}: {e}); "
+                        "use {key} for the item key, e.g. 'images/{key:.3}/{key}.jpg'", "--image-pattern") from e

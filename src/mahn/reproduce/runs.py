@@ -1,0 +1,238 @@
+"""`mahn reproduce`: the paper's experiments (Tables 2-5, Figs. 3-5) on any prepared dataset.
+
+Every run is a (model, settings, seed) triple trained by `mahn.training.train` into REPORT/runs/<key>/
+and scored on the test split; runs shared by several experiments (MAHN cat-cat at d=50 appears in
+all of them) are trained once. A run whose `result.json` exists is reused and a half-trained run
+resumes from its last checkpoint, so a killed reproduce continues where it stopped.
+
+Protocol: hyperparameters are chosen on the validation split only (the budget's search space, seed
+0), then every seed is trained with the chosen settings; the checkpoint of each run is the epoch
+with the best validation NDCG@10. Test metrics are only reported. Each cell is mean ± std over
+seeds; MAHN is compared with every other model by a Wilcoxon signed-rank test over test users on
+per-user NDCG@10 (averaged over seeds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mahn.data import Dataset
+from mahn.errors import DataError
+from mahn.evaluation import PROTOCOLS, EvalConfig, evaluate, rank_users
+from mahn.io import read_json, save_npy, write_json
+from mahn.models import MODELS, build_model, label, make_config, model_class
+from mahn.models.mahn import VARIANTS
+from mahn.reproduce.report import write_report
+from mahn.reproduce.stats import group_means, paired_tests
+from mahn.settings import RunSettings, TrainConfig, defaults, resolve
+from mahn.training import load_run, train
+
+EXPERIMENTS = ("compare", "variants", "ablations", "dims", "groups")
+ABLATIONS = {"MAHN": "", "MAHN-V": "v", "MAHN-T": "t", "MAHN-V-T": "vt"}
+DIMS = (10, 20, 30, 40, 50)
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    epochs: int
+    patience: int
+    seeds: int  # default number of seeds
+    search: dict[str, dict[str, list]] = field(default_factory=dict)  # model -> setting -> values tried
+
+
+BUDGETS = {
+    # a smoke check: few epochs, one seed, no search (the papers' defaults)
+    "quick": Budget("quick", epochs=3, patience=2, seeds=1),
+    # every model to convergence with its papers' defaults, no search: the budget of the runs in docs/
+    "standard": Budget("standard", epochs=50, patience=5, seeds=3),
+    "full": Budget("full", epochs=60, patience=5, seeds=5, search={
+        "*": {"lr": [1e-3, 3e-4]},
+        "mahn": {"rec_weight": [1.0, 0.1]},
+    }),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    model: str
+    seed: int
+    settings: tuple[tuple[str, object], ...] = ()  # model and trainer settings that differ from defaults
+
+    @property
+    def key(self) -> str:
+        parts = [self.model] + [f"{k}={v}" for k, v in self.settings] + [f"seed{self.seed}"]
+        return "-".join(str(p).replace("/", "_") for p in parts)
+
+    def with_settings(self, **values) -> Run:
+        """This run with more settings; values equal to the defaults are dropped, so equal runs share a key."""
+        declared = defaults(self.model)
+        merged = {k: v for k, v in (dict(self.settings) | values).items() if declared.get(k, object()) != v}
+        return Run(self.model, self.seed, tuple(sorted(merged.items())))
+
+
+@dataclass
+class ReproduceConfig:
+    out: Path
+    seeds: int = 5
+    experiments: tuple[str, ...] = EXPERIMENTS
+    budget: str = "full"
+    models: tuple[str, ...] = ()  # empty: every registered model that the dataset can feed
+    batch_size: int | None = None  # None: the trainer's default
+    threads: int = 0  # torch threads per run (0: torch's default)
+    device: str = "auto"
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.experiments if e not in EXPERIMENTS]
+        if unknown:
+            raise DataError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}",
+                            "--experiments")
+        if self.budget not in BUDGETS:
+            raise DataError(f"budget must be one of {', '.join(BUDGETS)}", "--budget")
+        if self.seeds < 1:
+            raise DataError("seeds must be at least 1", "--seeds")
+        if self.batch_size is None:
+            self.batch_size = TrainConfig.batch_size
+
+
+class Reproduction:
+    def __init__(self, dataset_dir: Path, config: ReproduceConfig, say=print):
+        self.dataset_dir = Path(dataset_dir)
+        self.dataset = Dataset(dataset_dir)
+        self.config = config
+        self.budget = BUDGETS[config.budget]
+        self.say = say
+        self.runs_dir = config.out / "runs" / config.budget  # a budget's runs never stand in for another's
+        self.notes: list[str] = []
+
+    # --- running ---
+
+    def settings(self, run: Run) -> RunSettings:
+        """The run's settings: the budget's and this reproduction's, then the run's own, through the one resolver."""
+        budget = {"model": run.model, "epochs": self.budget.epochs, "patience": self.budget.patience,
+                  "batch_size": self.config.batch_size, "seed": run.seed, "threads": self.config.threads,
+                  "device": self.config.device, "progress": self.config.progress}
+        return resolve((f"budget {self.budget.name}", budget), (f"run {run.key}", dict(run.settings)))
+
+    def execute(self, run: Run) -> dict:
+        """Train (or resume) and test one run; cached in runs/<key>/result.json."""
+        folder = self.runs_dir / run.key
+        if (folder / "result.json").exists():
+            return read_json(folder / "result.json")
+        settings = self.settings(run)
+        self.say(f"training {run.key}")
+        started = time.perf_counter()
+        checkpoint = folder / "checkpoints" / "last.safetensors"
+        summary = train(self.dataset_dir, folder, settings, resume=checkpoint.exists(), force=not checkpoint.exists())
+        model, dataset, _ = load_run(folder, self.dataset_dir, self.config.device)
+        eval_config = EvalConfig(split="test", max_len=settings.train.max_len)
+        per_user = rank_users(model, dataset, eval_config)
+        test = evaluate(model, dataset, eval_config, per_user)
+        save_npy(folder / "test_ndcg10.npy", np.stack([per_user[p]["NDCG@10"] for p in PROTOCOLS]))
+        result = {"run": run.key, "budget_name": self.budget.name, "model": run.model, "seed": run.seed,
+                  "settings": dict(run.settings),
+                  "test": test, "valid": summary["valid"],
+                  "budget": {k: summary[k] for k in ("epochs", "steps", "sequences", "train_seconds",
+                                                     "stopped_early", "best_epoch")},
+                  "wall_seconds": time.perf_counter() - started}
+        write_json(folder / "result.json", result)
+        return result
+
+    def usable(self, model: str) -> bool:
+        """Whether the dataset can feed the model (multimodal models need features)."""
+        try:
+            build_model(model, make_config(model, {}), self.dataset)
+        except DataError as e:
+            self.notes.append(f"{label(model)} skipped: {e}")
+            return False
+        return True
+
+    def choose(self, model: str, base: dict) -> dict:
+        """Pick settings on validation NDCG@10 (seed 0) over the budget's search space."""
+        space = {**self.budget.search.get("*", {}), **self.budget.search.get(model, {})}
+        if not space or not model_class(model).trainable:
+            return base
+        best, best_score = base, -1.0
+        for values in itertools.product(*space.values()):
+            candidate = {**base, **dict(zip(space, values, strict=True))}
+            result = self.execute(Run(model, 0).with_settings(**candidate))
+            score = result["valid"]["full"]["NDCG@10"]
+            if score > best_score:
+                best, best_score = candidate, score
+        return best
+
+    def cell(self, model: str, settings: dict) -> list[dict]:
+        return [self.execute(Run(model, seed).with_settings(**settings)) for seed in range(self.config.seeds)]
+
+    # --- experiments ---
+
+    def mahn_base(self) -> dict:
+        """MAHN's settings on this dataset: ablated as far as the dataset's features require."""
+        have = set(self.dataset.feature_modalities())
+        ablate = ("" if "image" in have else "v") + ("" if "text" in have else "t")
+        if ablate:
+            missing = {"v": "image", "t": "text", "vt": "image and text"}[ablate]
+            self.notes.append(f"the dataset lacks {missing} features: MAHN runs as MAHN-{'-'.join(ablate.upper())}")
+        return {"ablate": ablate} if ablate else {}
+
+    def run_all(self) -> dict:
+        results: dict = {"dataset": str(self.dataset_dir), "config": {
+            **asdict(self.config), "out": str(self.config.out)}, "budget": asdict(self.budget)}
+        experiments = self.config.experiments
+        base = self.mahn_base()
+        multimodal = not base
+        chosen_mahn = self.choose("mahn", base)
+        results["chosen"] = {"mahn": chosen_mahn}
+        if "compare" in experiments or "groups" in experiments:
+            models = self.config.models or tuple(MODELS)
+            compare = {}
+            for model in models:
+                if model == "mahn":
+                    compare["MAHN"] = self.cell("mahn", chosen_mahn)
+                elif self.usable(model):
+                    settings = self.choose(model, {})
+                    results["chosen"][model] = settings
+                    compare[label(model)] = self.cell(model, settings)
+            results["compare"] = compare
+        if multimodal and "variants" in experiments:
+            results["variants"] = {v: self.cell("mahn", {**chosen_mahn, "variant": v}) for v in VARIANTS}
+        if multimodal and "ablations" in experiments:
+            results["ablations"] = {label: self.cell("mahn", {**chosen_mahn, "ablate": a} if a else chosen_mahn)
+                                    for label, a in ABLATIONS.items()}
+        if not multimodal and ({"variants", "ablations"} & set(experiments)):
+            self.notes.append("variants and ablations need image and text features: skipped")
+        if "dims" in experiments:
+            results["dims"] = {str(d): self.cell("mahn", {**chosen_mahn, "dim": d}) for d in DIMS}
+        if "groups" in experiments:
+            results["groups"] = self.groups(results["compare"])
+        results["notes"] = self.notes
+        return results
+
+    def groups(self, compare: dict) -> dict:
+        """MAHN vs the strongest other sequential model, chosen by validation NDCG@10 (never by test)."""
+        rivals = {label: np.mean([r["valid"]["full"]["NDCG@10"] for r in runs])
+                  for label, runs in compare.items() if label not in ("MAHN", "Popularity", "VBPR", "JRL")}
+        if "MAHN" not in compare or not rivals:
+            return {}
+        rival = max(rivals, key=rivals.get)
+        return {"rival": rival, "by": "validation full NDCG@10",
+                "MAHN": group_means(compare["MAHN"]), rival: group_means(compare[rival])}
+
+
+def reproduce(dataset_dir: Path, config: ReproduceConfig, command: str = "mahn reproduce", say=print) -> dict:
+    started = time.perf_counter()
+    config.out.mkdir(parents=True, exist_ok=True)
+    reproduction = Reproduction(dataset_dir, config, say)
+    results = reproduction.run_all()
+    results["paired_tests"] = paired_tests(config.out, results["compare"]) if "compare" in results else {}
+    results["seconds"] = time.perf_counter() - started
+    write_json(config.out / "results.json", results)
+    report = write_report(results, config.out, command)
+    say(f"report: {report}")
+    return results

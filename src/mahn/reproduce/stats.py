@@ -1,0 +1,48 @@
+"""Summaries of a reproduction's runs: per-group means over seeds, and paired Wilcoxon tests of MAHN against
+every other model on per-user test NDCG@10."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mahn.evaluation import PROTOCOLS
+from mahn.io import load_npy
+
+
+def group_means(runs: list[dict]) -> list[dict]:
+    """Per frequency group: metrics averaged over seeds."""
+    groups = []
+    for index, first in enumerate(runs[0]["test"]["groups"]):
+        row = {k: first[k] for k in ("group", "items", "min_frequency", "max_frequency", "users")}
+        for protocol in PROTOCOLS:
+            row[protocol] = {m: float(np.mean([r["test"]["groups"][index][protocol][m] or 0.0 for r in runs]))
+                             for m in ("HR@10", "NDCG@10")}
+        groups.append(row)
+    return groups
+
+
+def per_user_ndcg(out: Path, runs: list[dict]) -> np.ndarray:
+    """(protocols, users) test NDCG@10 averaged over a cell's seeds."""
+    return np.mean([load_npy(out / "runs" / r["budget_name"] / r["run"] / "test_ndcg10.npy") for r in runs], axis=0)
+
+
+def paired_tests(out: Path, compare: dict) -> dict:
+    """Wilcoxon signed-rank p-values, MAHN vs each model, on per-user test NDCG@10 (two-sided)."""
+    from scipy.stats import wilcoxon
+
+    if "MAHN" not in compare:
+        return {}
+    ours = per_user_ndcg(out, compare["MAHN"])
+    tests = {}
+    for label, runs in compare.items():
+        if label == "MAHN":
+            continue
+        theirs = per_user_ndcg(out, runs)
+        tests[label] = {}
+        for index, protocol in enumerate(PROTOCOLS):
+            difference = ours[index] - theirs[index]
+            tests[label][protocol] = (1.0 if not np.any(difference) else
+                                      float(wilcoxon(ours[index], theirs[index]).pvalue))
+    return tests

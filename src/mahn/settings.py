@@ -1,0 +1,176 @@
+"""Every setting of a training run, declared and resolved in one place.
+
+A run's settings form one flat mapping: `model` (a registered name), the model's settings (the
+fields of its `Config` dataclass, listed by `mahn models --settings`) and the trainer's (`TrainConfig`
+below). They arrive in layers, each overriding the ones before it: the declared defaults, then a
+`mahn reproduce` budget, a TOML file, the command-line flags, and `--set KEY=VALUE`. A key that the
+model and the trainer both declare (`max_len`, the history window) is one setting given to both, so
+a position-aware model's table always covers what the trainer and the evaluator feed it.
+
+Every entry point (`mahn train`, `mahn reproduce`, the demo, the Python API) goes through `resolve`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from mahn.errors import DataError
+from mahn.models import model_class
+from mahn.models.base import MAX_LEN
+
+DEFAULT_MODEL = "mahn"
+SELECT = ("full", "uni100")
+
+
+@dataclass
+class TrainConfig:
+    """The trainer's settings (model-agnostic)."""
+
+    epochs: int = 100  # upper bound; early stopping usually ends sooner
+    batch_size: int = 256  # sequences per step (the paper used 5: slow on CPU, reachable by flag)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4  # the paper's "regularisation": L2 on weight matrices and embeddings, not biases
+    lr_step: int = 10
+    lr_gamma: float = 0.5
+    max_len: int = MAX_LEN  # histories are cut to their last max_len items
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    select: str = "full"  # protocol whose validation NDCG@10 picks the checkpoint: full or uni100
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N; results differ across devices
+    progress: bool = True  # a live bar on a terminal; one line per epoch otherwise
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT:
+            raise DataError("select must be 'full' or 'uni100'", "--select")
+        for name in ("epochs", "batch_size", "max_len", "patience", "lr_step"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name} must be at least 1", setting_source(name))
+        for name in ("lr", "weight_decay", "threads"):  # lr 0 is allowed: a frozen model, a useful probe
+            if getattr(self, name) < 0:
+                raise DataError(f"{name} must not be negative", setting_source(name))
+        if self.lr_gamma <= 0:
+            raise DataError("lr_gamma must be positive", "--lr-gamma")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The resolved settings of one run: the model's name and config, and the trainer's config."""
+
+    model: str
+    model_config: Any
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        for key in sorted(model_keys(self.model) & TRAIN_KEYS):
+            ours, theirs = getattr(self.model_config, key), getattr(self.train, key)
+            if ours != theirs:
+                raise DataError(f"{key} is one setting shared by the model and the trainer, "
+                                f"but the model has {ours!r} and the trainer {theirs!r}", setting_source(key))
+
+    def flat(self) -> dict[str, Any]:
+        """One flat dict (model, then the model's and the trainer's settings), as a TOML file would hold it."""
+        return {"model": self.model, **asdict(self.model_config), **asdict(self.train)}
+
+
+Layer = tuple[str, Mapping[str, Any]]  # (where it came from, e.g. a file name or "--set"; settings)
+
+
+def setting_source(name: str) -> str:
+    """How a user sets `name` on the command line (for error messages)."""
+    flags = {"variant", "ablate", "dim", "epochs", "batch_size", "lr", "weight_decay", "lr_step", "lr_gamma",
+             "max_len", "patience", "select", "seed", "threads", "device"}
+    return f"--{name.replace('_', '-')}" if name in flags else f"--set {name}=..."
+
+
+def model_keys(model: str) -> set[str]:
+    return {f.name for f in fields(model_class(model).Config)}
+
+
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def defaults(model: str) -> dict[str, Any]:
+    """Every declared default of `model` and of the trainer, as one flat dict."""
+    return asdict(model_class(model).Config()) | asdict(TrainConfig())
+
+
+def resolve(*layers: Layer) -> RunSettings:
+    """Merge the layers (later ones win; None means "not given") into a model config and a TrainConfig.
+
+    Unknown keys and values of the wrong type are a DataError naming the layer they came from.
+    """
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for where, values in layers:
+        for key, value in values.items():
+            if value is not None:
+                merged[key], origin[key] = value, where
+    model = merged.pop("model", DEFAULT_MODEL)
+    if not isinstance(model, str):
+        raise DataError(f"model must be a name, got {model!r}", origin.get("model"))
+    config_class = model_class(model).Config
+    own = model_keys(model)
+    unknown = sorted(set(merged) - own - TRAIN_KEYS)
+    if unknown:
+        known = ", ".join(sorted({"model"} | own | TRAIN_KEYS))
+        raise DataError(f"unknown setting(s) {', '.join(unknown)} for model {model!r}; known: {known}",
+                        origin[unknown[0]])
+    for cls in (config_class, TrainConfig):
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            if f.name in merged:
+                merged[f.name] = checked(f.name, merged[f.name], hints[f.name], origin[f.name])
+    train = TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_KEYS})
+    # a shared setting (max_len) is one value: the trainer's, default or given, reaches the model too
+    shared = {k: getattr(train, k) for k in own & TRAIN_KEYS}
+    model_config = config_class(**{k: v for k, v in merged.items() if k in own} | shared)
+    return RunSettings(model, model_config, train)
+
+
+def checked(name: str, value: Any, declared: Any, where: str) -> Any:
+    """`value` as the declared type (int -> float is allowed), or a DataError that names the setting."""
+    allowed = get_args(declared) if get_origin(declared) in (Union, types.UnionType) else (declared,)
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise DataError(f"setting {name} must be {names}, got {value!r}", where)
+
+
+def read_toml(path) -> dict[str, Any]:
+    """A TOML settings file as a flat dict (a DataError names the file when it is missing or malformed)."""
+    from pathlib import Path
+
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise DataError("file not found", path) from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"not valid TOML ({e})", path) from e
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs; values are read as TOML (numbers, booleans, quoted strings), else as text."""
+    values: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"expected KEY=VALUE, got {assignment!r}", "--set")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = text
+    return values
