@@ -124,7 +124,7 @@ def print_examples(run: Path, console, users: int = 2, k: int = 5) -> None:
 def run_demo(config: DemoConfig) -> dict:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long lines stay whole in a log
     started = time.perf_counter()
     data = build_dataset(config, console.print)
     results = train_models(config, data, console.print)
