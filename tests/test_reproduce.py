@@ -171,3 +171,22 @@ def test_paper_table_reads_a_folder_of_runs(tmp_path):
     assert cells[3] == f"{100 * (test['uni100']['HR@10'] / 0.5659 - 1):+.1f}%"
     assert cells[9].endswith(", cut") and cells[9].startswith("2 (")
     assert any(line.startswith("| popularity | ") and "| – |" in line for line in table)
+
+
+def test_cold_experiment_scores_every_model_on_the_new_item_split(tmp_path):
+    data = make_dataset(tmp_path / "data", users=60, items=24, length=6)
+    out = tmp_path / "report"
+    config = ReproduceConfig(out=out, seeds=1, budget="quick", experiments=("cold",), models=("mahn", "popularity"),
+                             batch_size=64)
+    results = reproduce(data, config, say=lambda *_: None)
+    cold = Dataset(out / "cold-data")
+    users = int(np.isin(cold.eval_set("test").targets, cold.new_items()).sum())
+    assert set(results["cold"]) == {"MAHN", "Popularity"} and users > 0
+    for runs in results["cold"].values():
+        assert runs[0]["test"]["new_items"]["users"] == users
+    # popularity has never seen a new item: it ranks every one of them last under full ranking
+    assert results["cold"]["Popularity"][0]["test"]["new_items"]["full"]["HR@10"] == 0.0
+    text = (out / "report.md").read_text()
+    assert f"{len(cold.new_items())} items never seen in training, {users} test users" in text
+    row = next(line for line in text.splitlines() if line.startswith("| MAHN |"))
+    assert f"{results['cold']['MAHN'][0]['test']['new_items']['full']['HR@10']:.4f} ± 0.0000" in row

@@ -77,6 +77,23 @@ def negatives_command(
                + ", ".join(f"{k} {v[:12]}" for k, v in manifest["negatives"]["sha256"].items()))
 
 
+@app.command("cold-split")
+def cold_split_command(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Derived dataset directory to write."),
+    fraction: float = typer.Option(0.1, help="Share of the items held out of training and validation."),
+    seed: int = typer.Option(0, help="Seed of the choice of new items."),
+    force: bool = typer.Option(False, help="Replace an existing output directory."),
+) -> None:
+    """Derive the new-item protocol: a seeded fraction of items is removed from training and validation."""
+    from mahn.data.cold import cold_split
+
+    manifest = cold_split(dataset, out, fraction, seed, force)
+    cold = manifest["cold"]
+    typer.echo(f"wrote {out}: {len(cold['items']):,} new items, {cold['removed_interactions']:,} interactions "
+               f"removed, {cold['new_item_targets']:,} test users with a new target")
+
+
 @app.command()
 def info(
     dataset: Path = typer.Argument(..., help="Prepared dataset directory."),
@@ -210,6 +227,8 @@ def train(
     threads: int | None = typer.Option(None, help="Torch CPU threads (0: torch's default)."),
     device: str | None = typer.Option(None, help=DEVICE_HELP + " [auto]"),
     config: Path | None = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    preset: str | None = typer.Option(None, help="Start from a named set of settings: paper (the papers' "
+                                      "configurations; see docs/model.md)."),
     set_: list[str] = typer.Option([], "--set", help="Any model or trainer setting as KEY=VALUE (repeatable), "
                                    "e.g. --set dropout=0.5 (see `mahn models --settings`)."),
     resume: bool = typer.Option(False, help="Continue the run from its last checkpoint."),
@@ -228,7 +247,7 @@ def train(
     layers = [("flags", flags), ("--set", parse_assignments(set_))]
     if config is not None:
         layers.insert(0, (str(config), read_toml(config)))
-    summary = run_training(dataset, out, resolve(*layers), resume=resume, force=force)
+    summary = run_training(dataset, out, resolve(*layers, preset=preset), resume=resume, force=force)
     typer.echo(f"trained {out}: {summary['epochs']} epochs, {summary['steps']} steps, "
                f"{summary['train_seconds']:.0f} s; best epoch {summary['best_epoch']} "
                f"(valid NDCG@10 full {summary['valid']['full']['NDCG@10']:.4f}, "
@@ -299,7 +318,8 @@ def reproduce(
     out: Path = typer.Option(..., "--out", "-o", help="Report directory (reused: finished runs are kept)."),
     seeds: int | None = typer.Option(None, help="Seeds per cell (default: 5, or 1 with --budget quick)."),
     experiments: str = typer.Option(",".join(("compare", "variants", "ablations", "dims", "groups")),
-                                    help="Comma-separated: compare, variants, ablations, dims, groups."),
+                                    help="Comma-separated: compare, variants, ablations, dims, groups (the paper's), "
+                                    "and cold (new items held out of training)."),
     budget: str = typer.Option("full", help="full (search on validation, up to 60 epochs, 5 seeds), standard "
                                "(defaults, up to 50 epochs, 3 seeds) or quick (3 epochs, 1 seed: a smoke check)."),
     models: str = typer.Option("", help="Comma-separated models for compare (default: all that the data can feed)."),
@@ -307,6 +327,7 @@ def reproduce(
     threads: int = typer.Option(0, help="Torch threads per run (0: torch's default)."),
     device: str = typer.Option("auto", help=DEVICE_HELP + " (training and test scoring)"),
     progress: bool = typer.Option(False, help="Show per-epoch progress bars."),
+    preset: str | None = typer.Option(None, help="Settings preset of every run, e.g. paper (runs kept apart)."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
     from mahn.reproduce import BUDGETS, ReproduceConfig
@@ -318,7 +339,7 @@ def reproduce(
                              experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
                              budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
                              batch_size=batch_size, threads=threads, device=device,
-                             progress=progress)
+                             progress=progress, preset=preset)
     run_reproduce(dataset, config, command="mahn " + " ".join(sys.argv[1:]), say=typer.echo)
 
 

@@ -121,6 +121,11 @@ class Dataset:
                             self.root / "features" / f"{modality}.npy")
         return matrix, mask
 
+    def new_items(self) -> np.ndarray | None:
+        """Ids of the items held out of training and validation (the new-item protocol, data/cold.py), or None."""
+        cold = self.manifest.get("cold")
+        return np.asarray(cold["items"], dtype=np.int64) if cold else None
+
     def item_frequency(self) -> np.ndarray:
         """Training interactions per item (int64, items,)."""
         starts, ends = self.train_histories()

@@ -68,7 +68,8 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
 
 def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None = None,
              per_user: dict[str, dict[str, np.ndarray]] | None = None) -> dict:
-    """{"split", "users", "uni100": {metric: mean}, "full": {...}, "groups": [...]} for config.split.
+    """{"split", "users", "uni100": {metric: mean}, "full": {...}, "groups": [...]} for config.split, and on
+    the test split of a dataset with new items, "new_items": the same metrics over the users whose target is new.
 
     Pass `per_user` (from rank_users with the same config) to summarise metrics already computed.
     """
@@ -77,6 +78,11 @@ def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None
     result: dict = {"split": config.split, "users": int(dataset.evaluated.sum()), "keep_history": config.keep_history}
     for protocol in PROTOCOLS:
         result[protocol] = mean_metrics(per_user[protocol])
+    new_items = dataset.new_items()
+    if new_items is not None and config.split == "test":
+        rows = np.isin(dataset.eval_set("test").targets, new_items)
+        result["new_items"] = {"items": len(new_items), "users": int(rows.sum()),
+                               **{p: mean_metrics(per_user[p], rows) for p in PROTOCOLS}}
     if config.groups:
         frequency = dataset.item_frequency()
         targets = dataset.eval_set(config.split).targets

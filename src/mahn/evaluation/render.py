@@ -18,6 +18,16 @@ def render(result: dict, console=None) -> None:
     for metric in METRICS:
         table.add_row(metric, *(f"{result[p][metric]:.4f}" for p in PROTOCOLS))
     console.print(table)
+    new = result.get("new_items")
+    if new:
+        cold = Table(title=f"users whose target is a new item ({new['users']} users, {new['items']} new items)")
+        cold.add_column("metric")
+        for protocol in PROTOCOLS:
+            cold.add_column(protocol, justify="right")
+        for metric in METRICS:
+            cold.add_row(metric, *(f"{new[p][metric]:.4f}" if new[p][metric] is not None else "-"
+                                   for p in PROTOCOLS))
+        console.print(cold)
     if result.get("groups"):
         groups = Table(title="by target item's training frequency (group 1 = rarest)")
         for column in ("group", "train freq", "users", "uni100 HR@10", "uni100 NDCG@10", "full HR@10",

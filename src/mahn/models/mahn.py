@@ -15,15 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel, left_to_right_padded, load_features
+from mahn.models.losses import check_loss, next_item_loss
 
 VARIANTS = ("add-add", "add-cat", "cat-add", "cat-cat")
 ABLATIONS = ("", "v", "t", "vt")
+FEATURE_NORMS = ("none", "l2")
 VISUAL, TEXT = "image", "text"  # the dataset modalities feeding v and t
 
 
@@ -33,6 +34,9 @@ class MAHNConfig:
     variant: str = "cat-cat"  # op1-op2: layer-1 fusion, layer-2 fusion
     ablate: str = ""  # "" (full model), "v" (MAHN-V), "t" (MAHN-T), "vt" (MAHN-V-T)
     rec_weight: float = 1.0  # λ, weight of the reconstruction loss
+    loss: str = "bpr"  # next-item loss (models/losses.py): bpr (the paper's), bce, ce, sampled-ce
+    negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
+    feature_norm: str = "none"  # none (the paper's raw features) or l2 (each item's feature row scaled to norm 1)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -41,6 +45,9 @@ class MAHNConfig:
             raise DataError(f"unknown ablation {self.ablate!r}; choose v, t or vt", "--ablate")
         if self.dim < 1:
             raise DataError("dim must be positive", "--dim")
+        check_loss(self.loss, self.negatives, "MAHN")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise DataError(f"MAHN: feature_norm must be one of {', '.join(FEATURE_NORMS)}", "--set feature_norm=...")
 
 
 class Modality(nn.Module):
@@ -67,7 +74,7 @@ class MAHN(SequentialModel):
     Config = MAHNConfig
 
     def __init__(self, config: MAHNConfig, n_items: int, visual: torch.Tensor | None = None,
-                 text: torch.Tensor | None = None):
+                 text: torch.Tensor | None = None, trained: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         self.n_items = n_items
@@ -76,12 +83,15 @@ class MAHN(SequentialModel):
         for name, letter, features in (("visual", "v", visual), ("text", "t", text)):
             if letter not in config.ablate and (features is None or features.shape[0] != n_items):
                 raise DataError(f"MAHN needs {name} features with one row per item (or --ablate {letter})")
-        self.visual = Modality(visual, d) if "v" not in config.ablate else None
-        self.text = Modality(text, d) if "t" not in config.ablate else None
+        self.visual = Modality(normalised(visual, config.feature_norm), d) if "v" not in config.ablate else None
+        self.text = Modality(normalised(text, config.feature_norm), d) if "t" not in config.ablate else None
         self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=n_items)
         nn.init.normal_(self.item_embedding.weight, std=d**-0.5)
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
+        # items never seen in training (new items) have no learned ID vector: e = 0, so their content speaks
+        trained = torch.ones(n_items, dtype=torch.bool) if trained is None else trained.bool()
+        self.register_buffer("trained", torch.cat([trained, trained.new_zeros(1)]).unsqueeze(1), persistent=False)
         n_parts = 1 + len(self.modalities)  # e plus each modality
         self.item_dim = d * n_parts if self.op1 == "cat" else d
         self.lstm1 = nn.LSTM(self.item_dim, d, batch_first=True)
@@ -95,7 +105,8 @@ class MAHN(SequentialModel):
             # rows of items lacking the modality are zeros
             return load_features(dataset, (modality,), "MAHN", f"or train the ablation with --ablate {letter}")[0][0]
 
-        return cls(config, dataset.n_items, load(VISUAL, "v"), load(TEXT, "t"))
+        trained = torch.from_numpy(dataset.item_frequency() > 0)
+        return cls(config, dataset.n_items, load(VISUAL, "v"), load(TEXT, "t"), trained)
 
     @property
     def modalities(self) -> list[Modality]:
@@ -108,7 +119,7 @@ class MAHN(SequentialModel):
         """(v, e, t) for 1-D ids; each distinct item's features are projected once."""
         unique, inverse = torch.unique(ids, return_inverse=True)
         v, t = self.project(unique)
-        return (v[inverse] if v is not None else None, self.item_embedding(ids),
+        return (v[inverse] if v is not None else None, self.item_embedding(ids) * self.trained[ids],
                 t[inverse] if t is not None else None)
 
     def project(self, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -153,6 +164,10 @@ class MAHN(SequentialModel):
         shared = self.fuse("add", [p for p in (v, t) if p is not None])
         return sum(m.reconstruction_error(shared, ids) for m in self.modalities)
 
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """r_j for 1-D ids (each distinct item's features projected once)."""
+        return self.represent(*self.item_parts(ids))
+
     def loss(self, batch: Batch) -> torch.Tensor:
         packed, lengths = self.pack(batch.histories)
         positives = pack_padded_sequence(left_to_right_padded(batch.targets, self.pad)[0], lengths.cpu(),
@@ -163,17 +178,20 @@ class MAHN(SequentialModel):
         ids = torch.cat([packed.data, positives, negatives])
         unique, inverse = torch.unique(ids, return_inverse=True)
         v_unique, t_unique = self.project(unique)
-        v = v_unique[inverse] if v_unique is not None else None
-        t = t_unique[inverse] if t_unique is not None else None
-        e = self.item_embedding(ids)
-        out, _ = self.run(packed, *[p[:n] if p is not None else None for p in (v, e, t)])
-        items = self.represent(*[p[n:] if p is not None else None for p in (v, e, t)])
-        state = out.data
-        pos_score = (state * items[:n]).sum(-1)
-        neg_score = (state * items[n:]).sum(-1)  # items: the n positives, then the n negatives
-        bpr = -F.logsigmoid(pos_score - neg_score).mean()
+        v = v_unique[inverse[:n]] if v_unique is not None else None
+        t = t_unique[inverse[:n]] if t_unique is not None else None
+        out, _ = self.run(packed, v, self.item_embedding(packed.data) * self.trained[packed.data], t)
+        ranking = next_item_loss(self.config.loss, out.data, positives, negatives, self.item_vectors,
+                                 self.item_table, self.n_items, self.config.negatives)
         if not self.modalities or self.config.rec_weight == 0:
-            return bpr
+            return ranking
         # rec depends only on the item: compute it once per distinct item, then look it up per position
         rec = self.reconstruction(v_unique, t_unique, unique)[inverse[n:]]
-        return bpr + self.config.rec_weight * 2 * rec.mean()  # rec(pos) + rec(neg), averaged over positions
+        return ranking + self.config.rec_weight * 2 * rec.mean()  # rec(pos) + rec(neg), averaged over positions
+
+
+def normalised(features: torch.Tensor | None, norm: str) -> torch.Tensor | None:
+    """Feature rows as given (none) or scaled to unit length (l2); an all-zero row (item lacking it) stays zero."""
+    if features is None or norm == "none":
+        return features
+    return features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)

@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mahn.errors import DataError
 from mahn.models.base import MAX_LEN, Batch, SequentialModel
+from mahn.models.losses import check_loss, next_item_loss
 
 
 @dataclass
@@ -40,6 +40,8 @@ class SASRecConfig:
     heads: int = 1
     dropout: float = 0.2
     max_len: int = MAX_LEN  # longest history the positional embedding covers; longer ones keep their tail
+    loss: str = "bce"  # next-item loss (models/losses.py): bce (the paper's), bpr, ce, sampled-ce
+    negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.blocks < 1 or self.heads < 1 or self.max_len < 1:
@@ -49,6 +51,7 @@ class SASRecConfig:
             raise DataError(f"dim {self.dim} is not divisible by heads {self.heads}", "--set heads=...")
         if not 0 <= self.dropout < 1:
             raise DataError("dropout must be in [0, 1)", "--set dropout=...")
+        check_loss(self.loss, self.negatives, "SASRec")
 
 
 class Block(nn.Module):
@@ -116,7 +119,5 @@ class SASRec(SequentialModel):
         targets = batch.targets[:, -states.shape[1] :]
         negatives = batch.negatives[:, -states.shape[1] :]
         real = targets != self.pad
-        states = states[real]
-        positive = (states * self.item_embedding(targets[real])).sum(-1)
-        negative = (states * self.item_embedding(negatives[real])).sum(-1)
-        return -(F.logsigmoid(positive) + F.logsigmoid(-negative)).mean()
+        return next_item_loss(self.config.loss, states[real], targets[real], negatives[real], self.item_embedding,
+                              self.item_table, self.n_items, self.config.negatives)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,12 @@ from mahn.models import MODELS, build_model, label, make_config, model_class
 from mahn.models.mahn import VARIANTS
 from mahn.reproduce.report import write_report
 from mahn.reproduce.stats import group_means, paired_tests
-from mahn.settings import RunSettings, TrainConfig, defaults, resolve
+from mahn.settings import RunSettings, TrainConfig, defaults, preset_layer, resolve
 from mahn.training import load_run, train
 
-EXPERIMENTS = ("compare", "variants", "ablations", "dims", "groups")
+EXPERIMENTS = ("compare", "variants", "ablations", "dims", "groups", "cold")  # cold: not the paper's; opt in
+PAPER_EXPERIMENTS = EXPERIMENTS[:5]
+COLD_FRACTION = 0.1  # share of items that the new-item protocol holds out of training
 ABLATIONS = {"MAHN": "", "MAHN-V": "v", "MAHN-T": "t", "MAHN-V-T": "vt"}
 DIMS = (10, 20, 30, 40, 50)
 
@@ -69,9 +71,10 @@ class Run:
         parts = [self.model] + [f"{k}={v}" for k, v in self.settings] + [f"seed{self.seed}"]
         return "-".join(str(p).replace("/", "_") for p in parts)
 
-    def with_settings(self, **values) -> Run:
-        """This run with more settings; values equal to the defaults are dropped, so equal runs share a key."""
-        declared = defaults(self.model)
+    def with_settings(self, preset: str | None = None, **values) -> Run:
+        """This run with more settings; values equal to the defaults (of `preset`, when one is used) are
+        dropped, so equal runs share a key."""
+        declared = defaults(self.model) | preset_layer(preset, self.model)[1]
         merged = {k: v for k, v in (dict(self.settings) | values).items() if declared.get(k, object()) != v}
         return Run(self.model, self.seed, tuple(sorted(merged.items())))
 
@@ -80,13 +83,14 @@ class Run:
 class ReproduceConfig:
     out: Path
     seeds: int = 5
-    experiments: tuple[str, ...] = EXPERIMENTS
+    experiments: tuple[str, ...] = PAPER_EXPERIMENTS
     budget: str = "full"
     models: tuple[str, ...] = ()  # empty: every registered model that the dataset can feed
     batch_size: int | None = None  # None: the trainer's default
     threads: int = 0  # torch threads per run (0: torch's default)
     device: str = "auto"
     progress: bool = False
+    preset: str | None = None  # a settings preset (mahn.settings.PRESETS), e.g. "paper"
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -108,7 +112,8 @@ class Reproduction:
         self.config = config
         self.budget = BUDGETS[config.budget]
         self.say = say
-        self.runs_dir = config.out / "runs" / config.budget  # a budget's runs never stand in for another's
+        # a budget's (or a preset's) runs never stand in for another's
+        self.runs_dir = config.out / "runs" / (config.budget + (f"-{config.preset}" if config.preset else ""))
         self.notes: list[str] = []
 
     # --- running ---
@@ -118,7 +123,8 @@ class Reproduction:
         budget = {"model": run.model, "epochs": self.budget.epochs, "patience": self.budget.patience,
                   "batch_size": self.config.batch_size, "seed": run.seed, "threads": self.config.threads,
                   "device": self.config.device, "progress": self.config.progress}
-        return resolve((f"budget {self.budget.name}", budget), (f"run {run.key}", dict(run.settings)))
+        return resolve((f"budget {self.budget.name}", budget), (f"run {run.key}", dict(run.settings)),
+                       preset=self.config.preset)
 
     def execute(self, run: Run) -> dict:
         """Train (or resume) and test one run; cached in runs/<key>/result.json."""
@@ -161,14 +167,15 @@ class Reproduction:
         best, best_score = base, -1.0
         for values in itertools.product(*space.values()):
             candidate = {**base, **dict(zip(space, values, strict=True))}
-            result = self.execute(Run(model, 0).with_settings(**candidate))
+            result = self.execute(Run(model, 0).with_settings(self.config.preset, **candidate))
             score = result["valid"]["full"]["NDCG@10"]
             if score > best_score:
                 best, best_score = candidate, score
         return best
 
     def cell(self, model: str, settings: dict) -> list[dict]:
-        return [self.execute(Run(model, seed).with_settings(**settings)) for seed in range(self.config.seeds)]
+        return [self.execute(Run(model, seed).with_settings(self.config.preset, **settings))
+                for seed in range(self.config.seeds)]
 
     # --- experiments ---
 
@@ -211,8 +218,27 @@ class Reproduction:
             results["dims"] = {str(d): self.cell("mahn", {**chosen_mahn, "dim": d}) for d in DIMS}
         if "groups" in experiments:
             results["groups"] = self.groups(results["compare"])
+        if "cold" in experiments:
+            results["cold"] = self.cold(results["chosen"], chosen_mahn)
         results["notes"] = self.notes
         return results
+
+    def cold(self, chosen: dict, chosen_mahn: dict) -> dict:
+        """Every compared model on this dataset's new-item split (data/cold.py), with the settings chosen here."""
+        from mahn.data.cold import cold_split
+
+        folder = self.config.out / "cold-data"
+        if not (folder / "manifest.json").exists():
+            self.say(f"deriving the new-item split ({COLD_FRACTION:.0%} of the items) into {folder}")
+            cold_split(self.dataset_dir, folder, COLD_FRACTION, seed=0, force=folder.exists())
+        sub = Reproduction(folder, replace(self.config, out=self.config.out / "cold"), self.say)
+        cells = {}
+        for model in self.config.models or tuple(MODELS):
+            if model == "mahn":
+                cells["MAHN"] = sub.cell("mahn", chosen_mahn)
+            elif sub.usable(model):
+                cells[label(model)] = sub.cell(model, chosen[model] if model in chosen else self.choose(model, {}))
+        return cells
 
     def groups(self, compare: dict) -> dict:
         """MAHN vs the strongest other sequential model, chosen by validation NDCG@10 (never by test)."""

@@ -35,10 +35,16 @@ from mahn.training.checkpoints import load_checkpoint, save_checkpoint, save_wei
 
 
 def make_optimizer(model: SequentialModel, config: TrainConfig):
-    decayed = [p for p in model.parameters() if p.ndim >= 2]
-    plain = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.Adam([{"params": decayed, "weight_decay": config.weight_decay},
-                                  {"params": plain, "weight_decay": 0.0}], lr=config.lr)
+    """Adam (or AdamW) with weight decay on weight matrices and, unless switched off, embedding tables; never
+    on biases and norms; StepLR on top (lr_gamma 1 keeps the rate constant)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decayed, plain = [], []
+    for p in model.parameters():
+        keep = p.ndim >= 2 and (config.embedding_decay or id(p) not in embeddings)
+        (decayed if keep else plain).append(p)
+    groups = [{"params": decayed, "weight_decay": config.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = adam(groups, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     return optimizer, scheduler
 

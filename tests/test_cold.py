@@ -1,0 +1,92 @@
+"""The new-item protocol: a derived dataset whose new items never occur in training or validation, its
+`new_items` test metrics, and MAHN ranking new items through their content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mahn.cli import app
+from mahn.data import Dataset
+from mahn.data.cold import cold_split
+from mahn.errors import DataError
+from mahn.evaluation import EvalConfig, evaluate, rank_users
+from mahn.settings import resolve
+from mahn.training import load_run, train
+from synthetic import make_dataset
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cold")
+    source = make_dataset(root / "source", users=150, items=30, length=8)
+    cold_split(source, root / "cold", fraction=0.2, seed=1)
+    return source, root / "cold"
+
+
+def test_new_items_leave_training_and_validation_but_stay_as_test_targets(pair):
+    source, cold = Dataset(pair[0]), Dataset(pair[1])
+    new = cold.new_items()
+    assert len(new) == 6 and len(set(new.tolist())) == 6  # 20% of 30 items
+    assert cold.item_frequency()[new].sum() == 0
+    assert not np.isin(cold.eval_set("valid").targets, new).any()
+    # every evaluated source user whose last item is new and who keeps 2 other items keeps it as the target
+    source_test = source.eval_set("test")
+    expected = 0
+    for user, target in zip(source_test.users, source_test.targets, strict=True):
+        others = [i for i in source.history(user)[:-1] if i not in set(new.tolist())]
+        history = cold.history(user)
+        assert history[: len(others)].tolist() == others  # old items keep their order
+        if target in new and len(others) >= 2:
+            expected += 1
+            assert history[-1] == target and len(history) == len(others) + 1
+        else:
+            assert len(history) == len(others) + (target not in new)
+    assert cold.manifest["cold"]["new_item_targets"] == expected > 0
+    assert int(np.isin(cold.eval_set("test").targets, new).sum()) == expected
+    assert cold.item_table.equals(source.item_table)
+    negatives = cold.negatives("test")
+    for row, user in enumerate(cold.eval_set("test").users[:50]):
+        assert not np.isin(negatives[user], cold.history(user)).any(), row
+
+
+def test_new_item_metrics_are_the_mean_over_users_with_a_new_target(pair, tmp_path):
+    cold = Dataset(pair[1])
+    train(pair[1], tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 1, "batch_size": 32, "max_len": 6,
+                                                    "progress": False})))
+    model, _, _ = load_run(tmp_path / "run", device="cpu")
+    config = EvalConfig(split="test", max_len=6)
+    per_user = rank_users(model, cold, config)
+    result = evaluate(model, cold, config, per_user)
+    rows = np.isin(cold.eval_set("test").targets, cold.new_items())
+    assert result["new_items"]["users"] == rows.sum()
+    for protocol in ("uni100", "full"):
+        assert result["new_items"][protocol]["HR@10"] == pytest.approx(per_user[protocol]["HR@10"][rows].mean())
+    assert "new_items" not in evaluate(model, cold, EvalConfig(split="valid", max_len=6))
+    assert "new_items" not in evaluate(model, Dataset(pair[0]), EvalConfig(split="test", max_len=6))
+
+
+def test_mahn_ranks_new_items_by_their_content_and_the_id_only_model_cannot(pair, tmp_path):
+    """The synthetic features reveal an item's cluster, and users stay in one cluster: MAHN places a new
+    target among its cluster; MAHN-V-T has no trained vector for it (zeros) and ranks it near the bottom."""
+    scores = {}
+    for name, ablate in (("mahn", ""), ("vt", "vt")):
+        settings = resolve(("t", {"dim": 16, "ablate": ablate, "epochs": 15, "lr": 0.01, "batch_size": 32,
+                                  "max_len": 6, "weight_decay": 0.0, "patience": 15, "progress": False}))
+        train(pair[1], tmp_path / name, settings)
+        model, dataset, _ = load_run(tmp_path / name, device="cpu")
+        scores[name] = evaluate(model, dataset, EvalConfig(split="test", max_len=6))["new_items"]["full"]["HR@10"]
+    assert scores["mahn"] > 0.5 and scores["mahn"] > scores["vt"] + 0.3, scores
+
+
+def test_bad_fractions_and_double_splits_are_refused(pair, tmp_path):
+    with pytest.raises(DataError, match="fraction must be between 0 and 1"):
+        cold_split(pair[0], tmp_path / "x", fraction=1.5)
+    with pytest.raises(DataError, match="already has new items"):
+        cold_split(pair[1], tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    result = CliRunner().invoke(app, ["cold-split", str(pair[0]), "--out", str(tmp_path / "z"), "--fraction", "0"])
+    assert isinstance(result.exception, DataError) and "--fraction" in str(result.exception)
