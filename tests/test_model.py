@@ -99,7 +99,7 @@ def test_reconstruction_matches_hand_computation():
     assert t is None and torch.allclose(ablated.reconstruction(v, t, torch.tensor([0])), torch.tensor([5.0]))
 
 
-def test_loss_is_bpr_plus_lambda_reconstruction():
+def test_loss_is_the_ranking_term_plus_lambda_reconstruction():
     model = tiny_model()
     batch = tiny_batch()
     with_rec = model.loss(batch)
@@ -110,6 +110,25 @@ def test_loss_is_bpr_plus_lambda_reconstruction():
     rec = model.reconstruction(*model.project(positives), positives) + model.reconstruction(
         *model.project(negatives), negatives)
     assert torch.allclose(with_rec, bpr + rec.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bpr", "ce"])
+def test_ranking_term_scores_every_prefix_state_against_the_item_table(name):
+    """The loss's state at position k is what `encode` gives for the history up to k, scored against r_j."""
+    model = tiny_model(rec_weight=0.0)
+    model.config.loss = name
+    batch = tiny_batch()
+    rows, columns = (batch.targets != PAD).nonzero(as_tuple=True)
+    states = torch.stack([model.encode(batch.histories[r : r + 1, : c + 1])[0]
+                          for r, c in zip(rows.tolist(), columns.tolist(), strict=True)])
+    table = model.item_table()
+    targets, negatives = batch.targets[rows, columns], batch.negatives[rows, columns]
+    if name == "bpr":
+        margin = (states * table[targets]).sum(1) - (states * table[negatives]).sum(1)
+        expected = -torch.nn.functional.logsigmoid(margin).mean()
+    else:
+        expected = torch.nn.functional.cross_entropy(states @ table.T, targets)
+    torch.testing.assert_close(model.loss(batch), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_scores_equal_the_matrix_product_and_the_packed_states():

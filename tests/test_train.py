@@ -112,7 +112,7 @@ def test_run_records_budget_and_keeps_the_best_epoch(tiny, tmp_path):
             weights[record["epoch"]] = {k[6:]: v for k, v in final_state(run).items() if k.startswith("model.")}
 
         started = time.perf_counter()
-        summary = train(tiny, run, quick(epochs=epochs, lr=0.1, batch_size=batch_size, select=select),
+        summary = train(tiny, run, quick(epochs=epochs, lr=0.1, batch_size=batch_size, select=select, loss="bpr"),
                         on_epoch_end=snapshot)
         history = read_json_lines(run / "metrics.jsonl")
         assert read_json(run / "summary.json") == summary and history == records

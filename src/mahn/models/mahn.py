@@ -34,7 +34,7 @@ class MAHNConfig:
     variant: str = "cat-cat"  # op1-op2: layer-1 fusion, layer-2 fusion
     ablate: str = ""  # "" (full model), "v" (MAHN-V), "t" (MAHN-T), "vt" (MAHN-V-T)
     rec_weight: float = 1.0  # λ, weight of the reconstruction loss
-    loss: str = "bpr"  # next-item loss (models/losses.py): bpr (the paper's), bce, ce, sampled-ce
+    loss: str = "ce"  # next-item loss (models/losses.py): ce (our default), bpr (the paper's), bce, sampled-ce
     negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
     feature_norm: str = "none"  # none (the paper's raw features) or l2 (each item's feature row scaled to norm 1)
 

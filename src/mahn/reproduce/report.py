@@ -8,6 +8,7 @@ import numpy as np
 
 from mahn.evaluation import PROTOCOLS, SHOWN, seed_stats
 from mahn.io import write_bytes
+from mahn.models import label as model_label
 from mahn.reproduce.plots import plot_bars, plot_dims, plot_groups
 
 
@@ -47,7 +48,9 @@ def write_report(results: dict, out: Path, command: str) -> Path:
              f"{results['config']['seeds']} seed(s) per cell, batch size {results['config']['batch_size']}.",
              f"Search space (chosen on validation, seed 0): {budget['search'] or 'none (the papers defaults)'}.",
              f"Settings preset: {results['config'].get('preset') or 'none (the declared defaults)'}.",
-             f"Chosen settings: {results['chosen']}.", "",
+             f"Chosen settings: {results['chosen']}.",
+             "Settings tried on validation per model: "
+             + (", ".join(f"{model_label(m)} {n}" for m, n in results.get("trials", {}).items()) or "none") + ".", "",
              "Cells are test-split means ± std over seeds; the best per column is in bold. Protocols: `uni100` "
              "ranks the target among the 100 stored negatives (the paper's), `full` ranks it among all items "
              "(history masked). p: two-sided Wilcoxon signed-rank test, MAHN vs the row's model, on per-user "
