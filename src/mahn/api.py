@@ -1,11 +1,20 @@
-"""Python API: `mahn.load(RUN).recommend(history_keys, k)`."""
+"""Python API and serving engine: `mahn.load(RUN).recommend(history_keys, k)`.
+
+A `Recommender` holds a trained run's model, its dataset and the items added to the run after training
+(`mahn.catalog`). The item table (every item's vector) is computed once, on the model's device, and kept;
+a request is then one `encode` of the histories, one matrix product with the table and a top-k. The
+server (`mahn.serve`) shares one Recommender between threads: the torch calls run under a lock, and
+each request reads one snapshot of the items, which `refresh()` replaces whole after an add.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mahn.data import Dataset
@@ -14,54 +23,284 @@ from mahn.evaluation import EvalConfig, evaluate
 from mahn.models.base import SequentialModel
 from mahn.training import load_run
 
+SHOWN_KEYS = 5  # unknown keys named in an error message
+KEY_CHARS = 80  # each shortened to this many characters
+
 
 @dataclass
 class Recommendation:
     key: str
     title: str
     score: float
+    image: str | None = None  # the item's image (a local path or a URL), when it has one
+
+
+@dataclass
+class Item:
+    key: str
+    title: str
+    image: str | None  # a local path or a URL
+    added: bool  # added to the run after training (scored by its content features only)
+
+
+class UnknownItemError(DataError):
+    """Item keys that are neither in the dataset nor added to the run; `keys` lists them (first seen first)."""
+
+    def __init__(self, keys: list[str], where=None):
+        self.keys = keys
+        shown = ", ".join(k if len(k) <= KEY_CHARS else k[:KEY_CHARS] + "..." for k in keys[:SHOWN_KEYS])
+        more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+        super().__init__(f"unknown item key(s): {shown}{more}", where)
+
+
+@dataclass
+class _Items:
+    """One consistent view of the items: the dataset's (ids 0..n_trained-1), then the added ones, in order.
+
+    Replaced whole by `refresh`, never changed in place (but for `table`, filled once on first use).
+    """
+
+    keys: list[str]
+    titles: list[str]
+    images: list[str | None]
+    index: dict[str, int]
+    folded: list[str]  # casefolded titles, for search
+    added_rows: torch.Tensor | None  # (added, D) item-table rows of the added items, on the model's device
+    table: torch.Tensor | None = None  # (items, D) the full item table, computed on first use
+
+
+def _load_catalog():
+    """`mahn.catalog`, or None while it is not part of this installation."""
+    try:
+        from mahn import catalog
+    except ImportError:
+        return None
+    return catalog
 
 
 class Recommender:
-    """A trained run: its model (best validation weights) and its dataset."""
+    """A trained run: its model (best validation weights), its dataset and the items added since training."""
 
-    def __init__(self, model: SequentialModel, dataset: Dataset, record: dict):
+    def __init__(self, model: SequentialModel, dataset: Dataset, record: dict, run: str | Path | None = None):
         self.model, self.dataset, self.record = model, dataset, record
+        self.run = Path(run) if run is not None else None
+        self.max_len: int = record["train"]["max_len"]
+        self.n_trained: int = dataset.n_items
+        self.lock = threading.RLock()  # torch calls and refreshes; reads take one `_items` snapshot
+        self._table: torch.Tensor | None = None  # the trained items' rows, computed on first use
+        self.added_note: str | None = None  # why added items are not served, when they are not
+        self._refresh_lock = threading.Lock()
+        self._base: _Items | None = None  # the dataset's items
+        self._items: _Items | None = None  # the dataset's and the added ones: read on first use (not by evaluate)
+        self._loaded_stamp: tuple[int, int] | None = None
 
-    @cached_property
+    # --- the items -------------------------------------------------------------------------------
+
+    def _base_items(self) -> _Items:
+        table = self.dataset.item_table
+        keys = table["key"].to_list()
+        titles = self.dataset.titles()
+        images = ([s if s and s.strip() else None for s in table["image"].to_list()]
+                  if "image" in table.columns else [None] * len(keys))
+        return _Items(keys, titles, images, {k: i for i, k in enumerate(keys)}, [t.casefold() for t in titles], None)
+
+    def _current(self) -> _Items:
+        items = self._items
+        if items is None:
+            self.refresh()
+            items = self._items
+        return items
+
+    @property
     def keys(self) -> list[str]:
-        return self.dataset.item_table["key"].to_list()
+        return self._current().keys
 
-    @cached_property
-    def index(self) -> dict[str, int]:
-        return {key: i for i, key in enumerate(self.keys)}
-
-    @cached_property
+    @property
     def titles(self) -> list[str]:
-        return self.dataset.titles()
+        return self._current().titles
 
-    def item_ids(self, keys: list[str]) -> list[int]:
-        unknown = [k for k in keys if k not in self.index]
-        if unknown:
-            raise DataError(f"unknown item key(s): {', '.join(unknown[:5])}", self.dataset.root / "items.parquet")
-        return [self.index[k] for k in keys]
+    @property
+    def images(self) -> list[str | None]:
+        return self._current().images
+
+    @property
+    def index(self) -> dict[str, int]:
+        return self._current().index
+
+    def __len__(self) -> int:
+        return len(self._current().keys)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """Identity of the run's added-items manifest (a new add replaces it), or None when there is none."""
+        if self.run is None:
+            return None
+        try:
+            stat = (self.run / "added" / "manifest.json").stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def refresh_if_changed(self) -> bool:
+        """`refresh` when items were added to the run since the last one (by this process or another, such
+        as `mahn add-items` or another server worker); one stat call otherwise. Returns whether it reloaded."""
+        if self._items is not None and self._stamp() == self._loaded_stamp:
+            return False
+        self.refresh()
+        return True
 
     @torch.no_grad()
-    def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
-        """Top-k items after a history of item keys (oldest first)."""
-        if not history:
-            raise DataError("the history is empty: give at least one item key")
-        ids = self.item_ids(history)
-        window = torch.tensor([ids[-self.record["train"]["max_len"] :]], device=self.model.device)
-        scores = self.model.scores(window)[0]
-        if exclude_history:  # every item of the history, as full-ranking evaluation masks them, not only the window
-            scores[ids] = -torch.inf
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
-        return [Recommendation(self.keys[i], self.titles[i], float(s))
-                for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+    def refresh(self) -> int:
+        """Reload the items added to the run (`mahn.catalog`) and their item-table rows; returns how many.
+
+        An ID-only model cannot score items known only by their content: it serves none of them, and
+        `added_note` says why.
+        """
+        with self._refresh_lock:
+            stamp = self._stamp()  # before reading: an add during the read is seen by the next check
+            if self._base is None:
+                self._base = self._base_items()
+            catalog = _load_catalog()
+            added = catalog.load_added(self.run) if catalog is not None and self.run is not None else None
+            items, note = self._base, None
+            if added is not None and len(added.keys):
+                items, note = self._with_added(added)
+            with self.lock:
+                self._items, self.added_note, self._loaded_stamp = items, note, stamp
+            return len(items.keys) - self.n_trained
+
+    def _with_added(self, added) -> tuple[_Items, str | None]:
+        base = self._base
+        clash = [k for k in added.keys if k in base.index]
+        if clash:
+            raise DataError(f"added item key(s) already in the dataset: {', '.join(clash[:SHOWN_KEYS])}", self.run)
+        features = {m: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.model.device)
+                    for m, v in added.features.items()}
+        with self.lock:
+            try:
+                rows = self.model.content_vectors(features)
+            except DataError as error:
+                return base, f"{len(added.keys)} added item(s) not served: {error}"
+        keys = base.keys + list(added.keys)
+        titles = base.titles + [t if t else k for t, k in zip(added.titles, added.keys, strict=True)]
+        images = base.images + [s if s and s.strip() else None for s in added.images]
+        return _Items(keys, titles, images, {k: i for i, k in enumerate(keys)}, [t.casefold() for t in titles],
+                      rows.detach().float()), None
+
+    def item_table(self) -> torch.Tensor:
+        """(items, D) every item's vector (trained, then added), on the model's device; computed once."""
+        return self._full_table(self._current())
+
+    @torch.no_grad()
+    def _full_table(self, items: _Items) -> torch.Tensor:
+        with self.lock:
+            if items.table is None:
+                if self._table is None:  # the trained items' rows: kept across refreshes
+                    self._table = self.model.item_table().detach()
+                items.table = self._table if items.added_rows is None else torch.cat(
+                    [self._table, items.added_rows.to(self._table.dtype)])
+            return items.table
+
+    def item_ids(self, keys: list[str]) -> list[int]:
+        return self._ids(self._current(), keys)
+
+    def _ids(self, items: _Items, keys: Sequence[str]) -> list[int]:
+        unknown = list(dict.fromkeys(k for k in keys if k not in items.index))
+        if unknown:
+            raise UnknownItemError(unknown, self.dataset.root / "items.parquet")
+        return [items.index[k] for k in keys]
+
+    def item(self, key: str) -> Item:
+        """One item by key; an UnknownItemError (a DataError) when there is none."""
+        items = self._current()
+        i = self._ids(items, [key])[0]
+        return Item(items.keys[i], items.titles[i], items.images[i], i >= self.n_trained)
+
+    def search(self, query: str, limit: int = 20, offset: int = 0) -> list[Item]:
+        """Items whose title contains `query` (case-insensitive), in id order; an empty query lists every item."""
+        if limit < 1:
+            raise DataError(f"limit must be at least 1, got {limit}", "limit")
+        if offset < 0:
+            raise DataError(f"offset must be at least 0, got {offset}", "offset")
+        items, needle = self._current(), query.strip().casefold()
+        found = []
+        for i, title in enumerate(items.folded):
+            if needle in title:
+                if offset:
+                    offset -= 1
+                    continue
+                found.append(Item(items.keys[i], items.titles[i], items.images[i], i >= self.n_trained))
+                if len(found) == limit:
+                    break
+        return found
+
+    # --- recommendations --------------------------------------------------------------------------
+
+    def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True,
+                  candidates: list[str] | None = None) -> list[Recommendation]:
+        """Top-k items after a history of item keys (oldest first).
+
+        `candidates`: rank only these keys. `exclude_history`: leave out every item of the history.
+        Items added after training are recommended (by content) but cannot yet be read in a history:
+        they are left out of the model's input window.
+        """
+        return self.recommend_batch([history], k, exclude_history, None if candidates is None else [candidates])[0]
+
+    @torch.no_grad()
+    def recommend_batch(self, histories: list[list[str]], k: int | Sequence[int] = 10,
+                        exclude_history: bool | Sequence[bool] = True,
+                        candidates: Sequence[list[str] | None] | None = None) -> list[list[Recommendation]]:
+        """`recommend` for many histories with one encode: k, exclude_history and candidates per history
+        (or one k and one exclude_history for all; `candidates` has one entry, or None, per history)."""
+        n = len(histories)
+        ks = [k] * n if isinstance(k, int) else list(k)
+        excludes = [exclude_history] * n if isinstance(exclude_history, bool) else list(exclude_history)
+        candidates = [None] * n if candidates is None else list(candidates)
+        if not (len(ks) == len(excludes) == len(candidates) == n):
+            raise DataError(f"{n} histories need one k, exclude_history and candidates entry each", "recommend_batch")
+        if n == 0:
+            return []
+        items = self._current()
+        total = len(items.keys)
+        ids, windows, pools = [], [], []
+        for history, count, pool in zip(histories, ks, candidates, strict=True):
+            if not history:
+                raise DataError("the history is empty: give at least one item key", "history")
+            if not 1 <= count <= total:
+                raise DataError(f"k must be between 1 and the number of items ({total}), got {count}", "k")
+            known = self._ids(items, history)
+            window = [i for i in known if i < self.n_trained][-self.max_len :]
+            if not window:
+                raise DataError("the history holds only items added after training, which the model cannot read "
+                                "as a history: give at least one item of the dataset", "history")
+            ids.append(known)
+            windows.append(window)
+            pools.append(None if pool is None else sorted(set(self._ids(items, pool))))
+        width = max(len(w) for w in windows)
+        pad = self.model.pad
+        batch = torch.tensor([[pad] * (width - len(w)) + w for w in windows], device=self.model.device)
+        table = self._full_table(items)
+        with self.lock:
+            try:
+                states = self.model.encode(batch)
+            except ValueError as error:  # a model that needs a user id (Caser) cannot serve anonymous histories
+                raise DataError(f"{self.record['model']} cannot recommend for a history alone: {error}") from error
+            scores = (states @ table.T).float()
+        results = []
+        for row, known, count, exclude, pool in zip(scores, ids, ks, excludes, pools, strict=True):
+            if pool is not None:
+                allowed = torch.tensor(pool, dtype=torch.long, device=row.device)
+                masked = torch.full_like(row, -torch.inf)
+                masked[allowed] = row[allowed]
+                row = masked
+            if exclude:  # every item of the history, as full-ranking evaluation masks them, not only the window
+                row[known] = -torch.inf
+            top = torch.topk(row, min(count, int(torch.isfinite(row).sum())))
+            results.append([Recommendation(items.keys[i], items.titles[i], float(s), items.images[i])
+                            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
+        return results
 
     def evaluate(self, split: str = "test", keep_history: bool = False) -> dict:
-        config = EvalConfig(split=split, keep_history=keep_history, max_len=self.record["train"]["max_len"])
+        config = EvalConfig(split=split, keep_history=keep_history, max_len=self.max_len)
         return evaluate(self.model, self.dataset, config)
 
 
@@ -71,7 +310,7 @@ def load(run: str | Path, dataset: str | Path | None = None, device: str = "auto
     `dataset` overrides the dataset path stored in the run.
     """
     model, data, record = load_run(run, dataset, device)
-    return Recommender(model, data, record)
+    return Recommender(model, data, record, run)
 
 
-__all__ = ["Recommender", "Recommendation", "load"]
+__all__ = ["Item", "Recommender", "Recommendation", "UnknownItemError", "load"]

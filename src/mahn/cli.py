@@ -295,6 +295,57 @@ def recommend(
 
 
 @app.command()
+def serve(
+    run: Path = typer.Argument(..., help="Run directory written by `mahn train`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    workers: int = typer.Option(1, help="Server processes, each with its own copy of the model."),
+    compare: Path | None = typer.Option(None, help="A second run, asked with ?run=compare."),
+    images_root: Path | None = typer.Option(None, help="The only folder images are served from, and the one "
+                                            "new items' image paths are relative to (default: the folder "
+                                            "holding the dataset's images)."),
+) -> None:
+    """Serve recommendations over HTTP (FastAPI + uvicorn); the API is described at /docs and /openapi.json."""
+    import os
+
+    import uvicorn
+
+    from mahn.serve.app import ENV, create_app
+
+    if workers < 1:
+        fail("--workers must be at least 1")
+    if workers == 1:  # the model loads here, so a bad run stops before the port is taken
+        uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root), host=host, port=port)
+        return
+    for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root)):
+        if value is not None:
+            os.environ[ENV[setting]] = str(value.resolve() if isinstance(value, Path) else value)
+    from mahn.device import resolve_device
+
+    resolve_device(device)
+    create_app(run, device="cpu", compare=compare, images_root=images_root)  # check that the runs load, then fork
+    uvicorn.run("mahn.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+
+
+@app.command("add-items")
+def add_items_command(
+    run: Path = typer.Argument(..., help="Run directory written by `mahn train` (a model that reads content)."),
+    items: Path = typer.Option(..., "--items", help="CSV, TSV or JSONL: key, title, text, image (path) per item."),
+    images: Path | None = typer.Option(None, "--images", help="Folder image paths are relative to "
+                                                               "(default: the items file's folder)."),
+) -> None:
+    """Add new items to a trained run, encoded by the dataset's own feature encoders; no retraining."""
+    from mahn.catalog import add_items
+
+    report = add_items(run, items, images)
+    features = ", ".join(f"{m} {f['encoder']} {f['dim']}-d" + (f" ({f['missing']} without)" if f["missing"] else "")
+                         for m, f in report["features"].items())
+    typer.echo(f"added {report['added']} items to {run} ({report['total']} added in all); "
+               f"features: {features}; {report['seconds']:.1f} s")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data and runs."),
     users: int = typer.Option(3000, help="Demo users."),

@@ -16,6 +16,7 @@ import tomllib
 import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from mahn.errors import DataError
@@ -185,10 +186,8 @@ def checked(name: str, value: Any, declared: Any, where: str) -> Any:
     raise DataError(f"setting {name} must be {names}, got {value!r}", where)
 
 
-def read_toml(path) -> dict[str, Any]:
+def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML settings file as a flat dict (a DataError names the file when it is missing or malformed)."""
-    from pathlib import Path
-
     try:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError as e:

@@ -73,6 +73,23 @@ class SequentialModel(nn.Module):
         """Scalar training loss of one batch."""
         raise NotImplementedError
 
+    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(m, D) item-table rows (the space of `item_table()`) of m new items known only by their raw content
+        features: modality ("image", "text") -> float (m, dim), the dataset's feature rows for those items.
+        Models that read no content cannot place a new item."""
+        raise DataError(f"{type(self).__name__} ranks items by their ID only: new items need a model with "
+                        "image or text features")
+
+    def content_input(self, features: dict[str, torch.Tensor], modality: str, width: int | None) -> torch.Tensor:
+        """features[modality] as float32 on the model's device, checked to be (m, width) (any width: None)."""
+        if modality not in features:
+            raise DataError(f"{type(self).__name__} needs '{modality}' features of the new items")
+        x = torch.as_tensor(features[modality]).to(self.device, torch.float32)
+        if x.ndim != 2 or (width is not None and x.shape[1] != width):
+            raise DataError(f"{type(self).__name__}: new items' '{modality}' features have shape {tuple(x.shape)}, "
+                            f"the model reads {width} values per item")
+        return x
+
     def scores(self, histories: torch.Tensor, users: torch.Tensor | None = None,
                table: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_items) scores of every item; pass a precomputed `item_table()` to reuse it across batches."""

@@ -136,6 +136,10 @@ class JRL(SequentialModel):
     def item_table(self) -> torch.Tensor:
         return torch.cat([*(table.weight for table in self.items), self.joint_bias.unsqueeze(1)], 1)
 
+    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise DataError("JRL learns every item's vectors from its ID (features only train them through a decoder), "
+                        "so a new item has none: new items need MAHN, VBPR or MV-RNN")
+
     @staticmethod
     def negative_sampling_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         """Negative sampling: −log σ(positive) − Σ_j log σ(−negative_j), per row."""

@@ -157,6 +157,20 @@ class MAHN(SequentialModel):
         ids = torch.arange(self.n_items, device=self.item_embedding.weight.device)
         return self.represent(*self.item_parts(ids))
 
+    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """r for new items from raw features: v = W x^v, t = E x^t, e = 0 (no learned ID vector, like an
+        item never seen in training; docs/model.md). An ablated modality is not read."""
+        if not self.modalities:
+            raise DataError("MAHN-V-T ranks items by their ID only: new items need a model with image or text features")
+        v, t = (self.content_input(features, name, m.project.in_features) if m is not None else None
+                for name, m in ((VISUAL, self.visual), (TEXT, self.text)))
+        if v is not None and t is not None and len(v) != len(t):
+            raise DataError(f"MAHN: {len(v)} image rows but {len(t)} text rows for the new items")
+        v = self.visual.project(normalised(v, self.config.feature_norm)) if v is not None else None
+        t = self.text.project(normalised(t, self.config.feature_norm)) if t is not None else None
+        some = v if v is not None else t
+        return self.represent(v, some.new_zeros(len(some), self.config.dim), t)
+
     def reconstruction(self, v, t, ids: torch.Tensor) -> torch.Tensor:
         """rec(i) per row: ||Wᵀ(v+t) − x^v||² + ||Eᵀ(v+t) − x^t||², over the modalities present."""
         if not self.modalities:

@@ -132,6 +132,13 @@ class MVRNN(SequentialModel):
     def item_table(self) -> torch.Tensor:
         return self.represent(torch.arange(self.n_items, device=self.item_embedding.weight.device))[0]
 
+    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """p = [0 ; m] for new items: no learned ID view, the code m = Σ E f from their features."""
+        names = parse_modalities(self.config.modalities, "MV-RNN")
+        code = sum(view.encoder(self.content_input(features, m, view.encoder.in_features))
+                   for m, view in zip(names, self.views, strict=True))
+        return torch.cat([code.new_zeros(len(code), self.config.id_dim), code], 1)
+
     def loss(self, batch: Batch) -> torch.Tensor:
         packed, lengths = self.pack(batch.histories)
 

@@ -138,6 +138,16 @@ class VBPR(SequentialModel):
     def item_table(self) -> torch.Tensor:
         return self.item_rows()
 
+    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[0, E f, β'·f] for new items: no learned γ_i or β_i, so the content terms alone place them."""
+        parts = [self.content_input(features, m, None) for m in parse_modalities(self.config.modalities, "VBPR")]
+        if len({len(p) for p in parts}) > 1 or sum(p.shape[1] for p in parts) != self.embed.in_features:
+            raise DataError(f"VBPR: new items' features have shapes {[tuple(p.shape) for p in parts]}, "
+                            f"the model reads {self.embed.in_features} values per item ({self.config.modalities})")
+        content = torch.cat(parts, 1)
+        factors = content.new_zeros(len(content), self.config.dim)
+        return torch.cat([factors, self.embed(content), self.visual_bias(content)], 1)
+
     def loss(self, batch: Batch) -> torch.Tensor:
         rows, positives, negatives = user_item_pairs(batch, self.pad)
         state = self.encode(batch.histories, batch.users)[rows]

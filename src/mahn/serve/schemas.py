@@ -1,0 +1,130 @@
+"""Request and response bodies of `mahn serve` (pydantic v2): the OpenAPI schema is generated from these.
+
+Requests are strict (JSON types must match: a key is a string, k an integer) and refuse unknown fields,
+so a typo is a 422 naming the field rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 1000
+MAX_HISTORY = 10_000
+MAX_CANDIDATES = 100_000
+MAX_BATCH = 256
+MAX_NEW_ITEMS = 1000
+MAX_SEARCH = 1000
+
+Key = Annotated[str, Field(min_length=1, max_length=1000, description="An item key (items.parquet `key`).")]
+RunName = Literal["main", "compare"]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ErrorResponse(BaseModel):
+    """Every error this API raises itself (bad input, unknown item, body too large): one message."""
+
+    detail: str = Field(description="What was wrong, naming the field or the unknown keys.")
+
+
+class RecommendRequest(Request):
+    history: list[Key] = Field(min_length=1, max_length=MAX_HISTORY,
+                               description="Item keys the user interacted with, oldest first.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return (at most the number of items).")
+    exclude_history: bool = Field(True, description="Leave out every item of the history.")
+    candidates: list[Key] | None = Field(None, max_length=MAX_CANDIDATES,
+                                         description="Rank only these items (null: every item).")
+
+
+class RecommendedItem(BaseModel):
+    key: str
+    title: str
+    score: float = Field(description="The model's score (higher is better); comparable within one response.")
+    image_url: str | None = Field(description="GET this for the item's image: /images/KEY for a local file, "
+                                              "the item's own URL for a remote one; null when it has none.")
+
+
+class RecommendResponse(BaseModel):
+    run: RunName = Field(description="The run that answered (main, or compare: see ?run=).")
+    items: list[RecommendedItem] = Field(description="Best first. Fewer than k when fewer items are left.")
+
+
+class BatchRequest(Request):
+    requests: list[RecommendRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchResponse(BaseModel):
+    run: RunName
+    results: list[RecommendResponse] = Field(description="One per request, in order.")
+
+
+class ItemOut(BaseModel):
+    key: str
+    title: str
+    image_url: str | None
+    added: bool = Field(description="Added to the run after training (ranked by its content features only).")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    offset: int
+    items: list[ItemOut] = Field(description="Items whose title contains the query (case-insensitive), in id order.")
+
+
+Codes = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=4, max_length=4)]
+
+
+class NewItem(Request):
+    """A new item: the fields the dataset's feature encoders read (its text template, its image, its codes)."""
+
+    key: Key
+    title: str | None = Field(None, max_length=10_000)
+    text: str | None = Field(None, max_length=100_000, description="Description text (the text features read it).")
+    description: str | None = Field(None, max_length=100_000)
+    brand: str | None = Field(None, max_length=1000)
+    categories: list[str] | None = Field(None, max_length=100)
+    image: str | None = Field(None, max_length=4096, description="The image file's path relative to the server's "
+                                                                 "images folder (`mahn serve --images-root`).")
+    image_codes: Codes | None = Field(None, description="For datasets whose image features are codes.")
+    text_codes: Codes | None = Field(None, description="For datasets whose text features are codes.")
+
+
+class AddItemsRequest(Request):
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS)
+
+
+class AddItemsResponse(BaseModel):
+    added: list[str] = Field(description="The keys added, in order.")
+    items: int = Field(description="Items the run serves now (dataset + added).")
+    catalog: dict[str, Any] = Field(description="What the catalog reported (features computed, files written).")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    items: int
+
+
+class Versions(BaseModel):
+    mahn: str
+    torch: str
+
+
+class ModelInfo(BaseModel):
+    run: RunName
+    name: str = Field(description="The model (mahn, sasrec, ...).")
+    path: str = Field(description="The run directory.")
+    settings: dict[str, Any] = Field(description="The run's config.json: model settings, training settings, ...")
+    dataset: str
+    device: str
+    items: int = Field(description="Items served: the dataset's and those added after training.")
+    added_items: int
+    accepts_new_items: bool = Field(description="Whether the model can place items known only by their content.")
+    added_note: str | None = Field(description="Why added items are not served, when they are not.")
+    valid: dict[str, Any] | None = Field(description="Validation metrics at the best epoch (summary.json).")
+    test: dict[str, Any] | None = Field(description="Test metrics (test.json), when the run has them.")
+    versions: Versions
+    compare: bool = Field(description="Whether a second run is loaded (?run=compare).")

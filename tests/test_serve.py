@@ -1,0 +1,398 @@
+"""`mahn serve`: the HTTP API over a trained run (FastAPI's TestClient), and the real server (uvicorn)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import orjson
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import mahn
+from mahn.errors import DataError
+from mahn.serve import create_app
+from mahn.serve.limits import MAX_BODY
+from mahn.settings import resolve
+from mahn.training import train
+
+CLUSTERS = 3
+ITEMS = 30
+
+
+def codes(cluster: int, rng, offset: int) -> str:
+    """Four discrete codes whose first level names the cluster (the `codes` feature encoder's input)."""
+    return orjson.dumps([offset + cluster, *rng.integers(0, 256, 3).tolist()]).decode()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory) -> dict:
+    """A small shop: users walk through one cluster of items; images (some) and codes that reveal the cluster,
+    encoded by the `codes` encoders (so new items can be added); a MAHN run and an ID-only SASRec run."""
+    from mahn.data.prepare import PrepareConfig, prepare_frames
+    from mahn.features import FeatureConfig, extract_features
+
+    root = tmp_path_factory.mktemp("serve")
+    rng = np.random.default_rng(0)
+    images = root / "images"
+    images.mkdir()
+    for i in range(0, ITEMS, 2):  # every second item has a local image
+        Image.new("RGB", (8, 8), (80 * (i % CLUSTERS), 40, 200)).save(images / f"i{i:03d}.png")
+    Image.new("RGB", (8, 8)).save(root / "outside.png")  # an image outside the images folder
+    os.symlink("/etc/hostname", images / "link.png")  # a link that leads out of it
+    image = [str(images / f"i{i:03d}.png") if i % 2 == 0 else None for i in range(ITEMS)]
+    image[1], image[3], image[5] = str(root / "outside.png"), str(images / "link.png"), "https://example.com/5.png"
+    rows = []
+    for u in range(40):
+        members = [i for i in range(ITEMS) if i % CLUSTERS == u % CLUSTERS]
+        start = int(rng.integers(len(members)))
+        rows += [(f"u{u:03d}", f"i{members[(start + p) % len(members)]:03d}", p) for p in range(8)]
+    frame = pl.DataFrame(rows, schema={"user": pl.String, "item": pl.String, "timestamp": pl.Int64}, orient="row")
+    items = pl.DataFrame({"item": [f"i{i:03d}" for i in range(ITEMS)],
+                          "title": [f"Item {i} of cluster {i % CLUSTERS}" for i in range(ITEMS)],
+                          "image": image,
+                          "image_codes": [codes(i % CLUSTERS, rng, 0) for i in range(ITEMS)],
+                          "text_codes": [codes(i % CLUSTERS, rng, 10) for i in range(ITEMS)]})
+    prepare_frames(frame, items, root / "data", PrepareConfig(num_negatives=10, seed=0))
+    extract_features(root / "data", FeatureConfig(image="codes", text="codes", progress=False, workers=1))
+    runs = {}
+    for name, values in (("mahn", {"model": "mahn", "dim": 8, "epochs": 3}),
+                         ("sasrec", {"model": "sasrec", "dim": 8, "epochs": 1})):
+        runs[name] = root / "runs" / name
+        train(root / "data", runs[name], resolve(("test", {**values, "batch_size": 32, "max_len": 6, "seed": 0,
+                                                           "progress": False, "threads": 1})))
+    return {"root": root, "images": images, "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def client(shop) -> TestClient:
+    app = create_app(shop["runs"]["mahn"], device="cpu", compare=shop["runs"]["sasrec"], images_root=shop["images"])
+    return TestClient(app)
+
+
+KEYS = [f"i{i:03d}" for i in range(ITEMS)]
+
+
+def test_recommend_answers_what_the_python_api_answers(shop, client):
+    recommender = mahn.load(shop["runs"]["mahn"], device="cpu")
+    for history, k in (([KEYS[0], KEYS[3]], 5), ([KEYS[4]], 1), (KEYS[:20], 10)):
+        response = client.post("/recommend", json={"history": history, "k": k})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        expected = recommender.recommend(history, k)
+        assert body["run"] == "main"
+        assert [(r["key"], r["title"]) for r in body["items"]] == [(r.key, r.title) for r in expected]
+        assert [r["score"] for r in body["items"]] == pytest.approx([r.score for r in expected], rel=1e-5)
+        assert not set(history) & {r["key"] for r in body["items"]}  # the history is excluded by default
+    kept = client.post("/recommend", json={"history": [KEYS[0]], "k": ITEMS, "exclude_history": False}).json()
+    assert len(kept["items"]) == ITEMS and KEYS[0] in {r["key"] for r in kept["items"]}
+    # image URLs: local images inside the root are served here; remote ones are their own URL; the rest none
+    urls = {r["key"]: r["image_url"] for r in kept["items"]}
+    assert urls[KEYS[0]] == f"/images/{KEYS[0]}" and urls[KEYS[5]] == "https://example.com/5.png"
+    assert urls[KEYS[1]] is None and urls[KEYS[3]] is None and urls[KEYS[7]] is None
+
+
+def test_candidates_rank_only_those(shop, client):
+    pool = [KEYS[2], KEYS[5], KEYS[8], KEYS[9], KEYS[0]]
+    body = client.post("/recommend", json={"history": [KEYS[0]], "k": 10, "candidates": pool}).json()
+    keys = [r["key"] for r in body["items"]]
+    assert sorted(keys) == sorted(pool[:-1])  # the history item is left out of the candidates too
+    full = {r.key: r.score for r in mahn.load(shop["runs"]["mahn"], device="cpu").recommend([KEYS[0]], ITEMS - 1)}
+    assert keys == sorted(pool[:-1], key=lambda k: -full[k])
+    assert [r["score"] for r in body["items"]] == pytest.approx([full[k] for k in keys], rel=1e-5)
+    unknown = client.post("/recommend", json={"history": [KEYS[0]], "candidates": [KEYS[1], "nope"]})
+    assert unknown.status_code == 400 and "nope" in unknown.json()["detail"]
+
+
+def test_batch_equals_single_calls(client):
+    requests = [{"history": [KEYS[0], KEYS[3], KEYS[6]], "k": 4}, {"history": [KEYS[1]], "k": 2},
+                {"history": KEYS[10:22], "k": 3, "exclude_history": False},
+                {"history": [KEYS[2]], "k": 2, "candidates": [KEYS[5], KEYS[8], KEYS[11]]}]
+    response = client.post("/recommend/batch", json={"requests": requests})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(requests)
+    for request, result in zip(requests, results, strict=True):
+        single = client.post("/recommend", json=request).json()
+        assert [r["key"] for r in result["items"]] == [r["key"] for r in single["items"]]
+        assert [r["score"] for r in result["items"]] == pytest.approx([r["score"] for r in single["items"]], rel=1e-5)
+    too_many = client.post("/recommend/batch", json={"requests": [requests[0]] * 257})
+    assert too_many.status_code == 422
+    bad = client.post("/recommend/batch", json={"requests": [requests[0], {"history": ["nope"]}]})
+    assert bad.status_code == 400 and "nope" in bad.json()["detail"]
+
+
+def test_bad_input_is_a_clear_4xx_never_a_500(client):
+    unknown = client.post("/recommend", json={"history": [KEYS[0], "no-such-item", "other-missing"]})
+    assert unknown.status_code == 400
+    detail = unknown.json()["detail"]
+    assert "no-such-item" in detail and "other-missing" in detail and "/" not in detail  # no server paths
+    many = client.post("/recommend", json={"history": [f"x{i}" for i in range(12)]}).json()["detail"]
+    assert "x0" in many and "x4" in many and "x5" not in many and "7 more" in many
+    cases = [
+        ({"history": []}, 422),  # empty history
+        ({"history": [KEYS[0]], "k": 0}, 422),
+        ({"history": [KEYS[0]], "k": 1001}, 422),
+        ({"history": [KEYS[0]], "k": ITEMS + 1}, 400),  # more than the number of items
+        ({"history": KEYS[0]}, 422),  # wrong types
+        ({"history": [1, 2]}, 422),
+        ({"history": [KEYS[0]], "k": "5"}, 422),
+        ({"history": [KEYS[0]], "k": 2.5}, 422),
+        ({"history": [KEYS[0]], "exclude_history": "no"}, 422),
+        ({"history": [KEYS[0]], "hist": []}, 422),  # a misspelt field
+        ({}, 422),
+        ([KEYS[0]], 422),
+    ]
+    for body, status in cases:
+        response = client.post("/recommend", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["detail"]
+    k_message = client.post("/recommend", json={"history": [KEYS[0]], "k": ITEMS + 1}).json()["detail"]
+    assert f"between 1 and the number of items ({ITEMS})" in k_message
+    for content, kind in ((b"not json", "application/json"), (b"history=i000", "application/x-www-form-urlencoded"),
+                          (b"\xff\xfe", "text/plain"), (b"", "application/json")):
+        response = client.post("/recommend", content=content, headers={"content-type": kind})
+        assert 400 <= response.status_code < 500, (content, response.text)
+    assert client.get("/recommend").status_code == 405
+    assert client.post("/recommend?run=other", json={"history": [KEYS[0]]}).status_code == 422
+
+
+def test_python_api_errors(shop):
+    recommender = mahn.load(shop["runs"]["mahn"], device="cpu")
+    with pytest.raises(DataError, match="empty"):
+        recommender.recommend([])
+    for k in (0, ITEMS + 1):
+        with pytest.raises(DataError, match="k must be"):
+            recommender.recommend([KEYS[0]], k)
+    with pytest.raises(DataError, match="a, b"):
+        recommender.recommend_batch([[KEYS[0]], ["a", "b", KEYS[1]]])
+    assert recommender.recommend([KEYS[0]], 3, candidates=[]) == []
+
+
+def test_oversized_bodies_are_refused_with_413(client):
+    huge = orjson.dumps({"history": [KEYS[0]] * (MAX_BODY // 6)})
+    assert len(huge) > MAX_BODY
+    response = client.post("/recommend", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: refused once the streamed body passes the limit
+        for _ in range(0, len(huge), 65536):
+            yield b" " * 65536
+
+    response = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_items_lookup_and_search(client):
+    item = client.get(f"/items/{KEYS[4]}")
+    assert item.status_code == 200
+    assert item.json() == {"key": KEYS[4], "title": "Item 4 of cluster 1", "image_url": f"/images/{KEYS[4]}",
+                           "added": False}
+    missing = client.get("/items/no-such-item")
+    assert missing.status_code == 404 and "no-such-item" in missing.json()["detail"]
+    found = client.get("/items", params={"query": "CLUSTER 2", "limit": 4}).json()
+    assert [i["key"] for i in found["items"]] == [KEYS[2], KEYS[5], KEYS[8], KEYS[11]]
+    page = client.get("/items", params={"query": "cluster 2", "limit": 4, "offset": 4}).json()
+    assert [i["key"] for i in page["items"]] == [KEYS[14], KEYS[17], KEYS[20], KEYS[23]]
+    assert len(client.get("/items").json()["items"]) == 20
+    assert client.get("/items", params={"query": "nothing like this"}).json()["items"] == []
+    assert client.get("/items", params={"limit": 0}).status_code == 422
+    assert client.get("/items", params={"limit": "many"}).status_code == 422
+
+
+def test_images_are_served_only_from_inside_the_root(shop, client):
+    image = client.get(f"/images/{KEYS[0]}")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content == (shop["images"] / f"{KEYS[0]}.png").read_bytes()
+    for key in (KEYS[1], KEYS[3], KEYS[5], KEYS[7]):  # outside the root, a link out of it, remote, none
+        response = client.get(f"/images/{key}")
+        assert response.status_code == 404 and key in response.json()["detail"], key
+    for path in ("/images/..%2F..%2F..%2Fetc%2Fpasswd", "/images/%2Fetc%2Fpasswd", "/images/../../etc/passwd",
+                 "/images/" + str(shop["root"] / "outside.png")):
+        response = client.get(path)
+        assert response.status_code in (400, 404), path
+        assert b"root:" not in response.content and response.headers["content-type"] == "application/json"
+
+
+def test_health_model_and_the_compared_run(shop, client):
+    assert client.get("/health").json() == {"status": "ok", "items": ITEMS}
+    info = client.get("/model").json()
+    assert info["name"] == "mahn" and info["run"] == "main" and info["compare"] is True
+    assert info["settings"]["model_config"]["dim"] == 8 and info["settings"]["train"]["max_len"] == 6
+    assert info["dataset"] == str(shop["root"] / "data") and info["accepts_new_items"] is True
+    assert set(info["valid"]) >= {"uni100", "full"} and info["test"] is None
+    assert info["versions"]["mahn"] == mahn.__version__ and info["versions"]["torch"]
+    other = client.get("/model", params={"run": "compare"}).json()
+    assert other["name"] == "sasrec" and other["accepts_new_items"] is False
+    body = {"history": [KEYS[0], KEYS[3]], "k": 3}
+    compared = client.post("/recommend?run=compare", json=body).json()
+    expected = mahn.load(shop["runs"]["sasrec"], device="cpu").recommend(body["history"], 3)
+    assert compared["run"] == "compare" and [r["key"] for r in compared["items"]] == [r.key for r in expected]
+    single = TestClient(create_app(shop["runs"]["sasrec"], device="cpu"))
+    refused = single.post("/recommend?run=compare", json=body)
+    assert refused.status_code == 400 and "--compare" in refused.json()["detail"]
+
+
+def test_openapi_lists_every_endpoint_with_typed_schemas(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert set(paths) == {"/recommend", "/recommend/batch", "/items", "/items/{key}", "/images/{key}", "/health",
+                          "/model"}
+    components = schema["components"]["schemas"]
+
+    def ref(content: dict) -> str:
+        return content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    assert ref(paths["/recommend"]["post"]["requestBody"]["content"]) == "RecommendRequest"
+    assert ref(paths["/recommend"]["post"]["responses"]["200"]["content"]) == "RecommendResponse"
+    for code in ("400", "413", "422"):
+        assert code in paths["/recommend"]["post"]["responses"]
+    assert ref(paths["/recommend"]["post"]["responses"]["400"]["content"]) == "ErrorResponse"
+    assert ref(paths["/items/{key}"]["get"]["responses"]["404"]["content"]) == "ErrorResponse"
+    assert ref(paths["/items"]["post"]["requestBody"]["content"]) == "AddItemsRequest"
+    assert ref(paths["/items"]["get"]["responses"]["200"]["content"]) == "SearchResponse"
+    assert ref(paths["/health"]["get"]["responses"]["200"]["content"]) == "Health"
+    assert ref(paths["/model"]["get"]["responses"]["200"]["content"]) == "ModelInfo"
+    request = components["RecommendRequest"]
+    assert request["required"] == ["history"] and request["additionalProperties"] is False
+    assert request["properties"]["k"] == {**request["properties"]["k"], "type": "integer", "minimum": 1,
+                                          "maximum": 1000, "default": 10}
+    assert request["properties"]["history"]["items"]["type"] == "string"
+    assert components["RecommendedItem"]["properties"]["score"]["type"] == "number"
+    assert components["BatchRequest"]["properties"]["requests"]["maxItems"] == 256
+    run = next(p for p in paths["/recommend"]["post"]["parameters"] if p["name"] == "run")
+    assert run["in"] == "query" and run["schema"]["enum"] == ["main", "compare"]
+
+
+def test_added_items_are_served_and_id_only_models_refuse_them(shop, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(shop["runs"]["mahn"], run)
+    client = TestClient(create_app(run, device="cpu", compare=shop["runs"]["sasrec"], images_root=shop["images"]))
+    Image.new("RGB", (8, 8), (0, 40, 200)).save(shop["images"] / "new-a.png")
+    rng = np.random.default_rng(1)
+    records = [{"key": "new-a", "title": "A new item of cluster 0", "image": "new-a.png"},
+               {"key": "new-b", "title": "Another new item", "text": "made of wool"}]
+    for record, cluster in zip(records, (0, 1), strict=True):
+        record.update(image_codes=codes(cluster, rng, 0), text_codes=codes(cluster, rng, 10))
+    for record in records:  # the API takes codes as lists of integers
+        record.update(image_codes=orjson.loads(record["image_codes"]), text_codes=orjson.loads(record["text_codes"]))
+    wrong = client.post("/items", json={"items": [{**records[0], "image_codes": [1, 2, 3]}]})
+    assert wrong.status_code == 422
+    assert client.post("/items", json={"items": [{**records[0], "colour": "red"}]}).status_code == 422
+    response = client.post("/items", json={"items": records})
+    assert response.status_code == 200, response.text
+    assert response.json()["added"] == ["new-a", "new-b"] and response.json()["items"] == ITEMS + 2
+    assert client.get("/health").json()["items"] == ITEMS + 2
+    item = client.get("/items/new-a").json()
+    assert item == {"key": "new-a", "title": "A new item of cluster 0", "image_url": "/images/new-a", "added": True}
+    assert client.get("/images/new-a").content == (shop["images"] / "new-a.png").read_bytes()
+    assert [i["key"] for i in client.get("/items", params={"query": "new item"}).json()["items"]] == ["new-a", "new-b"]
+    body = {"history": [KEYS[0], KEYS[3]], "k": ITEMS + 2, "exclude_history": False}
+    served = client.post("/recommend", json=body).json()["items"]
+    assert {"new-a", "new-b"} <= {r["key"] for r in served}
+    expected = mahn.load(run, device="cpu").recommend(body["history"], ITEMS + 2, exclude_history=False)
+    assert [r["key"] for r in served] == [r.key for r in expected]
+    only_new = client.post("/recommend", json={"history": [KEYS[0]], "candidates": ["new-a", "new-b"]}).json()
+    assert sorted(r["key"] for r in only_new["items"]) == ["new-a", "new-b"]
+    history_of_new = client.post("/recommend", json={"history": ["new-a"]})
+    assert history_of_new.status_code == 400 and "added after training" in history_of_new.json()["detail"]
+    again = client.post("/items", json={"items": records[:1]})
+    assert again.status_code == 400 and "new-a" in again.json()["detail"]
+    escape = client.post("/items", json={"items": [{"key": "x", "title": "x", "image": "../outside.png"}]})
+    assert escape.status_code == 400 and "images folder" in escape.json()["detail"]
+    refused = client.post("/items?run=compare", json={"items": records})
+    assert refused.status_code == 400 and "content features" in refused.json()["detail"]
+    # another process (`mahn add-items`, another worker) adds an item: the next request sees it
+    from mahn.catalog import add_item_records
+
+    add_item_records(run, [{"key": "new-c", "title": "Third"}], None)
+    assert client.get("/health").json()["items"] == ITEMS + 3
+    assert client.get("/items/new-c").json()["added"] is True
+
+
+def test_concurrent_requests_get_the_answers_of_sequential_ones(shop):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(shop["runs"]["mahn"], device="cpu")
+    recommender = app.state.engines["main"].recommender
+    rng = np.random.default_rng(2)
+    bodies = [{"history": [KEYS[i] for i in rng.choice(ITEMS, int(rng.integers(1, 8)), replace=False)],
+               "k": int(rng.integers(1, 10))} for _ in range(48)]
+    with TestClient(app) as client:
+        expected = [client.post("/recommend", json=b).json() for b in bodies]
+        stop = False
+
+        def refresh_all_along():  # a refresh swaps the items while requests read them
+            count = 0
+            while not stop:
+                recommender.refresh()
+                count += 1
+            return count
+
+        with ThreadPoolExecutor(8) as pool:
+            refreshing = pool.submit(refresh_all_along)
+            answers = list(pool.map(lambda b: client.post("/recommend", json=b).json(), bodies))
+            batched = pool.submit(lambda: client.post("/recommend/batch", json={"requests": bodies[:20]}).json())
+            batch = batched.result()
+            stop = True
+            assert refreshing.result() > 0
+    assert answers == expected
+    assert [r["items"] for r in batch["results"]] == [
+        [{**item, "score": pytest.approx(item["score"], rel=1e-5)} for item in e["items"]] for e in expected[:20]]
+
+
+def test_cli_serve_refuses_bad_settings(shop, tmp_path):
+    from typer.testing import CliRunner
+
+    from mahn.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(shop["runs"]["mahn"]), "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.output
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-run")])
+    assert isinstance(result.exception, DataError) and "config.json" in str(result.exception)
+    result = CliRunner().invoke(app, ["serve", str(shop["runs"]["mahn"]), "--images-root", str(tmp_path / "none")])
+    assert isinstance(result.exception, DataError) and "images folder" in str(result.exception)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mahn_serve_runs_uvicorn(shop):
+    port = free_port()
+    command = [sys.executable, "-m", "mahn", "serve", str(shop["runs"]["mahn"]), "--port", str(port),
+               "--device", "cpu"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, ready = time.monotonic() + 120, False
+        while time.monotonic() < deadline and server.poll() is None:
+            with contextlib.suppress(httpx.TransportError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            if ready:
+                break
+            time.sleep(0.25)
+        assert ready, server.stdout.read().decode() if server.poll() is not None else "no answer in 120 s"
+        body = {"history": [KEYS[0], KEYS[3]], "k": 3}
+        answer = httpx.post(f"http://127.0.0.1:{port}/recommend", json=body, timeout=30).json()
+        expected = mahn.load(shop["runs"]["mahn"], device="cpu").recommend(body["history"], 3)
+        assert [r["key"] for r in answer["items"]] == [r.key for r in expected]
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+    assert server.returncode is not None
