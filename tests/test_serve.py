@@ -247,7 +247,7 @@ def test_openapi_lists_every_endpoint_with_typed_schemas(client):
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
     assert set(paths) == {"/recommend", "/recommend/batch", "/items", "/items/{key}", "/images/{key}", "/health",
-                          "/model"}
+                          "/model", "/users", "/users/{key}/history"}
     components = schema["components"]["schemas"]
 
     def ref(content: dict) -> str:

@@ -5,6 +5,9 @@ query parameter `?run=compare`). Endpoints are plain functions, which FastAPI ru
 the Recommender runs every torch call under its lock and answers each request from one snapshot of the
 items, so concurrent requests are safe and an add (POST /items) is seen whole or not at all.
 
+`GET /` is a small page (static/: HTML, JS and CSS, nothing fetched from elsewhere) to search items, build
+a history or start from a user's training history (GET /users), and see each run's top-k side by side.
+
 Errors: bad input that reaches the library (a DataError) is 400 with {"detail": message}, an unknown
 item in the path 404, a request body over the limit 413, a body that does not match its schema 422
 (FastAPI's own shape). Local file paths of the server are never put in a message.
@@ -15,18 +18,21 @@ from __future__ import annotations
 import mimetypes
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 import mahn
-from mahn.api import Recommender, UnknownItemError, load
+from mahn.api import KEY_CHARS, Recommender, UnknownItemError, load
 from mahn.errors import DataError
 from mahn.io import read_json
 from mahn.serve.limits import MAX_BODY, BodyLimit
@@ -45,8 +51,13 @@ from mahn.serve.schemas import (
     RecommendResponse,
     RunName,
     SearchResponse,
+    UserHistory,
+    UserOut,
+    UsersResponse,
     Versions,
 )
+
+STATIC = Path(__file__).resolve().parent / "static"  # the page: index.html, page.js, page.css
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 ENV = {"run": "MAHN_SERVE_RUN", "device": "MAHN_SERVE_DEVICE", "compare": "MAHN_SERVE_COMPARE",
@@ -92,6 +103,16 @@ class Engine:
     recommender: Recommender
     root: Path | None  # images are served from inside this folder only; new items' image paths are relative to it
     add_lock: threading.Lock
+    _users: UserIndex | None = None
+    _users_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def users(self) -> UserIndex:
+        """The dataset's users, read on first use (a server that is never asked about users never reads them)."""
+        with self._users_lock:
+            if self._users is None:
+                self._users = UserIndex(self.recommender)
+            return self._users
 
     def servable(self, path: str) -> bool:
         """Whether a local image path may be served: an image file type, really (links resolved) inside the root."""
@@ -114,6 +135,46 @@ class Engine:
         return RecommendResponse(run=self.name, items=[
             RecommendedItem(key=r.key, title=r.title, score=r.score, image_url=self.image_url(r.key, r.image))
             for r in recommendations])
+
+
+class UserIndex:
+    """The users of a run's dataset (users.parquet `key`, in id order): search by key, and each one's history.
+
+    A user's history here is the training part: every item before the validation and test targets, which
+    are held out (`Dataset.train_ends`), so the page shows what the model learnt from and the held-out items
+    it could be asked to predict next. Users too short to be evaluated have every item in training.
+    """
+
+    def __init__(self, recommender: Recommender):
+        dataset = self.dataset = recommender.dataset
+        table = pq.read_table(dataset.root / "users.parquet", columns=["user", "key"])
+        ids, keys = table["user"].to_numpy(), table["key"].to_pylist()
+        self.keys: list[str] = [keys[i] for i in np.argsort(ids, kind="stable")]
+        self.index = {k: u for u, k in enumerate(self.keys)}
+        self.folded = [k.casefold() for k in self.keys]
+        self.train_counts = dataset.train_ends - dataset.offsets[:-1]
+
+    def search(self, query: str, limit: int, offset: int) -> list[UserOut]:
+        needle, found = query.strip().casefold(), []
+        for u, key in enumerate(self.folded):
+            if needle in key:
+                if offset:
+                    offset -= 1
+                    continue
+                found.append(UserOut(key=self.keys[u], train_items=int(self.train_counts[u])))
+                if len(found) == limit:
+                    break
+        return found
+
+    def history(self, key: str) -> tuple[list[int], list[int]]:
+        """(training item ids, held-out item ids) of one user; 404 for an unknown key."""
+        user = self.index.get(key)
+        if user is None:
+            shown = key if len(key) <= KEY_CHARS else key[:KEY_CHARS] + "..."
+            raise HTTPException(404, f"unknown user key: {shown}")
+        dataset = self.dataset
+        start, train_end, end = dataset.offsets[user], dataset.train_ends[user], dataset.offsets[user + 1]
+        return dataset.items[start:train_end].tolist(), dataset.items[train_end:end].tolist()
 
 
 def load_engine(name: str, run: Path, device: str, images_root: Path | None) -> Engine:
@@ -256,6 +317,34 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
         if not served.servable(path) or not os.path.isfile(path):
             raise HTTPException(404, f"item {key}'s image is not served (not an image file inside the image root)")
         return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
+
+    # the users endpoints serve the page's "start from a user"
+    @app.get("/users", response_model=UsersResponse, responses=_errors(400))
+    def users(query: str = Query("", max_length=1000, description="Part of a user key (any case); empty: all."),
+              limit: int = Query(20, ge=1, le=MAX_SEARCH), offset: int = Query(0, ge=0),
+              served: Engine = Depends(engine)) -> UsersResponse:
+        """Users of the run's dataset whose key contains the query, with their training history's length."""
+        return UsersResponse(query=query, offset=offset, users=served.users.search(query, limit, offset))
+
+    @app.get("/users/{key:path}/history", response_model=UserHistory, responses=_errors(404))
+    def user_history(key: str, served: Engine = Depends(engine)) -> UserHistory:
+        """A user's training history (oldest first) and the items held out of training (validation, test)."""
+        train, held_out = served.users.history(key)
+        recommender = served.recommender
+        keys, titles, images = recommender.keys, recommender.titles, recommender.images  # the dataset's come first
+
+        def out(ids: list[int]) -> list[ItemOut]:
+            return [ItemOut(key=keys[i], title=titles[i], image_url=served.image_url(keys[i], images[i]), added=False)
+                    for i in ids]
+
+        return UserHistory(key=key, history=out(train), held_out=out(held_out))
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The page: search items, build a history, see the top-k of each run."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", response_model=Health)
     def health() -> Health:

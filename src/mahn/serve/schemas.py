@@ -128,3 +128,23 @@ class ModelInfo(BaseModel):
     test: dict[str, Any] | None = Field(description="Test metrics (test.json), when the run has them.")
     versions: Versions
     compare: bool = Field(description="Whether a second run is loaded (?run=compare).")
+
+
+class UserOut(BaseModel):
+    key: str = Field(description="The user's key (users.parquet `key`).")
+    train_items: int = Field(description="Items in the user's training history (the validation and test items "
+                                         "held out).")
+
+
+class UsersResponse(BaseModel):
+    query: str
+    offset: int
+    users: list[UserOut] = Field(description="Users whose key contains the query (case-insensitive), in id order.")
+
+
+class UserHistory(BaseModel):
+    key: str
+    history: list[ItemOut] = Field(description="The user's training history, oldest first: every item before "
+                                               "the held-out ones (what the model was trained on).")
+    held_out: list[ItemOut] = Field(description="The items held out of training, in order: the validation target, "
+                                                "then the test target (none for users too short to be evaluated).")
