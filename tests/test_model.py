@@ -175,3 +175,23 @@ def test_gradient_check_float64():
     inputs = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5)
     np.testing.assert_allclose(float(loss(*inputs)), float(model.loss(batch)))
+
+
+def test_id_dropout_zeroes_the_same_items_everywhere_in_a_batch_and_never_at_evaluation():
+    model = tiny_model()
+    model.config.id_dropout = 0.5
+    batch = tiny_batch()
+    torch.manual_seed(1)
+    model.train()
+    model.loss(batch).backward()
+    dropped = model.dropped[:-1, 0]
+    assert 0 < int(dropped.sum()) < N_ITEMS
+    # a dropped item's ID row gets no gradient from the batch; its table row is its content alone
+    grad = model.item_embedding.weight.grad[:-1]
+    assert (grad[dropped].abs().sum(1) == 0).all()
+    table = model.item_table()
+    content_only = model.content_vectors({"image": model.visual.raw[:-1], "text": model.text.raw[:-1]})
+    torch.testing.assert_close(table[dropped], content_only[dropped])
+    model.eval()
+    evaluated = model.item_table()
+    assert not torch.allclose(evaluated[dropped], content_only[dropped])  # evaluation keeps every learned ID
