@@ -301,6 +301,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     workers: int = typer.Option(1, help="Server processes, each with its own copy of the model."),
+    threads: int = typer.Option(1, help="Torch threads per process (1: requests in parallel beat one request "
+                                "on two threads; see docs/serving.md)."),
     compare: Path | None = typer.Option(None, help="A second run, asked with ?run=compare."),
     images_root: Path | None = typer.Option(None, help="The only folder images are served from, and the one "
                                             "new items' image paths are relative to (default: the folder "
@@ -313,8 +315,12 @@ def serve(
 
     from mahn.serve.app import ENV, create_app
 
-    if workers < 1:
-        fail("--workers must be at least 1")
+    if workers < 1 or threads < 1:
+        fail("--workers and --threads must be at least 1")
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # worker processes inherit it
+    import torch
+
+    torch.set_num_threads(threads)
     if workers == 1:  # the model loads here, so a bad run stops before the port is taken
         uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root), host=host, port=port)
         return
