@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,7 @@ import torch
 
 import mahn
 from mahn.io import write_json
+from mahn.serve.process import mahn_serve, serving
 
 REPO = Path(__file__).resolve().parents[1]
 CLOTHING = REPO.parent / "shared" / "data" / "amazon2014-clothing" / "user_sequence.txt"
@@ -95,12 +94,6 @@ def test_histories(recommender, count: int, seed: int) -> list[list[str]]:
     return [[keys[i] for i in dataset.items[dataset.offsets[test.users[r]] : test.input_ends[r]]] for r in rows]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # `mahn serve --workers N` as the CLI runs it, but with the listening socket's protocol set to TCP: uvicorn's
 # multi-worker path binds it with proto 0, so asyncio never sets TCP_NODELAY on accepted connections and
 # every keep-alive response waits for the client's delayed ACK (~40 ms on Linux; uvicorn issue #3149).
@@ -119,36 +112,21 @@ Multiprocess(config, sockets=[sock]).run()
 """
 
 
-@contextlib.contextmanager
 def server(run: Path, workers: int, log_path: Path, threads: int | None, nodelay: bool = False):
-    """`mahn serve RUN` on a free loopback port; yields its base URL once GET /health answers. `nodelay`: the
-    multi-worker server with TCP_NODELAY (NODELAY_SERVER), the fix proposed for `mahn serve --workers N`."""
-    port = free_port()
+    """`mahn serve RUN` on a free loopback port, ready once GET /health answers. `nodelay`: the multi-worker
+    server with TCP_NODELAY (NODELAY_SERVER), the fix proposed for `mahn serve --workers N`."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in each server process
-    command = ([sys.executable, "-c", NODELAY_SERVER, str(run), str(port), str(workers)] if nodelay else
-               mahn_command("serve", str(run), "--port", str(port), "--device", "cpu", "--workers", str(workers)))
-    with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the server
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline, ready = time.monotonic() + 300, False
-            while time.monotonic() < deadline and process.poll() is None and not ready:
-                with contextlib.suppress(httpx.TransportError):
-                    ready = httpx.get(f"{url}/health", timeout=5).status_code == 200
-                if not ready:
-                    time.sleep(0.25)
-            if not ready:
-                raise RuntimeError(f"the server did not answer /health; its log: {log_path}")
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+
+    def command(port: int) -> list[str]:
+        if nodelay:
+            return [sys.executable, "-c", NODELAY_SERVER, str(run), str(port), str(workers)]
+        # no `threads`: torch's own default (one per core), which `mahn serve` would otherwise lower to 1
+        return mahn_serve(str(run), "--port", str(port), "--device", "cpu", "--workers", str(workers),
+                          "--threads", str(threads or os.cpu_count()))
+
+    return serving(command, timeout=300, env=env, log=log_path)
 
 
 def load_level(url: str, path: str, bodies: list[bytes] | None, clients: int, requests: int, cap_s: float,
@@ -359,7 +337,8 @@ def main() -> None:
             log(f"{name}: {len(recommender):,} items, `mahn serve --workers {workers}`"
                 + (f", OMP_NUM_THREADS={threads}" if threads else "")
                 + (", with TCP_NODELAY (the proposed fix)" if nodelay else ""))
-            with server(run, workers, args.work / f"serve-{name}-{workers}.log", threads, nodelay) as url:
+            with server(run, workers, args.work / f"serve-{name}-{workers}.log", threads, nodelay) as served:
+                url = served.url
                 load_level(url, "/recommend", bodies, 2, 40, args.time_cap, set())  # warm-up (each worker)
                 for kind, clients in [("health", c) for c in (1, 8)] + [("recommend", c) for c in args.clients]:
                     offset = int(rng.integers(len(bodies)))

@@ -11,22 +11,13 @@ gives item keys instead. Needs Playwright and a Chromium (default /usr/bin/chrom
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mahn.serve.process import mahn_serve, serving
 
 
 def get(url: str) -> dict:
@@ -34,32 +25,10 @@ def get(url: str) -> dict:
         return json.loads(response.read())
 
 
-@contextlib.contextmanager
 def server(run: Path, compare: Path | None, device: str):
-    """`mahn serve RUN [--compare RUN2]` on a free loopback port; yields its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "mahn", "serve", str(run), "--port", str(port), "--device", device]
-    command += ["--compare", str(compare)] if compare else []
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                sys.exit(f"mahn serve stopped:\n{process.stdout.read().decode()}")
-            with contextlib.suppress(OSError):
-                get(f"{base}/health")
-                break
-            if time.monotonic() > deadline:
-                sys.exit("mahn serve did not answer in 180 s")
-            time.sleep(0.25)
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    """`mahn serve RUN [--compare RUN2]` on a free loopback port."""
+    extra = ["--compare", str(compare)] if compare else []
+    return serving(lambda port: mahn_serve(str(run), "--port", str(port), "--device", device, *extra), timeout=180)
 
 
 def main() -> None:
@@ -77,17 +46,17 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    with server(args.run, args.compare, args.device) as base, sync_playwright() as playwright:
+    with server(args.run, args.compare, args.device) as served, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": args.width, "height": 900})
         if args.history:
-            page.goto(f"{base}/?" + urlencode([("item", key) for key in args.history] + [("k", args.k)]))
+            page.goto(f"{served.url}/?" + urlencode([("item", key) for key in args.history] + [("k", args.k)]))
         else:
-            user = args.user or next((u["key"] for u in get(f"{base}/users?limit=1000")["users"]
+            user = args.user or next((u["key"] for u in get(f"{served.url}/users?limit=1000")["users"]
                                       if u["train_items"] >= 4), None)
             if user is None:
                 sys.exit("no user has 4 training items: give --user or --history")
-            page.goto(f"{base}/?k={args.k}")
+            page.goto(f"{served.url}/?k={args.k}")
             page.wait_for_selector("body[data-ready=true]")
             page.fill("#user-query", user)
             page.locator("#users button", has_text=f"{user} ·").first.click()

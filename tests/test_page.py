@@ -6,15 +6,9 @@ Skipped only when Chromium (/usr/bin/chromium) or the playwright package is miss
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import importlib.util
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +16,7 @@ import httpx
 import pytest
 
 from mahn.data import Dataset
+from mahn.serve.process import mahn_serve, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -68,35 +63,13 @@ def shop(tmp_path_factory) -> dict:
     return {"data": root / "data", "runs": runs, "no_image": rows[NO_IMAGE]["item"]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def base(shop) -> str:
     """`mahn serve` of the MAHN run with MAHN-V-T beside it; yields its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "mahn", "serve", str(shop["runs"]["mahn"]), "--compare",
-               str(shop["runs"]["mahn-v-t"]), "--port", str(port), "--device", "cpu"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline, ready = time.monotonic() + 120, False
-        while not ready and time.monotonic() < deadline and server.poll() is None:
-            with contextlib.suppress(httpx.TransportError):
-                ready = httpx.get(f"{url}/health", timeout=2).status_code == 200
-            time.sleep(0.2)
-        assert ready, server.stdout.read().decode() if server.poll() is not None else "no answer in 120 s"
-        yield url
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+    runs = shop["runs"]
+    with serving(lambda port: mahn_serve(str(runs["mahn"]), "--compare", str(runs["mahn-v-t"]), "--port", str(port),
+                                         "--device", "cpu")) as served:
+        yield served.url
 
 
 @pytest.fixture(scope="module")

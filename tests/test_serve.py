@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -23,6 +17,7 @@ import mahn
 from mahn.errors import DataError
 from mahn.serve import create_app
 from mahn.serve.limits import MAX_BODY
+from mahn.serve.process import mahn_serve, serving
 from mahn.settings import resolve
 from mahn.training import train
 
@@ -364,35 +359,12 @@ def test_cli_serve_refuses_bad_settings(shop, tmp_path):
     assert isinstance(result.exception, DataError) and "images folder" in str(result.exception)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mahn_serve_runs_uvicorn(shop):
-    port = free_port()
-    command = [sys.executable, "-m", "mahn", "serve", str(shop["runs"]["mahn"]), "--port", str(port),
-               "--device", "cpu"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline, ready = time.monotonic() + 120, False
-        while time.monotonic() < deadline and server.poll() is None:
-            with contextlib.suppress(httpx.TransportError):
-                ready = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            if ready:
-                break
-            time.sleep(0.25)
-        assert ready, server.stdout.read().decode() if server.poll() is not None else "no answer in 120 s"
+    run = str(shop["runs"]["mahn"])
+    with serving(lambda port: mahn_serve(run, "--port", str(port), "--device", "cpu")) as served:
         body = {"history": [KEYS[0], KEYS[3]], "k": 3}
-        answer = httpx.post(f"http://127.0.0.1:{port}/recommend", json=body, timeout=30).json()
+        answer = httpx.post(f"{served.url}/recommend", json=body, timeout=30).json()
         expected = mahn.load(shop["runs"]["mahn"], device="cpu").recommend(body["history"], 3)
         assert [r["key"] for r in answer["items"]] == [r.key for r in expected]
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+    server = served.process
     assert server.returncode is not None
