@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mahn.catalog import load_added
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.evaluation import EvalConfig, evaluate
@@ -67,15 +68,6 @@ class _Items:
     folded: list[str]  # casefolded titles, for search
     added_rows: torch.Tensor | None  # (added, D) item-table rows of the added items, on the model's device
     table: torch.Tensor | None = None  # (items, D) the full item table, computed on first use
-
-
-def _load_catalog():
-    """`mahn.catalog`, or None while it is not part of this installation."""
-    try:
-        from mahn import catalog
-    except ImportError:
-        return None
-    return catalog
 
 
 class Recommender:
@@ -159,8 +151,7 @@ class Recommender:
             stamp = self._stamp()  # before reading: an add during the read is seen by the next check
             if self._base is None:
                 self._base = self._base_items()
-            catalog = _load_catalog()
-            added = catalog.load_added(self.run) if catalog is not None and self.run is not None else None
+            added = load_added(self.run) if self.run is not None else None
             items, note = self._base, None
             if added is not None and len(added.keys):
                 items, note = self._with_added(added)

@@ -325,14 +325,14 @@ def _recover(run: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _add(run: str | Path, records: list[_Record], root: Path | None, allow_urls: bool) -> dict:
+def _add(run: str | Path, records: list[_Record], root: Path | None, allow_urls: bool, loaded=None) -> dict:
     from mahn.training import load_run
 
     started = time.perf_counter()
     run = Path(run)
     if not (run / "config.json").exists():
         raise DataError("not a training run (no config.json)", run)
-    model, dataset, _ = load_run(run, device="cpu")
+    model, dataset = loaded or load_run(run, device="cpu")[:2]
     modalities = dataset.feature_modalities()
     widths = {m: dataset.manifest["features"][m]["dim"] for m in modalities}
     model.content_vectors({m: np.zeros((0, w), np.float32) for m, w in widths.items()})  # ID-only: DataError
@@ -346,7 +346,8 @@ def _add(run: str | Path, records: list[_Record], root: Path | None, allow_urls:
         encoded = {m: _encode(dataset, m, records) for m in modalities}
         import torch
 
-        rows = model.content_vectors({m: torch.from_numpy(f) for m, (f, _) in encoded.items()})
+        with torch.no_grad():
+            rows = model.content_vectors({m: torch.from_numpy(f) for m, (f, _) in encoded.items()})
         if not torch.isfinite(rows).all():
             raise DataError("the model gives the new items non-finite vectors", run)
         items = (old[1] if old else []) + [{k: v for k, v in r.values.items() if v is not None} for r in records]
@@ -381,8 +382,13 @@ def add_items(run: str | Path, items: str | Path, images: str | Path | None = No
     return _add(run, _read_file(items), root, allow_urls=True)
 
 
-def add_item_records(run: str | Path, records: list[dict], images: str | Path | None = None) -> dict:
-    """`add_items` for records given as dicts (an HTTP request): images only as paths inside `images`."""
+def add_item_records(run: str | Path, records: list[dict], images: str | Path | None = None,
+                     loaded: tuple | None = None) -> dict:
+    """`add_items` for records given as dicts (an HTTP request): images only as paths inside `images`.
+
+    `loaded`: the run's (model, dataset) when the caller already holds them (a server), so they are not
+    loaded again for every add.
+    """
     if not isinstance(records, list) or not records:
         raise DataError("give a non-empty list of items", "records")
     for index, record in enumerate(records):
@@ -391,7 +397,8 @@ def add_item_records(run: str | Path, records: list[dict], images: str | Path | 
     root = Path(images) if images is not None else None
     if root is not None and not root.is_dir():
         raise DataError("images folder not found", root)
-    return _add(run, [_Record(dict(r), "records", i) for i, r in enumerate(records)], root, allow_urls=False)
+    return _add(run, [_Record(dict(r), "records", i) for i, r in enumerate(records)], root, allow_urls=False,
+                loaded=loaded)
 
 
 __all__ = ["AddedItems", "add_item_records", "add_items", "load_added"]

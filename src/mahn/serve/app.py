@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import mahn
+from mahn import catalog
 from mahn.api import KEY_CHARS, Recommender, UnknownItemError, load
 from mahn.errors import DataError
 from mahn.io import read_json
@@ -198,14 +199,6 @@ def accepts_new_items(recommender: Recommender) -> bool:
     return True
 
 
-def _catalog():
-    try:
-        from mahn import catalog
-    except ImportError:
-        return None
-    return catalog
-
-
 def _printable(value):
     """A validation error's parts with bytes (a body that is not UTF-8) shown as text, not failing to encode."""
     if isinstance(value, bytes):
@@ -290,16 +283,14 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
     def add_items(body: AddItemsRequest, served: Engine = Depends(engine)) -> AddItemsResponse:
         """Add items after training (key, title, text, image, ...): the model places them by their content
         features, computed by the dataset's own encoders. Nothing is added when any item is bad."""
-        catalog = _catalog()
-        if catalog is None:
-            raise HTTPException(400, "this installation of mahn cannot add items (no mahn.catalog)")
         recommender = served.recommender
         if not accepts_new_items(recommender):
             raise HTTPException(400, f"the run's model ({recommender.record['model']}) ranks items by their ID "
                                      "only: new items need content features (a model that reads image or text)")
         records = [r.model_dump(exclude_none=True) for r in body.items]
         with served.add_lock:
-            report = catalog.add_item_records(served.run, records, served.root)
+            report = catalog.add_item_records(served.run, records, served.root,
+                                              loaded=(recommender.model, recommender.dataset))
             recommender.refresh()
         return AddItemsResponse(added=[r["key"] for r in records], items=len(recommender),
                                 catalog={k: v for k, v in report.items() if k != "run"})
