@@ -78,14 +78,14 @@ def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None
     result: dict = {"split": config.split, "users": int(dataset.evaluated.sum()), "keep_history": config.keep_history}
     for protocol in PROTOCOLS:
         result[protocol] = mean_metrics(per_user[protocol])
+    targets = dataset.eval_set(config.split).targets
     new_items = dataset.new_items()
     if new_items is not None and config.split == "test":
-        rows = np.isin(dataset.eval_set("test").targets, new_items)
+        rows = np.isin(targets, new_items)
         result["new_items"] = {"items": len(new_items), "users": int(rows.sum()),
                                **{p: mean_metrics(per_user[p], rows) for p in PROTOCOLS}}
     if config.groups:
         frequency = dataset.item_frequency()
-        targets = dataset.eval_set(config.split).targets
         result["groups"] = []
         for number, group in enumerate(frequency_groups(frequency), start=1):
             rows = np.isin(targets, group)
