@@ -3,6 +3,7 @@ dataset's own encoders, stored atomically beside the run, ranked by content alon
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import mahn.catalog as catalog
@@ -382,3 +384,45 @@ def test_vbpr_and_mvrnn_content_vectors_drop_only_the_learned_id_part(synthetic)
 def test_models_that_cannot_place_a_new_item_say_so(synthetic, name, values, message):
     with pytest.raises(DataError, match=message):
         model(name, synthetic, **values).content_vectors(features_of(synthetic, [0]))
+
+
+# --- POST /items/upload: an image file sent over HTTP ---
+
+
+def test_an_uploaded_image_gets_the_dataset_encoders_features_and_bad_uploads_write_nothing(shop, run):
+    from fastapi.testclient import TestClient
+
+    from mahn.serve import create_app
+
+    client = TestClient(create_app(run, device="cpu", max_upload=200_000))
+    _, dataset, _ = load_run(run, device="cpu")
+    table = dataset.item_table.row(0, named=True)
+    before = snapshot(run)
+    for content, status, message in ((b"not an image", 400, "not an image"), (b"", 400, "empty"),
+                                     (b"\0" * 300_000, 413, "larger than the limit")):
+        refused = client.post("/items/upload", data={"key": "bad", "title": "x"},
+                              files={"image": ("x.png", content, "image/png")})
+        assert refused.status_code == status and message in refused.json()["detail"], refused.text
+    missing = client.post("/items/upload", data={"key": "bad"})
+    assert missing.status_code == 422
+    assert snapshot(run) == before
+
+    image = Path(table["image"]).read_bytes()
+    sent = client.post("/items/upload", data={"key": "copy", "title": table["title"]},
+                       files={"image": ("photo.jpg", image, "application/octet-stream")})
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["added"] == ["copy"] and sent.json()["items"] == dataset.n_items + 1
+    assert client.get("/images/copy").content == image  # kept in the run, served from there
+    added = load_added(run)
+    for modality in ("image", "text"):  # the same features as the item whose image and title were sent
+        np.testing.assert_allclose(added.features[modality][-1], dataset.features(modality)[0][0], atol=1e-4)
+    stored = sorted((run / "uploads").iterdir())
+    # a refused item (its key is taken) keeps nothing new, but the image stays for the item that has it
+    other = client.post("/items/upload", data={"key": "copy"}, files={"image": ("a.png", image, "image/png")})
+    assert other.status_code == 400 and "copy" in other.json()["detail"]
+    assert sorted((run / "uploads").iterdir()) == stored
+    fresh = io.BytesIO()
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(fresh, "PNG")
+    taken = client.post("/items/upload", data={"key": "copy"},
+                        files={"image": ("b.png", fresh.getvalue(), "image/png")})
+    assert taken.status_code == 400 and sorted((run / "uploads").iterdir()) == stored

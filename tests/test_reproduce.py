@@ -181,7 +181,9 @@ def test_cold_experiment_scores_every_model_on_the_new_item_split(tmp_path):
     results = reproduce(data, config, say=lambda *_: None)
     cold = Dataset(out / "cold-data")
     users = int(np.isin(cold.eval_set("test").targets, cold.new_items()).sum())
-    assert set(results["cold"]) == {"MAHN", "Popularity"} and users > 0
+    # MAHN can learn to rank by content alone: a second row trained with ID dropout, as for items added later
+    assert set(results["cold"]) == {"MAHN", "MAHN, id_dropout 0.5", "Popularity"} and users > 0
+    assert results["cold"]["MAHN, id_dropout 0.5"][0]["settings"] == {"id_dropout": 0.5}
     for runs in results["cold"].values():
         assert runs[0]["test"]["new_items"]["users"] == users
     # popularity has never seen a new item: it ranks every one of them last under full ranking

@@ -13,6 +13,7 @@ from mahn.models.caser import Caser
 from mahn.models.gru4rec import GRU4Rec
 from mahn.models.jrl import JRL
 from mahn.models.mahn import MAHN, MAHNConfig
+from mahn.models.mgt import MGT
 from mahn.models.mvrnn import MVRNN
 from mahn.models.popularity import Popularity
 from mahn.models.sasrec import SASRec
@@ -28,9 +29,11 @@ MODELS: dict[str, type[SequentialModel]] = {
     "sasrec": SASRec,
     "bert4rec": BERT4Rec,
     "popularity": Popularity,
+    "mgt": MGT,
 }
 LABELS = {"mahn": "MAHN", "vbpr": "VBPR", "jrl": "JRL", "mvrnn": "MV-RNN", "gru4rec": "GRU4Rec", "caser": "Caser",
-          "sasrec": "SASRec", "bert4rec": "BERT4Rec", "popularity": "Popularity"}  # names as the papers write them
+          "sasrec": "SASRec", "bert4rec": "BERT4Rec", "popularity": "Popularity",
+          "mgt": "MGT (ours)"}  # names as the papers write them
 
 
 def label(name: str) -> str:

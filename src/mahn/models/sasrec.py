@@ -72,6 +72,20 @@ class Block(nn.Module):
         return x + self.ffn(x)
 
 
+def causal_blocks(blocks: nn.ModuleList, x: torch.Tensor, real: torch.Tensor, heads: int) -> torch.Tensor:
+    """Run (B, L, d) inputs through the blocks; position t sees only real positions <= t. Padded rows stay zero."""
+    width = x.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=x.device).triu(1)
+    # True = may not attend: future positions and padded keys; a query may always see itself so that
+    # padded rows (zeroed below) never turn into NaN
+    blocked = causal.unsqueeze(0) | ~real.unsqueeze(1)
+    blocked = (blocked & ~torch.eye(width, dtype=torch.bool, device=x.device)).repeat_interleave(heads, dim=0)
+    x = x * real.unsqueeze(-1)
+    for block in blocks:
+        x = block(x, blocked) * real.unsqueeze(-1)
+    return x
+
+
 class SASRec(SequentialModel):
     Config = SASRecConfig
 
@@ -97,16 +111,7 @@ class SASRec(SequentialModel):
         real = histories != self.pad
         positions = torch.arange(width - 1, -1, -1, device=histories.device)  # 0 = most recent slot
         x = self.item_embedding(histories) * self.config.dim**0.5 + self.position_embedding(positions)
-        x = self.dropout(x) * real.unsqueeze(-1)
-        causal = torch.ones(width, width, dtype=torch.bool, device=histories.device).triu(1)
-        # True = may not attend: future positions and padded keys; a query may always see itself so
-        # that padded rows (zeroed below) never turn into NaN
-        blocked = causal.unsqueeze(0) | ~real.unsqueeze(1)
-        blocked = blocked & ~torch.eye(width, dtype=torch.bool, device=histories.device)
-        blocked = blocked.repeat_interleave(self.config.heads, dim=0)
-        for block in self.blocks:
-            x = block(x, blocked) * real.unsqueeze(-1)
-        return self.final_norm(x)
+        return self.final_norm(causal_blocks(self.blocks, self.dropout(x), real, self.config.heads))
 
     def encode(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         return self.hidden(histories)[:, -1]

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -35,8 +35,8 @@ import mahn
 from mahn import catalog
 from mahn.api import KEY_CHARS, Recommender, UnknownItemError, load
 from mahn.errors import DataError
-from mahn.io import read_json
-from mahn.serve.limits import MAX_BODY, BodyLimit
+from mahn.io import read_json, write_bytes
+from mahn.serve.limits import MAX_BODY, MAX_UPLOAD, BodyLimit
 from mahn.serve.schemas import (
     MAX_SEARCH,
     AddItemsRequest,
@@ -115,10 +115,18 @@ class Engine:
                 self._users = UserIndex(self.recommender)
             return self._users
 
+    @property
+    def uploads(self) -> Path:
+        """Where images sent with POST /items/upload are kept: RUN/uploads/ (not inside RUN/added/, which every
+        add replaces whole)."""
+        return Path(os.path.realpath(self.run)) / "uploads"
+
     def servable(self, path: str) -> bool:
-        """Whether a local image path may be served: an image file type, really (links resolved) inside the root."""
+        """Whether a local image path may be served: an image file type, really (links resolved) inside the root
+        or the run's uploads folder."""
         real = Path(os.path.realpath(path))
-        return self.root is not None and real.suffix.lower() in IMAGE_SUFFIXES and real.is_relative_to(self.root)
+        return real.suffix.lower() in IMAGE_SUFFIXES and any(
+            folder is not None and real.is_relative_to(folder) for folder in (self.root, self.uploads))
 
     def image_url(self, key: str, image: str | None) -> str | None:
         if not image:
@@ -187,6 +195,36 @@ def load_engine(name: str, run: Path, device: str, images_root: Path | None) -> 
     return Engine(name, Path(run), recommender, root, threading.Lock())
 
 
+UPLOAD_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+def store_upload(content: bytes, folder: Path) -> tuple[str, bool]:
+    """Keep an uploaded image in `folder` under a name made of its content's hash. Returns (file name, whether
+    this call created the file). A file that is not a decodable image is refused and nothing is written."""
+    import hashlib
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not content:
+        raise DataError("field 'image': the uploaded file is empty")
+    try:
+        with Image.open(io.BytesIO(content)) as picture:
+            kind = picture.format
+            picture.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"field 'image': the uploaded file is not an image ({type(e).__name__})") from None
+    if kind not in UPLOAD_FORMATS:
+        raise DataError(f"field 'image': {kind} images are not accepted; send one of {', '.join(UPLOAD_FORMATS)}")
+    name = hashlib.sha256(content).hexdigest()[:32] + UPLOAD_FORMATS[kind]
+    path = folder / name
+    if path.exists():
+        return name, False
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, content)
+    return name, True
+
+
 def accepts_new_items(recommender: Recommender) -> bool:
     """Whether the model places items known only by content: ask it for the rows of zero new items."""
     dims = {m: r["dim"] for m, r in recommender.dataset.manifest.get("features", {}).items()}
@@ -219,7 +257,7 @@ def _metrics(path: Path, key: str | None = None) -> dict | None:
 
 
 def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, images_root: Path | None = None,
-               max_body: int = MAX_BODY) -> FastAPI:
+               max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD) -> FastAPI:
     """The HTTP application of a trained run (and, with `compare`, a second one beside it).
 
     `images_root`: the only folder item images are served from, and the folder that the image paths of
@@ -232,7 +270,7 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
     app = FastAPI(title="mahn", version=mahn.__version__,
                   description="Next-item recommendations of a trained mahn run. Every endpoint takes "
                               "`?run=compare` to ask the second run (`mahn serve RUN --compare RUN2`).")
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(BodyLimit, limit=max_body, larger={"/items/upload": max_upload})
     app.state.engines = engines
 
     @app.exception_handler(DataError)
@@ -293,6 +331,35 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
                                               loaded=(recommender.model, recommender.dataset))
             recommender.refresh()
         return AddItemsResponse(added=[r["key"] for r in records], items=len(recommender),
+                                catalog={k: v for k, v in report.items() if k != "run"})
+
+    @app.post("/items/upload", response_model=AddItemsResponse, responses=_errors(400, 413))
+    def upload_item(key: str = Form(min_length=1, max_length=1000, description="The new item's key."),
+                    image: UploadFile = File(description="The item's image file (JPEG, PNG, GIF, WebP or BMP)."),
+                    title: str | None = Form(None, max_length=10_000),
+                    text: str | None = Form(None, max_length=100_000, description="Description text."),
+                    brand: str | None = Form(None, max_length=1000),
+                    served: Engine = Depends(engine)) -> AddItemsResponse:
+        """Add one item with its image file (multipart/form-data), as POST /items does for an image already on
+        the server. The image is kept in the run (RUN/uploads/, named by its content); nothing is kept
+        when the item is refused."""
+        recommender = served.recommender
+        if not accepts_new_items(recommender):
+            raise HTTPException(400, f"the run's model ({recommender.record['model']}) ranks items by their ID "
+                                     "only: new items need content features (a model that reads image or text)")
+        with served.add_lock:
+            name, created = store_upload(image.file.read(), served.uploads)
+            record = {"key": key, "image": name, **{f: v for f, v in (("title", title), ("text", text),
+                                                                       ("brand", brand)) if v is not None}}
+            try:
+                report = catalog.add_item_records(served.run, [record], served.uploads,
+                                                  loaded=(recommender.model, recommender.dataset))
+            except DataError:
+                if created:
+                    (served.uploads / name).unlink(missing_ok=True)
+                raise
+            recommender.refresh()
+        return AddItemsResponse(added=[key], items=len(recommender),
                                 catalog={k: v for k, v in report.items() if k != "run"})
 
     @app.get("/images/{key:path}", response_class=FileResponse, responses={

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 1000
 MAX_HISTORY = 10_000
@@ -16,6 +16,14 @@ MAX_CANDIDATES = 100_000
 MAX_BATCH = 256
 MAX_NEW_ITEMS = 1000
 MAX_SEARCH = 1000
+
+def integral(value):
+    """An integral float (5.0) as the int it is, for fields whose schema says integer: JSON Schema counts 5.0
+    as an integer, so the API takes it. Anything else is left to the strict check (5.5, "5", true: 422)."""
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
 
 Key = Annotated[str, Field(min_length=1, max_length=1000, description="An item key (items.parquet `key`).")]
 RunName = Literal["main", "compare"]
@@ -38,6 +46,8 @@ class RecommendRequest(Request):
     exclude_history: bool = Field(True, description="Leave out every item of the history.")
     candidates: list[Key] | None = Field(None, max_length=MAX_CANDIDATES,
                                          description="Rank only these items (null: every item).")
+
+    _k = field_validator("k", mode="before")(integral)
 
 
 class RecommendedItem(BaseModel):
@@ -91,6 +101,8 @@ class NewItem(Request):
                                                                  "images folder (`mahn serve --images-root`).")
     image_codes: Codes | None = Field(None, description="For datasets whose image features are codes.")
     text_codes: Codes | None = Field(None, description="For datasets whose text features are codes.")
+
+    _codes = field_validator("image_codes", "text_codes", mode="before")(integral)
 
 
 class AddItemsRequest(Request):
