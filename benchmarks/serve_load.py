@@ -1,7 +1,7 @@
 """Load on `mahn serve`: latency percentiles and requests/s of POST /recommend (k = 10) under 1, 8 and 32
 concurrent clients, over the demo shop and a Clothing-sized catalogue (Amazon 2014 Clothing, 23,033 items).
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 400] [--clients 1 8 32] [--workers 1 2] [--nodelay]
+    .venv/bin/python benchmarks/serve_load.py [--requests 400] [--clients 1 8 32] [--workers 1 2]
 
 The server is the real command (`python -m mahn serve RUN --port P --device cpu --workers W`) on a free
 loopback port; clients are threads, each with its own keep-alive httpx.Client, in this process (so they share
@@ -10,8 +10,7 @@ sends its next request when the last one is answered. Each request carries the h
 (every item before the user's test target). A sample of responses per level is checked against the Python
 API (`mahn.load(RUN).recommend(history, 10)`): the same keys in the same order, scores within 1e-4.
 GET /health at the same concurrency gives the HTTP stack's own floor. Every server setting runs with
-torch's default intra-op threads (one per core) and with OMP_NUM_THREADS=1; `--nodelay` adds the
-multi-worker server with TCP_NODELAY set (see NODELAY_SERVER). A profile in this process (no HTTP) says
+torch's default intra-op threads (one per core) and with OMP_NUM_THREADS=1. A profile in this process (no HTTP) says
 where one request's time goes.
 
 Catalogues:
@@ -94,34 +93,13 @@ def test_histories(recommender, count: int, seed: int) -> list[list[str]]:
     return [[keys[i] for i in dataset.items[dataset.offsets[test.users[r]] : test.input_ends[r]]] for r in rows]
 
 
-# `mahn serve --workers N` as the CLI runs it, but with the listening socket's protocol set to TCP: uvicorn's
-# multi-worker path binds it with proto 0, so asyncio never sets TCP_NODELAY on accepted connections and
-# every keep-alive response waits for the client's delayed ACK (~40 ms on Linux; uvicorn issue #3149).
-NODELAY_SERVER = """
-import os, socket, sys
-import uvicorn
-from uvicorn.supervisors import Multiprocess
-from mahn.serve.app import ENV
-os.environ[ENV["run"]], os.environ[ENV["device"]] = os.path.abspath(sys.argv[1]), "cpu"
-config = uvicorn.Config("mahn.serve.app:app_from_env", factory=True, host="127.0.0.1", port=int(sys.argv[2]),
-                        workers=int(sys.argv[3]))
-bound = config.bind_socket()
-sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
-sock.set_inheritable(True)
-Multiprocess(config, sockets=[sock]).run()
-"""
-
-
-def server(run: Path, workers: int, log_path: Path, threads: int | None, nodelay: bool = False):
-    """`mahn serve RUN` on a free loopback port, ready once GET /health answers. `nodelay`: the multi-worker
-    server with TCP_NODELAY (NODELAY_SERVER), the fix proposed for `mahn serve --workers N`."""
+def server(run: Path, workers: int, log_path: Path, threads: int | None):
+    """`mahn serve RUN` on a free loopback port, ready once GET /health answers."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in each server process
 
     def command(port: int) -> list[str]:
-        if nodelay:
-            return [sys.executable, "-c", NODELAY_SERVER, str(run), str(port), str(workers)]
         # no `threads`: torch's own default (one per core), which `mahn serve` would otherwise lower to 1
         return mahn_serve(str(run), "--port", str(port), "--device", "cpu", "--workers", str(workers),
                           "--threads", str(threads or os.cpu_count()))
@@ -293,8 +271,6 @@ def main() -> None:
     parser.add_argument("--server-threads", type=int, nargs="+", default=[0, 1],
                         help="OMP_NUM_THREADS of the server: torch's intra-op threads (0: torch's default, one per "
                              "core) [0 1].")
-    parser.add_argument("--nodelay", action="store_true",
-                        help="Also run every multi-worker setting with TCP_NODELAY set (the proposed fix).")
     parser.add_argument("--catalogues", nargs="+", default=["demo", "clothing"], choices=["demo", "clothing"])
     parser.add_argument("--time-cap", type=float, default=60.0, help="Seconds at most per level [60].")
     parser.add_argument("--sample", type=int, default=50, help="Responses checked against the Python API per level.")
@@ -330,14 +306,10 @@ def main() -> None:
         lengths = [min(len(h), recommender.max_len) for h in histories]
         models[name]["history_length_read"] = {"mean": float(np.mean(lengths)), "max": int(max(lengths))}
         profiles[name] = profile(run, histories[:200])
-        settings = [(w, t, False) for w, t in itertools.product(args.workers, args.server_threads)]
-        if args.nodelay:
-            settings += [(w, t, True) for w, t in itertools.product(args.workers, args.server_threads) if w > 1]
-        for workers, threads, nodelay in settings:
+        for workers, threads in itertools.product(args.workers, args.server_threads):
             log(f"{name}: {len(recommender):,} items, `mahn serve --workers {workers}`"
-                + (f", OMP_NUM_THREADS={threads}" if threads else "")
-                + (", with TCP_NODELAY (the proposed fix)" if nodelay else ""))
-            with server(run, workers, args.work / f"serve-{name}-{workers}.log", threads, nodelay) as served:
+                + (f", OMP_NUM_THREADS={threads}" if threads else ""))
+            with server(run, workers, args.work / f"serve-{name}-{workers}.log", threads) as served:
                 url = served.url
                 load_level(url, "/recommend", bodies, 2, 40, args.time_cap, set())  # warm-up (each worker)
                 for kind, clients in [("health", c) for c in (1, 8)] + [("recommend", c) for c in args.clients]:
@@ -349,7 +321,7 @@ def main() -> None:
                                        args.requests, args.time_cap, keep if kind == "recommend" else set())
                     kept = level.pop("_kept")
                     row = {"catalogue": name, "items": len(recommender), "endpoint": kind, "workers": workers,
-                           "server_threads": threads or "default", "tcp_nodelay_fix": nodelay,
+                           "server_threads": threads or "default",
                            "clients": clients, **level,
                            "loadavg_before": before, "loadavg_after": loadavg()}
                     if kind == "recommend":
@@ -389,14 +361,14 @@ def main() -> None:
 
 
 def label(row: dict) -> str:
-    return (f"workers={row['workers']}{' +nodelay' if row['tcp_nodelay_fix'] else ''},"
+    return (f"workers={row['workers']},"
             f"threads={row['server_threads']}")
 
 
 def format_row(row: dict) -> str:
     check = row.get("correctness")
     checked = f"{check['checked'] - check['mismatches']}/{check['checked']}" if check else "-"
-    workers = f"{row['workers']}{' +nodelay' if row['tcp_nodelay_fix'] else ''}"
+    workers = f"{row['workers']}"
     return (f"| {row['catalogue']} | {row['items']:,} | {row['endpoint']} | {workers} | "
             f"{row['server_threads']} | {row['clients']} | {row['requests']} | {row['errors']} | "
             f"{row['requests_per_s']:.0f} | {row['p50_ms']:.1f} | {row['p90_ms']:.1f} | {row['p99_ms']:.1f} | "

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import mahn
+from mahn.catalog import add_item_records
 from mahn.errors import DataError
 from mahn.serve import create_app
 from mahn.serve.limits import MAX_BODY
@@ -318,6 +319,37 @@ def test_added_items_are_served_and_id_only_models_refuse_them(shop, tmp_path):
     assert client.get("/items/new-c").json()["added"] is True
 
 
+def test_the_recommender_through_hnsw_answers_as_exact_ranking(shop, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(shop["runs"]["mahn"], run)
+    exact, approximate = mahn.load(run, device="cpu"), mahn.load(run, device="cpu", index="hnsw")
+    histories = [KEYS[i : i + 4 : 3] for i in range(0, 24, 2)]  # two items a history, from one or two clusters
+    for history in histories:
+        for exclude in (True, False):
+            want = exact.recommend(history, 10, exclude_history=exclude)
+            got = approximate.recommend(history, 10, exclude_history=exclude)
+            assert [r.key for r in got] == [r.key for r in want]
+            np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-4, atol=1e-4)
+    assert not set(histories[0]) & {r.key for r in approximate.recommend(histories[0], 10)}
+    pool = KEYS[:7]
+    assert [r.key for r in approximate.recommend(histories[0], 3, candidates=pool)] == [
+        r.key for r in exact.recommend(histories[0], 3, candidates=pool)]
+    # items added after training are scored exactly beside the index, which is not rebuilt
+    built = approximate.ann()
+    rng = np.random.default_rng(3)
+    add_item_records(run, [{"key": f"new{c}", "title": f"New of cluster {c}",
+                            "image_codes": codes(c, rng, 0), "text_codes": codes(c, rng, 10)} for c in range(3)])
+    for recommender in (exact, approximate):
+        recommender.refresh()
+    for history in histories[:4]:
+        want = exact.recommend(history, ITEMS + 3 - len(history))
+        got = approximate.recommend(history, ITEMS + 3 - len(history))
+        assert [r.key for r in got] == [r.key for r in want] and {"new0", "new1", "new2"} <= {r.key for r in got}
+    assert approximate.ann() is built
+    served = TestClient(create_app(run, device="cpu", index="hnsw")).post("/recommend", json={"history": KEYS[:2]})
+    assert [r["key"] for r in served.json()["items"]] == [r.key for r in exact.recommend(KEYS[:2], 10)]
+
+
 def test_concurrent_requests_get_the_answers_of_sequential_ones(shop):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -371,3 +403,36 @@ def test_mahn_serve_runs_uvicorn(shop):
         assert [r["key"] for r in answer["items"]] == [r.key for r in expected]
     server = served.process
     assert server.returncode is not None
+
+
+def test_mahn_serve_workers_answer_through_a_tcp_socket_with_nodelay(shop, monkeypatch):
+    """`--workers N` shares one listening socket created with protocol TCP, so asyncio sets TCP_NODELAY on each
+    connection (uvicorn's own socket has protocol 0: each keep-alive response would wait ~40 ms for an ACK)."""
+    import socket
+
+    import uvicorn.supervisors
+
+    from mahn.serve.process import free_port, run_workers
+
+    handed = {}
+
+    class Capture:
+        def __init__(self, config, sockets):
+            handed["sockets"], handed["workers"] = sockets, config.workers
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Capture)
+    run_workers("127.0.0.1", free_port(), 2)
+    (listening,) = handed["sockets"]
+    assert handed["workers"] == 2 and listening.proto == socket.IPPROTO_TCP and listening.get_inheritable()
+    listening.close()
+
+    run = str(shop["runs"]["mahn"])
+    with serving(lambda port: mahn_serve(run, "--port", str(port), "--device", "cpu", "--workers", "2")) as served:
+        body = {"history": [KEYS[1], KEYS[4]], "k": 3}
+        expected = [r.key for r in mahn.load(shop["runs"]["mahn"], device="cpu").recommend(body["history"], 3)]
+        with httpx.Client(timeout=30) as client:  # one keep-alive connection, several requests
+            for _ in range(3):
+                assert [r["key"] for r in client.post(f"{served.url}/recommend", json=body).json()["items"]] == expected

@@ -21,6 +21,7 @@ from mahn.catalog import load_added
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.evaluation import EvalConfig, evaluate
+from mahn.index import HNSWIndex, HNSWSettings, check_index
 from mahn.models.base import SequentialModel
 from mahn.training import load_run
 
@@ -73,8 +74,11 @@ class _Items:
 class Recommender:
     """A trained run: its model (best validation weights), its dataset and the items added since training."""
 
-    def __init__(self, model: SequentialModel, dataset: Dataset, record: dict, run: str | Path | None = None):
+    def __init__(self, model: SequentialModel, dataset: Dataset, record: dict, run: str | Path | None = None,
+                 index: str = "exact", hnsw: HNSWSettings = HNSWSettings()):
         self.model, self.dataset, self.record = model, dataset, record
+        self.index_kind, self.hnsw_settings = check_index(index), hnsw
+        self._hnsw: HNSWIndex | None = None  # over the trained items' rows, built on first use (index "hnsw")
         self.run = Path(run) if run is not None else None
         self.max_len: int = record["train"]["max_len"]
         self.n_trained: int = dataset.n_items
@@ -191,6 +195,20 @@ class Recommender:
                     [self._table, items.added_rows.to(self._table.dtype)])
             return items.table
 
+    def ann(self) -> HNSWIndex:
+        """The HNSW index over the trained items (mahn.index), built on first use."""
+        with self.lock:
+            if self._hnsw is None:
+                self._full_table(self._current())
+                self._hnsw = HNSWIndex(self._table.float().cpu().numpy(), self.hnsw_settings)
+            return self._hnsw
+
+    def warm(self) -> None:
+        """Compute now what the first request would otherwise wait for: the item table (and the index)."""
+        self.item_table()
+        if self.index_kind == "hnsw":
+            self.ann()
+
     def item_ids(self, keys: list[str]) -> list[int]:
         return self._ids(self._current(), keys)
 
@@ -270,14 +288,21 @@ class Recommender:
         pad = self.model.pad
         batch = torch.tensor([[pad] * (width - len(w)) + w for w in windows], device=self.model.device)
         table = self._full_table(items)
+        approximate = self.index_kind == "hnsw"
         with self.lock:
             try:
                 states = self.model.encode(batch)
             except ValueError as error:  # a model that needs a user id (Caser) cannot serve anonymous histories
                 raise DataError(f"{self.record['model']} cannot recommend for a history alone: {error}") from error
-            scores = (states @ table.T).float()
+            scores = None if approximate else (states @ table.T).float()
         results = []
-        for row, known, count, exclude, pool in zip(scores, ids, ks, excludes, pools, strict=True):
+        for r, (known, count, exclude, pool) in enumerate(zip(ids, ks, excludes, pools, strict=True)):
+            if approximate and pool is None:
+                found = self._approximate_top(states[r], items, set(known) if exclude else set(), count)
+                if found is not None:
+                    results.append(found)
+                    continue
+            row = scores[r] if scores is not None else (states[r] @ table.T).float()
             if pool is not None:
                 allowed = torch.tensor(pool, dtype=torch.long, device=row.device)
                 masked = torch.full_like(row, -torch.inf)
@@ -290,18 +315,37 @@ class Recommender:
                             for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
         return results
 
+    def _approximate_top(self, state: torch.Tensor, items: _Items, excluded: set[int],
+                         count: int) -> list[Recommendation] | None:
+        """The top `count` from the HNSW index over the trained items and an exact pass over the added ones,
+        leaving out `excluded`; None when the index found too few (then the caller ranks exactly)."""
+        index = self.ann()
+        want = count + sum(i < self.n_trained for i in excluded)
+        with self.lock:
+            scores, ids = index.search(state[None].float().cpu().numpy(), want)
+        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i not in excluded]
+        if items.added_rows is not None:
+            added = (items.added_rows @ state.to(items.added_rows.dtype)).float().cpu().tolist()
+            found += [(s, self.n_trained + j) for j, s in enumerate(added) if self.n_trained + j not in excluded]
+        if len(found) < min(count, len(items.keys) - len(excluded)):
+            return None
+        found.sort(key=lambda pair: -pair[0])
+        return [Recommendation(items.keys[i], items.titles[i], s, items.images[i]) for s, i in found[:count]]
+
     def evaluate(self, split: str = "test", keep_history: bool = False) -> dict:
         config = EvalConfig(split=split, keep_history=keep_history, max_len=self.max_len)
         return evaluate(self.model, self.dataset, config)
 
 
-def load(run: str | Path, dataset: str | Path | None = None, device: str = "auto") -> Recommender:
+def load(run: str | Path, dataset: str | Path | None = None, device: str = "auto", index: str = "exact",
+         hnsw: HNSWSettings = HNSWSettings()) -> Recommender:
     """Load a training run (best validation checkpoint) onto `device` (auto: a CUDA GPU when there is one).
 
-    `dataset` overrides the dataset path stored in the run.
+    `dataset` overrides the dataset path stored in the run. `index`: exact (score every item) or hnsw (an
+    approximate HNSW index over the trained items for very large catalogues; mahn.index).
     """
     model, data, record = load_run(run, dataset, device)
-    return Recommender(model, data, record, run)
+    return Recommender(model, data, record, run, index=index, hnsw=hnsw)
 
 
 __all__ = ["Item", "Recommender", "Recommendation", "UnknownItemError", "load"]

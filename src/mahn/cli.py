@@ -307,12 +307,15 @@ def serve(
     images_root: Path | None = typer.Option(None, help="The only folder images are served from, and the one "
                                             "new items' image paths are relative to (default: the folder "
                                             "holding the dataset's images)."),
+    index: str = typer.Option("exact", help="exact (score every item) or hnsw (approximate top-k from an HNSW "
+                              "index, for catalogues of millions of items; needs faiss-cpu)."),
 ) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn); the API is described at /docs and /openapi.json."""
     import os
 
     import uvicorn
 
+    from mahn.index import check_index
     from mahn.serve.app import ENV, create_app
 
     if workers < 1 or threads < 1:
@@ -322,16 +325,21 @@ def serve(
 
     torch.set_num_threads(threads)
     if workers == 1:  # the model loads here, so a bad run stops before the port is taken
-        uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root), host=host, port=port)
+        uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root, index=index),
+                    host=host, port=port)
         return
-    for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root)):
+    for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root),
+                           ("index", index)):
         if value is not None:
             os.environ[ENV[setting]] = str(value.resolve() if isinstance(value, Path) else value)
     from mahn.device import resolve_device
 
     resolve_device(device)
+    check_index(index)
     create_app(run, device="cpu", compare=compare, images_root=images_root)  # check that the runs load, then fork
-    uvicorn.run("mahn.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+    from mahn.serve.process import run_workers
+
+    run_workers(host, port, workers)
 
 
 @app.command("add-items")

@@ -61,8 +61,9 @@ from mahn.serve.schemas import (
 STATIC = Path(__file__).resolve().parent / "static"  # the page: index.html, page.js, page.css
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+# how `mahn serve --workers N` hands settings to each worker
 ENV = {"run": "MAHN_SERVE_RUN", "device": "MAHN_SERVE_DEVICE", "compare": "MAHN_SERVE_COMPARE",
-       "images_root": "MAHN_SERVE_IMAGES_ROOT"}  # how `mahn serve --workers N` hands settings to each worker
+       "images_root": "MAHN_SERVE_IMAGES_ROOT", "index": "MAHN_SERVE_INDEX"}
 
 
 def _errors(*codes: int) -> dict:
@@ -186,12 +187,12 @@ class UserIndex:
         return dataset.items[start:train_end].tolist(), dataset.items[train_end:end].tolist()
 
 
-def load_engine(name: str, run: Path, device: str, images_root: Path | None) -> Engine:
-    recommender = load(run, device=device)
+def load_engine(name: str, run: Path, device: str, images_root: Path | None, index: str = "exact") -> Engine:
+    recommender = load(run, device=device, index=index)
     if images_root is not None and not Path(images_root).is_dir():
         raise DataError("images folder not found", images_root)
     root = Path(os.path.realpath(images_root)) if images_root is not None else default_root(recommender)
-    recommender.item_table()  # computed now, not by the first request
+    recommender.warm()  # the item table (and index) computed now, not by the first request
     return Engine(name, Path(run), recommender, root, threading.Lock())
 
 
@@ -257,15 +258,16 @@ def _metrics(path: Path, key: str | None = None) -> dict | None:
 
 
 def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, images_root: Path | None = None,
-               max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD) -> FastAPI:
+               max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD, index: str = "exact") -> FastAPI:
     """The HTTP application of a trained run (and, with `compare`, a second one beside it).
 
     `images_root`: the only folder item images are served from, and the folder that the image paths of
     new items (POST /items) are relative to; default: the folder holding the dataset's images.
+    `index`: exact, or hnsw (approximate top-k over the trained items, for very large catalogues).
     """
-    engines = {"main": load_engine("main", Path(run), device, images_root)}
+    engines = {"main": load_engine("main", Path(run), device, images_root, index)}
     if compare is not None:
-        engines["compare"] = load_engine("compare", Path(compare), device, images_root)
+        engines["compare"] = load_engine("compare", Path(compare), device, images_root, index)
 
     app = FastAPI(title="mahn", version=mahn.__version__,
                   description="Next-item recommendations of a trained mahn run. Every endpoint takes "
@@ -431,4 +433,5 @@ def app_from_env() -> FastAPI:
     compare, images_root = os.environ.get(ENV["compare"]), os.environ.get(ENV["images_root"])
     return create_app(Path(os.environ[ENV["run"]]), device=os.environ.get(ENV["device"], "auto"),
                       compare=Path(compare) if compare else None,
-                      images_root=Path(images_root) if images_root else None)
+                      images_root=Path(images_root) if images_root else None,
+                      index=os.environ.get(ENV["index"], "exact"))
