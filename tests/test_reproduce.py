@@ -192,3 +192,18 @@ def test_cold_experiment_scores_every_model_on_the_new_item_split(tmp_path):
     assert f"{len(cold.new_items())} items never seen in training, {users} test users" in text
     row = next(line for line in text.splitlines() if line.startswith("| MAHN |"))
     assert f"{results['cold']['MAHN'][0]['test']['new_items']['full']['HR@10']:.4f} ± 0.0000" in row
+
+
+def test_a_text_only_dataset_gets_the_ablations_its_features_allow(tmp_path):
+    data = make_dataset(tmp_path / "data", users=40, items=20, length=6, modalities=("text",))
+    config = ReproduceConfig(out=tmp_path / "report", seeds=1, budget="quick", experiments=("ablations", "variants"),
+                             models=("mahn",), batch_size=64)
+    results = reproduce(data, config, say=lambda *_: None)
+    assert list(results["ablations"]) == ["MAHN-V", "MAHN-V-T"]
+    assert [r["settings"] for r in results["ablations"]["MAHN-V-T"]] == [{"ablate": "vt"}]
+    assert "variants need image and text features: skipped" in results["notes"]
+    none = make_dataset(tmp_path / "ids", users=40, items=20, length=6, modalities=())
+    config = ReproduceConfig(out=tmp_path / "ids-report", seeds=1, budget="quick", experiments=("ablations",),
+                             models=("mahn",), batch_size=64)
+    results = reproduce(none, config, say=lambda *_: None)
+    assert "ablations" not in results and "ablations need image or text features: skipped" in results["notes"]

@@ -136,6 +136,8 @@ def _image_path(record: _Record, value: str, root: Path | None, allow_urls: bool
         raise record.error("field 'image': URLs are not accepted here; give a path inside the images folder")
     if root is None:
         raise record.error("field 'image': no images folder given for relative image paths")
+    if "\0" in value:  # no file name holds one, and the path functions raise on it
+        raise record.error("field 'image': a path cannot contain a NUL character")
     if os.path.isabs(value) or value.startswith("~") or PurePath(value).drive:
         raise record.error(f"field 'image': {value!r} is an absolute path; give it relative to the images folder")
     if ".." in PurePath(value.replace("\\", "/")).parts:

@@ -226,11 +226,17 @@ class Reproduction:
             results["compare"] = compare
         if multimodal and "variants" in experiments:
             results["variants"] = {v: self.cell("mahn", {**chosen_mahn, "variant": v}) for v in VARIANTS}
-        if multimodal and "ablations" in experiments:
-            results["ablations"] = {label: self.cell("mahn", {**chosen_mahn, "ablate": a} if a else chosen_mahn)
-                                    for label, a in ABLATIONS.items()}
-        if not multimodal and ({"variants", "ablations"} & set(experiments)):
-            self.notes.append("variants and ablations need image and text features: skipped")
+        if "ablations" in experiments:
+            # the ablations the features allow: every one that drops at least what the dataset lacks
+            lacking = set(base.get("ablate", ""))
+            possible = {label: a for label, a in ABLATIONS.items() if lacking <= set(a)}
+            if len(possible) > 1:
+                results["ablations"] = {label: self.cell("mahn", {**chosen_mahn, "ablate": a} if a else chosen_mahn)
+                                        for label, a in possible.items()}
+            else:
+                self.notes.append("ablations need image or text features: skipped")
+        if not multimodal and "variants" in experiments:
+            self.notes.append("variants need image and text features: skipped")
         if "dims" in experiments:
             results["dims"] = {str(d): self.cell("mahn", {**chosen_mahn, "dim": d}) for d in DIMS}
         if "groups" in experiments:
