@@ -1,9 +1,12 @@
 """`mahn serve`: a trained run's recommendations over HTTP (FastAPI).
 
 `create_app(RUN)` loads the model once (and a second run with `compare=`, chosen per request with the
-query parameter `?run=compare`). Endpoints are plain functions, which FastAPI runs in its thread pool;
-the Recommender runs every torch call under its lock and answers each request from one snapshot of the
-items, so concurrent requests are safe and an add (POST /items) is seen whole or not at all.
+query parameter `?run=compare`). The short endpoints (recommend, lookups, health) are coroutines that run in
+the event loop: a hop to the thread pool costs more than their ~1 ms of model time, and one process runs one
+model call at a time anyway. Adds (seconds of feature extraction), images and the users' first read are
+plain functions in FastAPI's thread pool. The Recommender runs every torch call under its lock and answers
+each request from one snapshot of the items, so concurrent requests are safe and an add (POST /items) is
+seen whole or not at all.
 
 `GET /` is a small page (static/: HTML, JS and CSS, nothing fetched from elsewhere) to search items, build
 a history or start from a user's training history (GET /users), and see each run's top-k side by side.
@@ -285,20 +288,22 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
         """FastAPI's 422, but safe for bodies that are not text (its own handler fails on them with a 500)."""
         return JSONResponse({"detail": jsonable_encoder([_printable(e) for e in error.errors()])}, status_code=422)
 
-    def engine(run: RunName = Query("main", description="main, or compare: the run given with --compare")) -> Engine:
+    # async: a dependency or endpoint that is a plain function costs a hop to the thread pool per request
+    async def engine(run: RunName = Query("main", description="main, or compare: the run given with --compare")
+                     ) -> Engine:
         if run not in engines:
             raise HTTPException(400, "no second run is loaded: start the server with --compare RUN2")
         engines[run].recommender.refresh_if_changed()  # items added by `mahn add-items` or another worker
         return engines[run]
 
     @app.post("/recommend", response_model=RecommendResponse, responses=_errors(400, 413))
-    def recommend(body: RecommendRequest, served: Engine = Depends(engine)) -> RecommendResponse:
+    async def recommend(body: RecommendRequest, served: Engine = Depends(engine)) -> RecommendResponse:
         """The top-k items after a history of item keys."""
         recs = served.recommender.recommend(body.history, body.k, body.exclude_history, body.candidates)
         return served.response(recs)
 
     @app.post("/recommend/batch", response_model=BatchResponse, responses=_errors(400, 413))
-    def recommend_batch(body: BatchRequest, served: Engine = Depends(engine)) -> BatchResponse:
+    async def recommend_batch(body: BatchRequest, served: Engine = Depends(engine)) -> BatchResponse:
         """Several recommendation requests in one model call (at most 256)."""
         requests = body.requests
         results = served.recommender.recommend_batch(
@@ -307,15 +312,15 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
         return BatchResponse(run=served.name, results=[served.response(r) for r in results])
 
     @app.get("/items", response_model=SearchResponse, responses=_errors(400))
-    def search(query: str = Query("", max_length=1000, description="Part of a title (any case); empty: all."),
-               limit: int = Query(20, ge=1, le=MAX_SEARCH), offset: int = Query(0, ge=0),
-               served: Engine = Depends(engine)) -> SearchResponse:
+    async def search(query: str = Query("", max_length=1000, description="Part of a title (any case); empty: all."),
+                     limit: int = Query(20, ge=1, le=MAX_SEARCH), offset: int = Query(0, ge=0),
+                     served: Engine = Depends(engine)) -> SearchResponse:
         """Items whose title contains the query, for a page that lets a user pick a history."""
         found = served.recommender.search(query, limit, offset)
         return SearchResponse(query=query, offset=offset, items=[served.item_out(i) for i in found])
 
     @app.get("/items/{key:path}", response_model=ItemOut, responses=_errors(404))
-    def item(key: str, served: Engine = Depends(engine)) -> ItemOut:
+    async def item(key: str, served: Engine = Depends(engine)) -> ItemOut:
         """One item: title, image URL, whether it was added after training."""
         return served.item_out(served.recommender.item(key))
 
@@ -407,7 +412,7 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", response_model=Health)
-    def health() -> Health:
+    async def health() -> Health:
         """Whether the server answers, and how many items the main run serves."""
         recommender = engines["main"].recommender
         recommender.refresh_if_changed()
