@@ -235,10 +235,19 @@ def train(
     force: bool = typer.Option(False, help="Overwrite an existing run directory."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress",
                                          help="Progress output: a bar on a terminal, a line per epoch in a log [on]."),
+    nproc: int = typer.Option(1, help="Processes to train on (DistributedDataParallel through torchrun: gloo on "
+                              "CPUs, NCCL with one GPU each); the batch size is the total over them."),
 ) -> None:
     """Train a model; early stopping on validation NDCG@10; writes checkpoints, metrics.jsonl, summary.json."""
+    import os
+
     from mahn.settings import parse_assignments, read_toml, resolve
     from mahn.training import train as run_training
+
+    if nproc < 1:
+        fail("--nproc must be at least 1")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # this process becomes torchrun, which starts the workers
+        raise typer.Exit(torchrun(nproc))
 
     flags = dict(model=model, variant=variant, ablate=ablate, dim=dim, rec_weight=rec_weight, epochs=epochs,
                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
@@ -248,10 +257,30 @@ def train(
     if config is not None:
         layers.insert(0, (str(config), read_toml(config)))
     summary = run_training(dataset, out, resolve(*layers, preset=preset), resume=resume, force=force)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: one report, from rank 0
+        return
     typer.echo(f"trained {out}: {summary['epochs']} epochs, {summary['steps']} steps, "
                f"{summary['train_seconds']:.0f} s; best epoch {summary['best_epoch']} "
                f"(valid NDCG@10 full {summary['valid']['full']['NDCG@10']:.4f}, "
                f"uni100 {summary['valid']['uni100']['NDCG@10']:.4f})")
+
+
+def torchrun(nproc: int) -> int:
+    """Run this same `mahn train` command under torchrun on `nproc` local processes; returns its exit code."""
+    import subprocess
+    import sys
+
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            arguments.append(argument)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "mahn", *arguments]
+    return subprocess.call(command)
 
 
 @app.command()
@@ -385,8 +414,9 @@ def reproduce(
     experiments: str = typer.Option(",".join(("compare", "variants", "ablations", "dims", "groups")),
                                     help="Comma-separated: compare, variants, ablations, dims, groups (the paper's), "
                                     "and cold (new items held out of training)."),
-    budget: str = typer.Option("full", help="full (search on validation, up to 60 epochs, 5 seeds), standard "
-                               "(defaults, up to 50 epochs, 3 seeds) or quick (3 epochs, 1 seed: a smoke check)."),
+    budget: str = typer.Option("full", help="full (16 settings per model tried on validation, up to 200 epochs, 5 "
+                               "seeds), standard (defaults, up to 50 epochs, 3 seeds) or quick (3 epochs, 1 seed: "
+                               "a smoke check)."),
     models: str = typer.Option("", help="Comma-separated models for compare (default: all that the data can feed)."),
     batch_size: int | None = typer.Option(None, help="Training batch size of every run [the trainer's: 256]."),
     threads: int = typer.Option(0, help="Torch threads per run (0: torch's default)."),

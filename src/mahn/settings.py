@@ -38,6 +38,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 SELECT = ("full", "uni100")
+PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
 
 
@@ -60,10 +61,13 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N; results differ across devices
     progress: bool = True  # a live bar on a terminal; one line per epoch otherwise
+    precision: str = "fp32"  # fp32, or bf16: the forward pass under bfloat16 autocast (for GPUs that have it)
 
     def __post_init__(self) -> None:
         if self.select not in SELECT:
             raise DataError("select must be 'full' or 'uni100'", "--select")
+        if self.precision not in PRECISIONS:
+            raise DataError(f"precision must be one of {', '.join(PRECISIONS)}", "--set precision=...")
         if self.optimizer not in OPTIMIZERS:
             raise DataError(f"optimizer must be one of {', '.join(OPTIMIZERS)}", "--set optimizer=...")
         for name in ("epochs", "batch_size", "max_len", "patience", "lr_step"):

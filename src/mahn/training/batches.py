@@ -20,9 +20,9 @@ def training_users(dataset: Dataset) -> np.ndarray:
     return np.flatnonzero(ends - starts >= 2)
 
 
-def epoch_order(users: np.ndarray, rng: np.random.Generator, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """This epoch's shuffled users; with world_size > 1 each rank takes its own stride (for DDP)."""
-    return rng.permutation(users)[rank::world_size]
+def epoch_order(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """This epoch's shuffled users (on many processes: mahn.training.distributed.shard)."""
+    return rng.permutation(users)
 
 
 def make_batch(dataset: Dataset, users: np.ndarray, max_len: int, rng: np.random.Generator) -> Batch:

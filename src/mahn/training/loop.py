@@ -8,10 +8,13 @@ Run directory:
   best.safetensors         model weights of the best validation epoch (what `evaluate` loads)
   metrics.jsonl            one line per epoch: loss, validation metrics, time
   summary.json             training budget (epochs, steps, wall time) and the best validation epoch
+
+Under torchrun the same function trains on many processes (mahn.training.distributed).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -32,6 +35,18 @@ from mahn.models.base import SequentialModel
 from mahn.settings import RunSettings, TrainConfig, resolve
 from mahn.training.batches import epoch_order, make_batch, training_users
 from mahn.training.checkpoints import load_checkpoint, save_checkpoint, save_weights
+from mahn.training.distributed import (
+    World,
+    barrier,
+    epoch_rng,
+    from_main,
+    join,
+    leave,
+    shard,
+    total,
+    world_from_env,
+    wrap,
+)
 
 
 def make_optimizer(model: SequentialModel, config: TrainConfig):
@@ -50,18 +65,28 @@ def make_optimizer(model: SequentialModel, config: TrainConfig):
 
 
 def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, dataset: Dataset, users: np.ndarray,
-                config: TrainConfig, rng: np.random.Generator, desc: str = "epoch") -> dict:
-    """One pass over `users` in a fresh shuffled order.
+                config: TrainConfig, rng: np.random.Generator, desc: str = "epoch", *, world: World = World(),
+                epoch: int = 1, step: torch.nn.Module | None = None) -> dict:
+    """One pass over `users` in a fresh shuffled order (on many processes: this rank's share, through the
+    DistributedDataParallel `step`, with randomness drawn from (seed, epoch, rank) instead of `rng`).
 
-    Returns {"loss" (mean per sequence), "sequences", "steps", "seconds"}.
+    Returns {"loss" (mean per sequence over every rank), "sequences" (every rank's), "steps", "seconds"}.
     """
     model.train()
-    order = epoch_order(users, rng)
+    batch_size = config.batch_size
+    if world.distributed:
+        order, rng = shard(users, world, config.seed, epoch), epoch_rng(world, config.seed, epoch)
+        torch.manual_seed(int(rng.integers(2**62)))  # this rank's dropout
+        batch_size = -(-batch_size // world.size)  # the configured batch is the total over the ranks
+    else:
+        order = epoch_order(users, rng)
     started, total_loss, steps = time.perf_counter(), 0.0, 0
-    bar = progress.bar(range(0, len(order), config.batch_size), config.progress, desc=desc)
+    bar = progress.bar(range(0, len(order), batch_size), config.progress and world.main, desc=desc)
     for lo in bar:
-        batch = make_batch(dataset, order[lo : lo + config.batch_size], config.max_len, rng).to(model.device)
-        loss = model.loss(batch)
+        batch = make_batch(dataset, order[lo : lo + batch_size], config.max_len, rng).to(model.device)
+        with torch.autocast(model.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            loss = model.loss(batch) if step is None else step(batch.histories, batch.targets, batch.negatives,
+                                                                  batch.users)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,7 +94,8 @@ def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, datase
         steps += 1
         bar.set_postfix(loss=f"{loss.item():.4f}",
                         seq_s=f"{(lo + len(batch.users)) / (time.perf_counter() - started):.0f}")
-    return {"loss": total_loss / len(order), "sequences": len(order), "steps": steps,
+    loss_sum, sequences = total(world, total_loss, len(order))
+    return {"loss": loss_sum / sequences, "sequences": int(sequences), "steps": steps,
             "seconds": time.perf_counter() - started}
 
 
@@ -84,13 +110,24 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
     `settings` come from `mahn.settings.resolve` (None: every default, i.e. MAHN cat-cat).
     """
     settings = settings or resolve()
+    world = world_from_env()
+    device = resolve_device(settings.train.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # one GPU per process
+    join(world, device)
+    try:
+        return _train(dataset_dir, Path(run), settings, resume, force, on_epoch_end, world, device)
+    finally:
+        leave(world)
+
+
+def _train(dataset_dir, run: Path, settings: RunSettings, resume: bool, force: bool, on_epoch_end, world: World,
+           device: torch.device) -> dict:
     config = settings.train
-    run = Path(run)
     dataset = Dataset(dataset_dir)
-    device = resolve_device(config.device)
     checkpoint = run / "checkpoints" / "last.safetensors"
     run_record = {"model": settings.model, "model_config": asdict(settings.model_config), "train": asdict(config),
-                  "device": str(device),
+                  "device": str(device), "processes": world.size,
                   "dataset": str(Path(dataset_dir).resolve()), "n_items": dataset.n_items,
                   "torch": torch.__version__, "numpy": np.__version__}
     if resume and checkpoint.exists():
@@ -101,20 +138,28 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
     elif run.exists() and any(run.iterdir()) and not force:
         raise DataError("run directory exists (pass --resume to continue it or --force to overwrite)", run)
 
+    barrier(world)  # every rank has checked the run directory before rank 0 writes into it
+
     if config.threads:
         torch.set_num_threads(config.threads)
+    elif world.distributed and device.type == "cpu":  # the processes share the machine's cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = build_model(settings.model, settings.model_config, dataset).to(device)
     if not model.trainable:
-        write_json(run / "config.json", run_record)
-        return fit_without_training(model, dataset, run, settings.model, config)
+        summary = None
+        if world.main:
+            write_json(run / "config.json", run_record)
+            summary = fit_without_training(model, dataset, run, settings.model, config)
+        return from_main(world, summary)
+    step = wrap(model, world, device) if world.distributed else None
     optimizer, scheduler = make_optimizer(model, config)
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
              "train_seconds": 0.0, "sequences": 0}
     if resume and checkpoint.exists():
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, rng)
-    else:
+    elif world.main:
         write_json(run / "config.json", run_record)
     eval_config = EvalConfig(split="valid", max_len=config.max_len, groups=False)
     users = training_users(dataset)
@@ -123,27 +168,34 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
 
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"] + 1
-        done = train_epoch(model, optimizer, dataset, users, config, rng, desc=f"epoch {epoch}")
+        done = train_epoch(model, optimizer, dataset, users, config, rng, desc=f"epoch {epoch}", world=world,
+                           epoch=epoch, step=step)
         scheduler.step()
         state["step"] += done["steps"]
-        valid = evaluate(model, dataset, eval_config)
-        record = {"epoch": epoch, "loss": done["loss"], "lr": optimizer.param_groups[0]["lr"],
-                  "train_seconds": done["seconds"], "sequences_per_second": done["sequences"] / done["seconds"],
-                  "valid": {p: valid[p] for p in ("uni100", "full")}}
+        record = None
+        if world.main:  # one evaluation, whose result every rank acts on
+            valid = evaluate(model, dataset, eval_config)
+            record = {"epoch": epoch, "loss": done["loss"], "lr": optimizer.param_groups[0]["lr"],
+                      "train_seconds": done["seconds"], "sequences_per_second": done["sequences"] / done["seconds"],
+                      "valid": {p: valid[p] for p in ("uni100", "full")}}
+        record = from_main(world, record)
+        valid = record["valid"]
         score = valid[config.select]["NDCG@10"]
         state["history"].append(record)
         state["epoch"], state["train_seconds"] = epoch, state["train_seconds"] + done["seconds"]
         state["sequences"] += done["sequences"]
         if state["best"] is None or score > state["best"]:
             state.update(best=score, best_epoch=epoch, bad_epochs=0)
-            save_weights(run / "best.safetensors", model, {"epoch": str(epoch)})
+            if world.main:
+                save_weights(run / "best.safetensors", model, {"epoch": str(epoch)})
         else:
             state["bad_epochs"] += 1
-        save_checkpoint(checkpoint, model, optimizer, scheduler, rng, state)
-        write_history(run, state["history"])
+        if world.main:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, rng, state)
+            write_history(run, state["history"])
         progress.line(f"epoch {epoch}: loss {record['loss']:.4f}  valid NDCG@10 full "
                       f"{valid['full']['NDCG@10']:.4f} uni100 {valid['uni100']['NDCG@10']:.4f}  "
-                      f"({done['seconds']:.1f}s)", config.progress)
+                      f"({done['seconds']:.1f}s)", config.progress and world.main)
         if on_epoch_end is not None:
             on_epoch_end(record)
 
@@ -151,8 +203,10 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
     summary = {"model": settings.model, "epochs": state["epoch"], "steps": state["step"],
                "sequences": state["sequences"], "train_seconds": state["train_seconds"],
                "stopped_early": state["bad_epochs"] >= config.patience, "best_epoch": state["best_epoch"],
-               "select": f"valid {config.select} NDCG@10", "valid": best["valid"]}
-    write_json(run / "summary.json", summary)
+               "select": f"valid {config.select} NDCG@10", "valid": best["valid"], "processes": world.size}
+    if world.main:
+        write_json(run / "summary.json", summary)
+    barrier(world)  # the run is complete on disk when any rank returns
     return summary
 
 

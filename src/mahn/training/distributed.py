@@ -1,0 +1,118 @@
+"""Training on many processes with PyTorch's own engine: torchrun + DistributedDataParallel.
+
+    torchrun --standalone --nproc-per-node 2 -m mahn train DATA --out RUN ...   (or: mahn train ... --nproc 2)
+
+torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; `train` reads them (`World`),
+joins the process group (gloo on CPUs, NCCL on GPUs, one GPU per process) and then:
+
+- every rank builds the same model from the same seed, and DDP keeps the copies equal by averaging the
+  gradients of each step;
+- each epoch's user order is drawn from (seed, epoch) on every rank alike, padded by wrapping around to a
+  multiple of the world size, and rank r takes every world-size-th user from r: the ranks see disjoint
+  users and the same number of steps. A step's total batch is the configured batch size, split over the
+  ranks; negatives and dropout are drawn per rank;
+- rank 0 alone evaluates on validation, writes the run directory (config, checkpoints, best weights,
+  metrics, summary) and tells the others the result, so early stopping is decided once;
+- a resumed run reads rank 0's checkpoint on every rank; since the per-epoch randomness is derived from
+  (seed, epoch, rank), a resumed distributed run continues exactly as if it had not stopped.
+
+One process (no torchrun) keeps the single-process trainer unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mahn.models.base import Batch, SequentialModel
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env() -> World:
+    """The process's place among torchrun's processes (one process: rank 0 of 1)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return World(rank=int(os.environ.get("RANK", "0")), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                 local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
+
+
+def join(world: World, device: torch.device) -> None:
+    if world.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def leave(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def from_main(world: World, value):
+    """Rank 0's `value` on every rank (any picklable object made by this program, never read from a file)."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def total(world: World, *values: float) -> list[float]:
+    """Each value summed over the ranks."""
+    if not world.distributed:
+        return list(values)
+    summed = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(summed)
+    return summed.tolist()
+
+
+def shard(users: np.ndarray, world: World, seed: int, epoch: int) -> np.ndarray:
+    """This rank's users for `epoch`: the shared shuffled order, padded by wrapping to a multiple of the world
+    size, every world-size-th from this rank's position."""
+    order = np.random.default_rng([seed, epoch]).permutation(users)
+    padded = np.resize(order, -(-len(order) // world.size) * world.size)
+    return padded[world.rank :: world.size]
+
+
+def epoch_rng(world: World, seed: int, epoch: int) -> np.random.Generator:
+    """Negatives for this rank and epoch, independent of what any rank drew before (exact resume)."""
+    return np.random.default_rng([seed, epoch, world.rank, 1])
+
+
+class LossStep(nn.Module):
+    """The model's loss as a forward pass, so DistributedDataParallel sees the computation it synchronises."""
+
+    def __init__(self, model: SequentialModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, histories, targets, negatives, users) -> torch.Tensor:
+        return self.model.loss(Batch(histories, targets, negatives, users))
+
+
+def wrap(model: SequentialModel, world: World, device: torch.device) -> nn.Module:
+    step = LossStep(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(step, device_ids=ids)
