@@ -22,8 +22,8 @@ case "${1:-}" in
     [ -f "$WORK/instruments-cold/manifest.json" ] || $M cold-split "$WORK/instruments" --out "$WORK/instruments-cold"
     probe instruments mgt --model mgt --epochs 100 --patience 10
     probe instruments-cold mgt-iddrop --model mgt --set id_dropout=0.5 --epochs 30 --patience 5
+    probe instruments mgt-constlr --model mgt --lr-gamma 1 --epochs 100 --patience 10
     probe instruments sasrec-ce --model sasrec --set loss=ce --epochs 100 --patience 10
-    probe instruments mgt-seed1 --model mgt --seed 1 --epochs 100 --patience 10
     probe instruments bert4rec-seed1 --model bert4rec --seed 1 --epochs 100 --patience 10
     ;;
   *) echo "usage: $0 a|b" >&2; exit 2 ;;

@@ -20,9 +20,6 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-# --- data commands (issue 2) ---
-
-
 @app.command()
 def prepare(
     source: Path = typer.Argument(..., help="Interactions file (or RecBole .inter, Amazon reviews, sequences)."),
@@ -130,9 +127,6 @@ def demo_data(
                f"{summary['interactions']} interactions in {summary['seconds']} s")
 
 
-# --- features commands (issue 3) ---
-
-
 @app.command("features")
 def features_command(
     dataset: Path = typer.Argument(..., help="Prepared dataset directory."),
@@ -178,9 +172,6 @@ def features_grid_command(
 
     rows = neighbour_grid(dataset, out, modality, queries, k, seed, list(item) or None)
     typer.echo(f"wrote {out}: {len(rows)} queries x {k} neighbours by {modality}")
-
-
-# --- train/evaluate/recommend/demo commands (issue 4) ---
 
 
 @app.command("models")
@@ -247,7 +238,9 @@ def train(
     if nproc < 1:
         fail("--nproc must be at least 1")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # this process becomes torchrun, which starts the workers
-        raise typer.Exit(torchrun(nproc))
+        from mahn.training.distributed import launch
+
+        raise typer.Exit(launch(nproc))
 
     flags = dict(model=model, variant=variant, ablate=ablate, dim=dim, rec_weight=rec_weight, epochs=epochs,
                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
@@ -263,24 +256,6 @@ def train(
                f"{summary['train_seconds']:.0f} s; best epoch {summary['best_epoch']} "
                f"(valid NDCG@10 full {summary['valid']['full']['NDCG@10']:.4f}, "
                f"uni100 {summary['valid']['uni100']['NDCG@10']:.4f})")
-
-
-def torchrun(nproc: int) -> int:
-    """Run this same `mahn train` command under torchrun on `nproc` local processes; returns its exit code."""
-    import subprocess
-    import sys
-
-    arguments, skip = [], False
-    for argument in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif argument == "--nproc":
-            skip = True
-        elif not argument.startswith("--nproc="):
-            arguments.append(argument)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "mahn", *arguments]
-    return subprocess.call(command)
 
 
 @app.command()
@@ -340,35 +315,12 @@ def serve(
                               "index, for catalogues of millions of items; needs faiss-cpu)."),
 ) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn); the API is described at /docs and /openapi.json."""
-    import os
-
-    import uvicorn
-
-    from mahn.index import check_index
-    from mahn.serve.app import ENV, create_app
+    from mahn.serve.process import run_server
 
     if workers < 1 or threads < 1:
         fail("--workers and --threads must be at least 1")
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # worker processes inherit it
-    import torch
-
-    torch.set_num_threads(threads)
-    if workers == 1:  # the model loads here, so a bad run stops before the port is taken
-        uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root, index=index),
-                    host=host, port=port)
-        return
-    for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root),
-                           ("index", index)):
-        if value is not None:
-            os.environ[ENV[setting]] = str(value.resolve() if isinstance(value, Path) else value)
-    from mahn.device import resolve_device
-
-    resolve_device(device)
-    check_index(index)
-    create_app(run, device="cpu", compare=compare, images_root=images_root)  # check that the runs load, then fork
-    from mahn.serve.process import run_workers
-
-    run_workers(host, port, workers)
+    run_server(run, host=host, port=port, device=device, workers=workers, threads=threads, compare=compare,
+               images_root=images_root, index=index)
 
 
 @app.command("add-items")
@@ -401,9 +353,6 @@ def demo(
     from mahn.demo.pipeline import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, users=users, items=items, seeds=seeds, epochs=epochs, progress=progress))
-
-
-# --- reproduce (issue 6) ---
 
 
 @app.command()

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
@@ -36,9 +34,9 @@ from fastapi.staticfiles import StaticFiles
 
 import mahn
 from mahn import catalog
-from mahn.api import KEY_CHARS, Recommender, UnknownItemError, load
+from mahn.api import Recommender, UnknownItemError, load
 from mahn.errors import DataError
-from mahn.io import read_json, write_bytes
+from mahn.io import read_json
 from mahn.serve.limits import MAX_BODY, MAX_UPLOAD, BodyLimit
 from mahn.serve.schemas import (
     MAX_SEARCH,
@@ -56,10 +54,11 @@ from mahn.serve.schemas import (
     RunName,
     SearchResponse,
     UserHistory,
-    UserOut,
     UsersResponse,
     Versions,
 )
+from mahn.serve.uploads import store_upload
+from mahn.serve.users import UserIndex
 
 STATIC = Path(__file__).resolve().parent / "static"  # the page: index.html, page.js, page.css
 
@@ -150,46 +149,6 @@ class Engine:
             for r in recommendations])
 
 
-class UserIndex:
-    """The users of a run's dataset (users.parquet `key`, in id order): search by key, and each one's history.
-
-    A user's history here is the training part: every item before the validation and test targets, which
-    are held out (`Dataset.train_ends`), so the page shows what the model learnt from and the held-out items
-    it could be asked to predict next. Users too short to be evaluated have every item in training.
-    """
-
-    def __init__(self, recommender: Recommender):
-        dataset = self.dataset = recommender.dataset
-        table = pq.read_table(dataset.root / "users.parquet", columns=["user", "key"])
-        ids, keys = table["user"].to_numpy(), table["key"].to_pylist()
-        self.keys: list[str] = [keys[i] for i in np.argsort(ids, kind="stable")]
-        self.index = {k: u for u, k in enumerate(self.keys)}
-        self.folded = [k.casefold() for k in self.keys]
-        self.train_counts = dataset.train_ends - dataset.offsets[:-1]
-
-    def search(self, query: str, limit: int, offset: int) -> list[UserOut]:
-        needle, found = query.strip().casefold(), []
-        for u, key in enumerate(self.folded):
-            if needle in key:
-                if offset:
-                    offset -= 1
-                    continue
-                found.append(UserOut(key=self.keys[u], train_items=int(self.train_counts[u])))
-                if len(found) == limit:
-                    break
-        return found
-
-    def history(self, key: str) -> tuple[list[int], list[int]]:
-        """(training item ids, held-out item ids) of one user; 404 for an unknown key."""
-        user = self.index.get(key)
-        if user is None:
-            shown = key if len(key) <= KEY_CHARS else key[:KEY_CHARS] + "..."
-            raise HTTPException(404, f"unknown user key: {shown}")
-        dataset = self.dataset
-        start, train_end, end = dataset.offsets[user], dataset.train_ends[user], dataset.offsets[user + 1]
-        return dataset.items[start:train_end].tolist(), dataset.items[train_end:end].tolist()
-
-
 def load_engine(name: str, run: Path, device: str, images_root: Path | None, index: str = "exact") -> Engine:
     recommender = load(run, device=device, index=index)
     if images_root is not None and not Path(images_root).is_dir():
@@ -197,36 +156,6 @@ def load_engine(name: str, run: Path, device: str, images_root: Path | None, ind
     root = Path(os.path.realpath(images_root)) if images_root is not None else default_root(recommender)
     recommender.warm()  # the item table (and index) computed now, not by the first request
     return Engine(name, Path(run), recommender, root, threading.Lock())
-
-
-UPLOAD_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
-
-
-def store_upload(content: bytes, folder: Path) -> tuple[str, bool]:
-    """Keep an uploaded image in `folder` under a name made of its content's hash. Returns (file name, whether
-    this call created the file). A file that is not a decodable image is refused and nothing is written."""
-    import hashlib
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    if not content:
-        raise DataError("field 'image': the uploaded file is empty")
-    try:
-        with Image.open(io.BytesIO(content)) as picture:
-            kind = picture.format
-            picture.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"field 'image': the uploaded file is not an image ({type(e).__name__})") from None
-    if kind not in UPLOAD_FORMATS:
-        raise DataError(f"field 'image': {kind} images are not accepted; send one of {', '.join(UPLOAD_FORMATS)}")
-    name = hashlib.sha256(content).hexdigest()[:32] + UPLOAD_FORMATS[kind]
-    path = folder / name
-    if path.exists():
-        return name, False
-    folder.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, content)
-    return name, True
 
 
 def accepts_new_items(recommender: Recommender) -> bool:

@@ -1,5 +1,5 @@
-"""`mahn serve` as a child process on a free loopback port: for the page's screenshot, the browser and
-end-to-end tests and the load benchmark, which all need a real server to talk to."""
+"""Running `mahn serve`: the server itself (run_server, run_workers), and `mahn serve` as a child process on
+a free loopback port for the page's screenshot, the browser and end-to-end tests and the load benchmark."""
 
 from __future__ import annotations
 
@@ -61,6 +61,35 @@ def serving(command: Callable[[int], list[str]], *, timeout: float = 120.0, env:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def run_server(run: Path, *, host: str, port: int, device: str, workers: int, threads: int, compare: Path | None,
+               images_root: Path | None, index: str) -> None:
+    """`mahn serve`: the app of `run` on uvicorn, in this process or in `workers` processes. The runs are loaded
+    here first, so a run that does not load stops the command before the port is taken."""
+    import os
+
+    import torch
+    import uvicorn
+
+    from mahn.device import resolve_device
+    from mahn.index import check_index
+    from mahn.serve.app import ENV, create_app
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # worker processes inherit it
+    torch.set_num_threads(threads)
+    if workers == 1:
+        uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root, index=index),
+                    host=host, port=port)
+        return
+    for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root),
+                           ("index", index)):
+        if value is not None:
+            os.environ[ENV[setting]] = str(value.resolve() if isinstance(value, Path) else value)
+    resolve_device(device)
+    check_index(index)
+    create_app(run, device="cpu", compare=compare, images_root=images_root)  # check that the runs load, then fork
+    run_workers(host, port, workers)
 
 
 def run_workers(host: str, port: int, workers: int) -> None:

@@ -55,6 +55,25 @@ def world_from_env() -> World:
                  local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
 
 
+def launch(nproc: int) -> int:
+    """Run this process's own `mahn ...` command again under torchrun on `nproc` local processes, without its
+    --nproc flag; returns torchrun's exit code."""
+    import subprocess
+    import sys
+
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            arguments.append(argument)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "mahn", *arguments]
+    return subprocess.call(command)
+
+
 def join(world: World, device: torch.device) -> None:
     if world.distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
