@@ -25,13 +25,9 @@ PAD = N_ITEMS
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP wake-up costs that dominate on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded():
+    """Every test starts from the same random state (conftest.py already runs torch on one thread)."""
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_models() -> dict[str, torch.nn.Module]:

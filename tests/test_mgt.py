@@ -22,12 +22,9 @@ from synthetic import make_dataset
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded():
+    """Every test starts from the same random state (conftest.py already runs torch on one thread)."""
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -241,3 +243,46 @@ def test_real_amazon2014_reviews_prepare(shared_data, tmp_path):
     table = pl.read_parquet(tmp_path / "reviews" / "interactions.parquet")
     # every history is in time order
     assert table.group_by("user").agg(pl.col("timestamp").diff().min()).drop_nulls()["timestamp"].min() >= 0
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_what_a_killed_writer_left_is_cleaned_up_by_the_next_write(tmp_path):
+    from mahn.io import atomic_dir, write_bytes
+
+    out, dead, alive = tmp_path / "data", dead_pid(), os.getppid()
+    (tmp_path / f".data.{dead}.x1.tmp").mkdir()  # a killed prepare's unfinished folder
+    (tmp_path / f".data.{dead}.x1.tmp" / "part.parquet").write_bytes(b"half")
+    (tmp_path / f".data.{alive}.x2.tmp").mkdir()  # another process still writing: not ours to remove
+    (tmp_path / f".data.old-{dead}").mkdir()  # killed between moving the old result aside and the new one in
+    (tmp_path / f".data.old-{dead}" / "manifest.json").write_bytes(b"{}")
+    (tmp_path / f".file.json.{dead}.y.tmp").write_bytes(b"half")
+    # the old result is back in place
+    with pytest.raises(DataError, match="output directory exists"), atomic_dir(out):
+        pass
+    assert (out / "manifest.json").read_bytes() == b"{}"
+    write_bytes(tmp_path / "file.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".data.{alive}.x2.tmp", "data", "file.json"])
+
+
+def test_prepare_killed_at_random_points_leaves_no_orphans(tmp_path):
+    """SIGKILL `mahn prepare` at a few points of its run; a rerun finishes and nothing temporary remains."""
+    rows = "\n".join(f"u{u} " + " ".join(f"i{(u * 7 + k) % 300}" for k in range(12)) for u in range(3000))
+    source = tmp_path / "seq.txt"
+    source.write_text(rows + "\n")
+    command = [sys.executable, "-m", "mahn", "prepare", str(source), "--format", "sequences", "--out",
+               str(tmp_path / "out")]
+    for delay in (0.3, 0.8, 1.5):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.kill()
+        process.wait()
+        if (tmp_path / "out").exists():
+            shutil.rmtree(tmp_path / "out")
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "seq.txt"]

@@ -451,3 +451,28 @@ def test_fuzz_reader_raises_only_data_error(fmt, body, item_body, use_prefix, co
             return
         assert rows.height > 0
         assert source.items is None or source.items["item"].is_unique().all()
+
+
+@pytest.mark.parametrize("path", ["../../../../etc/passwd", "/etc/hostname", "photos/../../outside.png",
+                                  "photos/link.png"])
+def test_image_paths_that_leave_the_image_folder_are_refused(tmp_path, path):
+    """An items file must not make mahn open files it was not pointed at (the CLI and `mahn features` alike)."""
+    from typer.testing import CliRunner
+
+    from mahn.cli import app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "photos").mkdir()
+    write(tmp_path / "outside.png", b"png")
+    os.symlink(tmp_path / "outside.png", data / "photos" / "link.png")
+    inter = write(data / "i.csv", "user,item\nu,x1\nu,x2\nu,x3\n")
+    items = write(data / "items.csv", f"item,title,image\nx1,One,\nx2,Two,{path}\nx3,Three,\n")
+    with pytest.raises(DataError, match=r"items.csv: item x2: image .* leads out of the image folder"):
+        READERS["csv"](inter, items=items)
+    result = CliRunner().invoke(app, ["prepare", str(inter), "--format", "csv", "--items", str(items),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and not (tmp_path / "out").exists()
+    assert "--images-anywhere" in str(result.exception)
+    allowed = READERS["csv"](inter, items=items, options=ReaderOptions(images_anywhere=True))
+    assert allowed.items["image"].to_list()[1] is None or os.path.isfile(allowed.items["image"].to_list()[1])

@@ -41,6 +41,8 @@ def prepare(
     image_col: str | None = typer.Option(None, help="Items table: the image path/URL column (default: image)."),
     image_pattern: str | None = typer.Option(None, help="Image path from the key, e.g. 'images/{key:.3}/{key}.jpg'."),
     image_root: Path | None = typer.Option(None, help="Folder relative image paths resolve against."),
+    images_anywhere: bool = typer.Option(False, help="Allow image paths outside the image folder (absolute, "
+                                         "'..', links); refused by default."),
 ) -> None:
     """Turn source files into a prepared dataset: filter, k-core, dense ids, split, stored negatives."""
     from mahn.data.prepare import PrepareConfig
@@ -51,7 +53,8 @@ def prepare(
                            num_negatives=negatives, seed=seed, force=force)
     options = ReaderOptions(user_col=user_col, item_col=item_col, time_col=time_col, time_format=time_format,
                             item_key_col=item_key_col, title_col=title_col, text_cols=tuple(text_col),
-                            image_col=image_col, image_pattern=image_pattern, image_root=image_root)
+                            image_col=image_col, image_pattern=image_pattern, image_root=image_root,
+                            images_anywhere=images_anywhere)
     manifest = run_prepare(source, format, out, config, items=items, options=options)
     counts = manifest["counts"]
     typer.echo(f"prepared {out}: {counts['users']:,} users, {counts['items']:,} items, "

@@ -1,7 +1,9 @@
 """Safe file handling shared by every command: atomic writes, hashes, JSON, TOML and .npy files.
 
 Every file mahn writes goes to a temporary name in the same directory and is renamed into place,
-so a killed command leaves either the old file or the new one, never half of one.
+so a killed command leaves either the old file or the new one, never half of one. Temporary names
+carry the writer's process id (`.NAME.<pid>.<random>.tmp`), so the next write of the same output
+removes what a killed writer left, and never what a live one is still writing.
 """
 
 from __future__ import annotations
@@ -38,12 +40,47 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _dead_writer(name: str, prefix: str) -> bool:
+    """Whether a sibling named `prefix<pid>...` was left by a process that no longer runs."""
+    pid = name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
+    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+
+
+def sweep(target: Path) -> None:
+    """Remove what killed writers of `target` left beside it: temporary files and folders, and for a folder
+    moved aside in the middle of a swap, put it back when `target` is missing (else remove it)."""
+    with contextlib.suppress(FileNotFoundError):
+        for sibling in target.parent.iterdir():
+            name = sibling.name
+            if name.startswith(f".{target.name}.") and name.endswith(".tmp") and _dead_writer(name, f".{target.name}."):
+                if sibling.is_dir() and not sibling.is_symlink():
+                    shutil.rmtree(sibling, ignore_errors=True)
+                else:
+                    sibling.unlink(missing_ok=True)
+            elif name.startswith(f".{target.name}.old-") and _dead_writer(name, f".{target.name}.old-"):
+                if not target.exists():
+                    os.replace(sibling, target)
+                else:
+                    shutil.rmtree(sibling, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -92,10 +129,11 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     is complete, so a failure never destroys the old result.
     """
     out = Path(out)
+    sweep(out)
     if out.exists() and not force:
         raise DataError("output directory exists (pass --force to replace it)", out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
         if out.exists():

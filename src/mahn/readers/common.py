@@ -36,6 +36,7 @@ class ReaderOptions:
     image_col: str | None = None  # None: "image" if the items table has it
     image_pattern: str | None = None  # e.g. "images/{key:.3}/{key}.jpg" (str.format with key=item key)
     image_root: Path | None = None  # relative image paths resolve here; default: the items file's folder
+    images_anywhere: bool = False  # allow image paths that lead out of the image root (absolute, '..', links)
 
 
 @dataclass
@@ -201,7 +202,9 @@ def finish_items(table: pl.DataFrame | None, items_path: Path | None, options: R
     """Apply the image options to an items table: fill `image` from the pattern, then resolve paths.
 
     URLs pass through; local paths become absolute; a path to a missing file becomes null (counted in
-    `warnings`), so `--require image` drops the item.
+    `warnings`), so `--require image` drops the item. A path read from a file (or given an image root) that
+    leads out of the image root (absolute elsewhere, '..', a link) is an error naming the item, unless
+    `images_anywhere`: an items file must not make mahn open files it was not pointed at.
     """
     if table is None:
         return None
@@ -211,12 +214,19 @@ def finish_items(table: pl.DataFrame | None, items_path: Path | None, options: R
         return table
     root = options.image_root if options.image_root is not None else (
         items_path.parent if items_path is not None else Path.cwd())
+    confined = not options.images_anywhere and (items_path is not None or options.image_root is not None)
+    real_root = os.path.realpath(root)
     resolved, missing, first_missing = [], 0, None
-    for value in table["image"].to_list():
+    for key, value in zip(table["item"].to_list(), table["image"].to_list(), strict=True):
         if value is None or not value.strip() or is_url(value):
             resolved.append(value if value and value.strip() else None)
             continue
+        if "\0" in value:
+            raise DataError(f"item {key}: its image path contains a NUL character", items_path)
         local = os.path.abspath(os.path.join(root, os.path.expanduser(value)))
+        if confined and os.path.commonpath([real_root, os.path.realpath(local)]) != real_root:
+            raise DataError(f"item {key}: image {value[:200]!r} leads out of the image folder {root}; give paths "
+                            "inside it, or pass --images-anywhere to allow others", items_path)
         if os.path.isfile(local):
             resolved.append(local)
         else:

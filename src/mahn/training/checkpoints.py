@@ -29,10 +29,34 @@ def save_weights(path: Path, model: SequentialModel, metadata: dict[str, str] | 
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_weights(path: Path, model: SequentialModel) -> None:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a DataError when it is missing or not a readable safetensors file."""
     if not path.exists():
         raise DataError("no saved weights (did training finish an epoch?)", path)
-    model.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        raise DataError(f"not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})", path) from None
+
+
+def load_into(model: SequentialModel, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `weights` into `model` after checking that they are exactly its tensors: the same names, shapes and
+    dtypes (a file made for another model or crafted by hand is refused, never cast or half-loaded)."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise DataError(f"does not hold this model's weights (missing: {', '.join(missing[:3]) or 'none'}; "
+                        f"unexpected: {', '.join(unexpected[:3]) or 'none'})", path)
+    for name, tensor in weights.items():
+        want = expected[name]
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            raise DataError(f"tensor {name} is {tensor.dtype} {tuple(tensor.shape)}; the model needs {want.dtype} "
+                            f"{tuple(want.shape)}", path)
+    model.load_state_dict(weights, strict=True)
+
+
+def load_weights(path: Path, model: SequentialModel) -> None:
+    load_into(model, read_tensors(path), path)
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, rng: np.random.Generator, state: dict) -> None:
@@ -53,10 +77,13 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, rng: np.random.Gene
 def load_checkpoint(path: Path, model, optimizer, scheduler, rng: np.random.Generator) -> dict:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        trainer = json.loads(f.metadata()["trainer"])
-    tensors = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    tensors = read_tensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            trainer = json.loads(f.metadata()["trainer"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"a checkpoint without a readable trainer state ({type(e).__name__})", path) from None
+    load_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
