@@ -65,3 +65,79 @@ def test_a_damaged_checkpoint_is_refused_on_resume(run, tmp_path):
     settings = resolve(("t", {"dim": 8, "epochs": 2, "batch_size": 32, "max_len": 6, "progress": False}))
     with pytest.raises(DataError, match="last.safetensors: not a readable safetensors file"):
         train(load_run(run, device="cpu")[1].root, copy, settings, resume=True)
+
+
+def test_the_code_never_unpickles_or_evaluates_data():
+    """A scan of every module: no pickle-family imports, no eval/exec, torch.load only with weights_only=True,
+    np.load only with allow_pickle=False."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "src" / "mahn").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+                if any(n and n.split(".")[0] in ("pickle", "cPickle", "dill", "marshal", "shelve", "joblib")
+                       for n in names):
+                    found.append(f"{where} imports {names}")
+            if not isinstance(node, ast.Call):
+                continue
+            function = node.func
+            keywords = {k.arg: k.value for k in node.keywords}
+            if isinstance(function, ast.Name) and function.id in ("eval", "exec", "compile", "__import__"):
+                found.append(f"{where} calls {function.id}")
+            if isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name):
+                call = f"{function.value.id}.{function.attr}"
+                if call == "torch.load" and not (isinstance(keywords.get("weights_only"), ast.Constant)
+                                                 and keywords["weights_only"].value is True):
+                    found.append(f"{where} torch.load without weights_only=True")
+                if call in ("np.load", "numpy.load") and not (isinstance(keywords.get("allow_pickle"), ast.Constant)
+                                                              and keywords["allow_pickle"].value is False):
+                    found.append(f"{where} np.load without allow_pickle=False")
+                if call in ("pd.read_pickle", "torch.jit.load", "yaml.load"):
+                    found.append(f"{where} {call}")
+    assert not found, found
+
+
+def test_a_run_is_refused_against_a_dataset_that_changed_since_training(tmp_path):
+    data = make_dataset(tmp_path / "data", users=40, items=20, length=6, seed=0)
+    settings = resolve(("t", {"dim": 8, "epochs": 1, "batch_size": 32, "max_len": 6, "progress": False}))
+    train(data, tmp_path / "run", settings)
+    load_run(tmp_path / "run", device="cpu")  # unchanged: loads
+    shutil.rmtree(data)
+    make_dataset(tmp_path / "data", users=40, items=20, length=6, seed=1)  # same sizes, other interactions
+    with pytest.raises(DataError, match=r"changed since this run was trained \(interactions.parquet: trained on"):
+        load_run(tmp_path / "run", device="cpu")
+    with pytest.raises(DataError, match="changed since this run was trained"):
+        train(data, tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 2, "batch_size": 32, "max_len": 6,
+                                                     "progress": False})), resume=True)
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert isinstance(result.exception, DataError) and "interactions.parquet" in str(result.exception)
+
+
+def test_a_second_writer_of_a_run_is_refused_and_a_killed_ones_lock_is_not_stale(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    data = make_dataset(tmp_path / "data", users=300, items=40, length=8)
+    command = [sys.executable, "-m", "mahn", "train", str(data), "--out", str(tmp_path / "run"), "--epochs", "500",
+               "--patience", "500", "--dim", "8", "--max-len", "6", "--no-progress", "--threads", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "checkpoints" / "last.safetensors").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first training did not start"
+            time.sleep(0.2)
+        settings = resolve(("t", {"dim": 8, "epochs": 500, "max_len": 6, "progress": False}))
+        with pytest.raises(DataError, match="another process is training into this run"):
+            train(data, tmp_path / "run", settings, resume=True)
+    finally:
+        first.kill()
+        first.wait()
+    # the killed process's lock went with it: the run resumes from its last checkpoint
+    summary = train(data, tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 2, "max_len": 6, "patience": 500,
+                                                           "progress": False})), resume=True)
+    assert summary["epochs"] >= 1

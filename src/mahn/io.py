@@ -102,6 +102,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
 
+def lock_folder(folder: str | os.PathLike, what: str) -> int:
+    """An exclusive lock on FOLDER/.lock, held until the returned descriptor is closed. The operating system
+    drops it when the holder dies, so a killed writer leaves no stale lock. Another holder: a DataError."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataError(f"another process is {what}: wait for it to finish, or stop it", folder) from None
+    return fd
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         return orjson.loads(Path(path).read_bytes())

@@ -126,6 +126,16 @@ class Dataset:
         cold = self.manifest.get("cold")
         return np.asarray(cold["items"], dtype=np.int64) if cold else None
 
+    def fingerprint(self) -> dict[str, str | None]:
+        """The sha256 of what a model learns from (interactions, items, each modality's features), from the
+        manifest: a run records it, and is refused against a dataset whose fingerprint differs. The stored
+        evaluation negatives are not part of it (`mahn negatives` may redraw them)."""
+        files = self.manifest.get("files", {})
+        prints = {name: files.get(name) for name in ("interactions.parquet", "items.parquet")}
+        for modality, record in sorted(self.manifest.get("features", {}).items()):
+            prints[f"features/{modality}"] = record.get("sha256")
+        return prints
+
     def item_frequency(self) -> np.ndarray:
         """Training interactions per item (int64, items,)."""
         starts, ends = self.train_histories()

@@ -98,6 +98,21 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rng: np.random.Gene
     return trainer
 
 
+def check_fingerprint(record: dict, dataset: Dataset, run: Path) -> None:
+    """Refuse a dataset whose interactions, items or features differ from those the run was trained on (runs
+    made before runs recorded them are not checked)."""
+    recorded = record.get("dataset_sha256")
+    if recorded is None:
+        return
+    current = dataset.fingerprint()
+    changed = [name for name in sorted(set(recorded) | set(current)) if recorded.get(name) != current.get(name)]
+    if changed:
+        what = "; ".join(f"{name}: trained on {str(recorded.get(name))[:12]}, now {str(current.get(name))[:12]}"
+                         for name in changed)
+        raise DataError(f"the dataset {dataset.root} changed since this run was trained ({what}); retrain, or give "
+                        "the dataset it was trained on", run / "config.json")
+
+
 def load_run(run: str | Path, dataset_dir: str | Path | None = None,
              device: str | torch.device = "auto") -> tuple[SequentialModel, Dataset, dict]:
     """(model with the best validation weights on `device`, its dataset, the run's config.json).
@@ -111,6 +126,7 @@ def load_run(run: str | Path, dataset_dir: str | Path | None = None,
     if dataset.n_items != record["n_items"]:
         raise DataError(f"dataset has {dataset.n_items} items, the run was trained on {record['n_items']}",
                         dataset.root)
+    check_fingerprint(record, dataset, run)
     model = build_model(record["model"], make_config(record["model"], record["model_config"]), dataset)
     load_weights(run / "best.safetensors", model)
     model.to(resolve_device(device)).eval()

@@ -29,12 +29,12 @@ from mahn.data import Dataset
 from mahn.device import resolve_device
 from mahn.errors import DataError
 from mahn.evaluation import EvalConfig, evaluate
-from mahn.io import read_json, write_bytes, write_json
+from mahn.io import lock_folder, read_json, write_bytes, write_json
 from mahn.models import build_model
 from mahn.models.base import SequentialModel
 from mahn.settings import RunSettings, TrainConfig, resolve
 from mahn.training.batches import epoch_order, make_batch, training_users
-from mahn.training.checkpoints import load_checkpoint, save_checkpoint, save_weights
+from mahn.training.checkpoints import check_fingerprint, load_checkpoint, save_checkpoint, save_weights
 from mahn.training.distributed import (
     World,
     barrier,
@@ -115,9 +115,13 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)  # one GPU per process
     join(world, device)
+    # one writer per run: a second `mahn train` into the same folder is refused while the first runs
+    lock = lock_folder(run, "training into this run") if world.main else None
     try:
         return _train(dataset_dir, Path(run), settings, resume, force, on_epoch_end, world, device)
     finally:
+        if lock is not None:
+            os.close(lock)
         leave(world)
 
 
@@ -129,13 +133,15 @@ def _train(dataset_dir, run: Path, settings: RunSettings, resume: bool, force: b
     run_record = {"model": settings.model, "model_config": asdict(settings.model_config), "train": asdict(config),
                   "device": str(device), "processes": world.size,
                   "dataset": str(Path(dataset_dir).resolve()), "n_items": dataset.n_items,
+                  "dataset_sha256": dataset.fingerprint(),
                   "torch": torch.__version__, "numpy": np.__version__}
     if resume and checkpoint.exists():
         saved = read_json(run / "config.json")
         for key in ("model", "model_config", "dataset"):
             if saved[key] != run_record[key]:
                 raise DataError(f"cannot resume: {key} differs from the run's config.json", run / "config.json")
-    elif run.exists() and any(run.iterdir()) and not force:
+        check_fingerprint(saved, dataset, run)
+    elif run.exists() and any(not p.name.startswith(".") for p in run.iterdir()) and not force:
         raise DataError("run directory exists (pass --resume to continue it or --force to overwrite)", run)
 
     barrier(world)  # every rank has checked the run directory before rank 0 writes into it
