@@ -14,7 +14,7 @@ probe() { scripts/probe.sh "$WORK/$1" "runs/compare/$1" "${@:2}"; }
 case "${1:-}" in
   a)
     $M reproduce "$WORK/office" --out runs/reproduce/office --budget standard --seeds 3 --threads 1 \
-      --models $MODELS --experiments compare,groups,ablations,cold
+      --models $MODELS --experiments compare,groups,ablations
     $M reproduce "$WORK/hm" --out runs/reproduce/hm-full --budget full --seeds 3 --threads 1 \
       --models $MODELS --experiments compare,groups,cold
     ;;
