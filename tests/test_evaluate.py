@@ -165,3 +165,25 @@ def test_python_api_recommends_titles_and_rejects_unknown_keys(tiny, tmp_path):
     assert (scores[others] <= recs[-1].score).all()
     with pytest.raises(DataError, match="no-such-item"):
         recommender.recommend(["no-such-item"])
+
+
+def test_a_score_budget_scores_fewer_users_at_a_time_with_the_same_results(tiny, tmp_path, monkeypatch):
+    """Large catalogues are scored in smaller user batches so the score block stays bounded; each user's row
+    is still one whole product, so every rank and tie is unchanged."""
+    import mahn.evaluation.ranking as ranking
+
+    train(tiny, tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 2, "batch_size": 16, "max_len": 6,
+                                                 "progress": False})))
+    from mahn.training import load_run
+
+    model, dataset, _ = load_run(tmp_path / "run", device="cpu")
+    whole = ranking.rank_users(model, dataset, EvalConfig(split="test", max_len=6))
+    batches = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda h, u=None: batches.append(len(h)) or encode(h, u))
+    monkeypatch.setattr(ranking, "SCORE_BYTES", 4 * dataset.n_items * 3)  # three users' rows at a time
+    small = ranking.rank_users(model, dataset, EvalConfig(split="test", max_len=6))
+    assert max(batches) == 3 and len(batches) > 3
+    for protocol in ("uni100", "full"):
+        for metric, values in whole[protocol].items():
+            np.testing.assert_array_equal(small[protocol][metric], values)

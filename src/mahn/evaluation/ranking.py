@@ -15,6 +15,10 @@ from mahn.errors import DataError
 from mahn.evaluation.metrics import PROTOCOLS, expected_metrics, frequency_groups, mean_metrics
 from mahn.models.base import MAX_LEN, SequentialModel
 
+# the (users x items) score block of one batch stays under this many bytes: a catalogue of a million items
+# is scored 64 users at a time, each user's row whole (so ties and ranks are exactly those of one product)
+SCORE_BYTES = 256 << 20
+
 
 @dataclass
 class EvalConfig:
@@ -36,10 +40,11 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
     device = model.device
     table = model.item_table()
     counts = {p: ([], []) for p in PROTOCOLS}  # (greater, ties) per batch
-    for lo in range(0, len(evalset.users), config.batch_size):
-        users = evalset.users[lo : lo + config.batch_size]
-        starts, ends = dataset.offsets[users], evalset.input_ends[lo : lo + config.batch_size]
-        targets = torch.from_numpy(evalset.targets[lo : lo + config.batch_size]).to(device)
+    batch = max(1, min(config.batch_size, SCORE_BYTES // (4 * max(1, dataset.n_items))))
+    for lo in range(0, len(evalset.users), batch):
+        users = evalset.users[lo : lo + batch]
+        starts, ends = dataset.offsets[users], evalset.input_ends[lo : lo + batch]
+        targets = torch.from_numpy(evalset.targets[lo : lo + batch]).to(device)
         histories = torch.from_numpy(left_padded(dataset.items, starts, ends, config.max_len, pad)).to(device)
         scores = model.encode(histories, torch.from_numpy(users).to(device)) @ table.T
         rows = torch.arange(len(users), device=device)
