@@ -1,0 +1,125 @@
+"""How mahn's costs grow with the data: synthetic interaction logs of 1M, 3M and 10M interactions, each
+prepared, trained for one MAHN-V-T epoch and scored by full ranking, with wall time and peak memory.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1000000 3000000 10000000] [--work /tmp/mahn-scale]
+
+The logs are made to look like real ones: item popularity follows a Zipf law (exponent 1.1, the long tail
+of shop catalogues), history lengths a log-normal with a median of 12 and a long tail (at least 5 items a
+user, as after a 5-core filter), one item per 20 interactions. Each stage runs as its own process, the
+command a user would run, so its peak RSS is that command's alone:
+
+- prepare: `mahn prepare LOG.parquet --format csv --time-col t` (no k-core: the log is made 5-core-like);
+- train: `mahn train DATA --model mahn --ablate vt --set loss=sampled-ce --epochs 1` (MAHN-V-T, the model
+  that needs no features, with the sampled softmax: the full softmax costs items x positions per batch, which
+  at 500k items is the wrong loss; one epoch, then the validation pass with both protocols);
+- evaluate: `mahn evaluate RUN --split test` (both protocols over every test user).
+
+Prints a table and writes benchmarks/results/scale.json, with the load average before and after each size.
+The project's target: each stage of the 10M log under 8 GiB peak RSS, and costs that grow linearly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import orjson
+import polars as pl
+
+from mahn.io import write_json
+
+ZIPF = 1.1
+MEDIAN_LENGTH = 12
+MIN_LENGTH = 5
+INTERACTIONS_PER_ITEM = 20
+
+
+def make_log(size: int, seed: int, path: Path) -> dict:
+    """A Parquet log of about `size` interactions (user, item, t); returns its counts."""
+    rng = np.random.default_rng(seed)
+    lengths = []
+    total = 0
+    while total < size:  # draw users until the log is long enough
+        more = np.maximum(MIN_LENGTH, rng.lognormal(np.log(MEDIAN_LENGTH), 1.0, 100_000).astype(np.int64))
+        lengths.append(more)
+        total += int(more.sum())
+    lengths = np.concatenate(lengths)
+    lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), size)) + 1]
+    n = int(lengths.sum())
+    items = max(100, size // INTERACTIONS_PER_ITEM)
+    weights = 1.0 / np.arange(1, items + 1) ** ZIPF
+    item = rng.choice(items, size=n, p=weights / weights.sum())
+    user = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pl.DataFrame({"user": user.astype(str), "item": rng.permutation(items)[item].astype(str),
+                  "t": position}).write_parquet(path)
+    return {"interactions": n, "users": len(lengths), "items": items}
+
+
+def run_stage(command: list[str]) -> dict:
+    """Run one command in its own process; its wall time and peak RSS (os.wait4 gives the child's own)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed:\n{output.decode(errors='replace')[-2000:]}")
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mahn-scale"))
+    parser.add_argument("--threads", type=int, default=0, help="Torch threads of train and evaluate (0: default).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    args = parser.parse_args()
+    mahn = [sys.executable, "-m", "mahn"]
+    results = []
+    print("| interactions | users | items | stage | seconds | peak RSS MiB | seconds per 1M interactions |")
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        work = args.work / f"{size}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        counts = make_log(size, args.seed, work / "log.parquet")
+        load = os.getloadavg()
+        stages = {
+            "prepare": [*mahn, "prepare", str(work / "log.parquet"), "--format", "csv", "--time-col", "t",
+                        "--out", str(work / "data")],
+            "train one epoch + validation": [*mahn, "train", str(work / "data"), "--model", "mahn", "--ablate", "vt",
+                                             "--set", "loss=sampled-ce", "--epochs", "1", "--out",
+                                             str(work / "run"), "--no-progress", "--threads", str(args.threads)],
+            "evaluate (test, both protocols)": [*mahn, "evaluate", str(work / "run"), "--device", "cpu", "--json"],
+        }
+        row = {"size": size, **counts, "stages": {}, "loadavg_before": load}
+        for stage, command in stages.items():
+            measured = run_stage(command)
+            row["stages"][stage] = measured
+            print(f"| {counts['interactions']:,} | {counts['users']:,} | {counts['items']:,} | {stage} | "
+                  f"{measured['seconds']} | {measured['peak_rss_mib']:,} | "
+                  f"{measured['seconds'] / counts['interactions'] * 1e6:.1f} |", flush=True)
+        metrics = orjson.loads((work / "run" / "metrics.jsonl").read_bytes().splitlines()[0])
+        row["train_seconds"] = metrics["train_seconds"]
+        row["loadavg_after"] = os.getloadavg()
+        results.append(row)
+        shutil.rmtree(work, ignore_errors=True)
+    write_json(args.out, {"benchmark": "scale", "zipf": ZIPF, "median_length": MEDIAN_LENGTH,
+                          "min_length": MIN_LENGTH, "interactions_per_item": INTERACTIONS_PER_ITEM,
+                          "results": results, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                          "date": datetime.now(UTC).isoformat(timespec="seconds")})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
