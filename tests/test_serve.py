@@ -348,7 +348,9 @@ def test_the_recommender_through_hnsw_answers_as_exact_ranking(shop, tmp_path):
         got = approximate.recommend(history, ITEMS + 3 - len(history))
         assert [r.key for r in got] == [r.key for r in want] and {"new0", "new1", "new2"} <= {r.key for r in got}
     assert approximate.ann() is built
-    served = TestClient(create_app(run, device="cpu", index="hnsw")).post("/recommend", json={"history": KEYS[:2]})
+    app = create_app(run, device="cpu", index="hnsw", ef_search=512)
+    assert app.state.engines["main"].recommender.ann().settings.ef_search == 512
+    served = TestClient(app).post("/recommend", json={"history": KEYS[:2]})
     assert [r["key"] for r in served.json()["items"]] == [r.key for r in exact.recommend(KEYS[:2], 10)]
 
 

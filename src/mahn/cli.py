@@ -316,14 +316,16 @@ def serve(
                                             "holding the dataset's images)."),
     index: str = typer.Option("exact", help="exact (score every item) or hnsw (approximate top-k from an HNSW "
                               "index, for catalogues of millions of items; needs faiss-cpu)."),
+    ef_search: int = typer.Option(256, help="hnsw: candidates kept per search (more: better recall, slower; "
+                                  "docs/serving.md#large-catalogues---index-hnsw)."),
 ) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn); the API is described at /docs and /openapi.json."""
     from mahn.serve.process import run_server
 
-    if workers < 1 or threads < 1:
-        fail("--workers and --threads must be at least 1")
+    if workers < 1 or threads < 1 or ef_search < 1:
+        fail("--workers, --threads and --ef-search must be at least 1")
     run_server(run, host=host, port=port, device=device, workers=workers, threads=threads, compare=compare,
-               images_root=images_root, index=index)
+               images_root=images_root, index=index, ef_search=ef_search)
 
 
 @app.command("add-items")

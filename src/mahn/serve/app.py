@@ -36,6 +36,7 @@ import mahn
 from mahn import catalog
 from mahn.api import Recommender, UnknownItemError, load
 from mahn.errors import DataError
+from mahn.index import HNSWSettings
 from mahn.io import read_json
 from mahn.serve.limits import MAX_BODY, MAX_UPLOAD, BodyLimit
 from mahn.serve.schemas import (
@@ -65,7 +66,7 @@ STATIC = Path(__file__).resolve().parent / "static"  # the page: index.html, pag
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 # how `mahn serve --workers N` hands settings to each worker
 ENV = {"run": "MAHN_SERVE_RUN", "device": "MAHN_SERVE_DEVICE", "compare": "MAHN_SERVE_COMPARE",
-       "images_root": "MAHN_SERVE_IMAGES_ROOT", "index": "MAHN_SERVE_INDEX"}
+       "images_root": "MAHN_SERVE_IMAGES_ROOT", "index": "MAHN_SERVE_INDEX", "ef_search": "MAHN_SERVE_EF_SEARCH"}
 
 
 def _errors(*codes: int) -> dict:
@@ -149,8 +150,9 @@ class Engine:
             for r in recommendations])
 
 
-def load_engine(name: str, run: Path, device: str, images_root: Path | None, index: str = "exact") -> Engine:
-    recommender = load(run, device=device, index=index)
+def load_engine(name: str, run: Path, device: str, images_root: Path | None, index: str = "exact",
+                ef_search: int = HNSWSettings.ef_search) -> Engine:
+    recommender = load(run, device=device, index=index, hnsw=HNSWSettings(ef_search=ef_search))
     if images_root is not None and not Path(images_root).is_dir():
         raise DataError("images folder not found", images_root)
     root = Path(os.path.realpath(images_root)) if images_root is not None else default_root(recommender)
@@ -190,16 +192,18 @@ def _metrics(path: Path, key: str | None = None) -> dict | None:
 
 
 def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, images_root: Path | None = None,
-               max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD, index: str = "exact") -> FastAPI:
+               max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD, index: str = "exact",
+               ef_search: int = HNSWSettings.ef_search) -> FastAPI:
     """The HTTP application of a trained run (and, with `compare`, a second one beside it).
 
     `images_root`: the only folder item images are served from, and the folder that the image paths of
     new items (POST /items) are relative to; default: the folder holding the dataset's images.
-    `index`: exact, or hnsw (approximate top-k over the trained items, for very large catalogues).
+    `index`: exact, or hnsw (approximate top-k over the trained items, for very large catalogues), searched
+    with `ef_search` candidates (more: better recall, slower).
     """
-    engines = {"main": load_engine("main", Path(run), device, images_root, index)}
+    engines = {"main": load_engine("main", Path(run), device, images_root, index, ef_search)}
     if compare is not None:
-        engines["compare"] = load_engine("compare", Path(compare), device, images_root, index)
+        engines["compare"] = load_engine("compare", Path(compare), device, images_root, index, ef_search)
 
     app = FastAPI(title="mahn", version=mahn.__version__,
                   description="Next-item recommendations of a trained mahn run. Every endpoint takes "
@@ -368,4 +372,5 @@ def app_from_env() -> FastAPI:
     return create_app(Path(os.environ[ENV["run"]]), device=os.environ.get(ENV["device"], "auto"),
                       compare=Path(compare) if compare else None,
                       images_root=Path(images_root) if images_root else None,
-                      index=os.environ.get(ENV["index"], "exact"))
+                      index=os.environ.get(ENV["index"], "exact"),
+                      ef_search=int(os.environ.get(ENV["ef_search"], HNSWSettings.ef_search)))

@@ -64,7 +64,7 @@ def serving(command: Callable[[int], list[str]], *, timeout: float = 120.0, env:
 
 
 def run_server(run: Path, *, host: str, port: int, device: str, workers: int, threads: int, compare: Path | None,
-               images_root: Path | None, index: str) -> None:
+               images_root: Path | None, index: str, ef_search: int) -> None:
     """`mahn serve`: the app of `run` on uvicorn, in this process or in `workers` processes. The runs are loaded
     here first, so a run that does not load stops the command before the port is taken."""
     import os
@@ -79,11 +79,11 @@ def run_server(run: Path, *, host: str, port: int, device: str, workers: int, th
     os.environ["OMP_NUM_THREADS"] = str(threads)  # worker processes inherit it
     torch.set_num_threads(threads)
     if workers == 1:
-        uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root, index=index),
-                    host=host, port=port)
+        uvicorn.run(create_app(run, device=device, compare=compare, images_root=images_root, index=index,
+                               ef_search=ef_search), host=host, port=port)
         return
     for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root),
-                           ("index", index)):
+                           ("index", index), ("ef_search", ef_search)):
         if value is not None:
             os.environ[ENV[setting]] = str(value.resolve() if isinstance(value, Path) else value)
     resolve_device(device)
