@@ -90,3 +90,36 @@ def test_bad_fractions_and_double_splits_are_refused(pair, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     result = CliRunner().invoke(app, ["cold-split", str(pair[0]), "--out", str(tmp_path / "z"), "--fraction", "0"])
     assert isinstance(result.exception, DataError) and "--fraction" in str(result.exception)
+
+
+def test_new_items_are_never_training_candidates(pair):
+    """They arrive after training: no batch draws them as negatives and no softmax scores them, so a model
+    cannot learn them as 'never bought'."""
+    import torch
+    import torch.nn.functional as F
+
+    from mahn.models.losses import next_item_loss
+    from mahn.training import make_batch, training_users
+
+    cold = Dataset(pair[1])
+    new = cold.new_items()
+    assert np.array_equal(np.sort(np.concatenate([cold.training_candidates(), new])), np.arange(cold.n_items))
+    assert Dataset(pair[0]).training_candidates() is None
+    rng = np.random.default_rng(0)
+    users = training_users(cold)
+    drawn = np.concatenate([make_batch(cold, users, 6, rng).negatives.numpy().ravel() for _ in range(20)])
+    assert not np.isin(drawn, new).any() and len(set(drawn.tolist()) - {cold.n_items}) > 15
+
+    excluded = torch.zeros(cold.n_items, dtype=torch.bool)
+    excluded[torch.from_numpy(new)] = True
+    table = torch.randn(cold.n_items, 4)
+    states = torch.randn(5, 4)
+    targets = torch.tensor([i for i in range(cold.n_items) if not excluded[i]][:5])
+    allowed = ~excluded
+    by_hand = F.cross_entropy((states @ table[allowed].T), torch.searchsorted(allowed.nonzero().squeeze(1), targets))
+    got = next_item_loss("ce", states, targets, targets, lambda i: table[i], lambda: table, cold.n_items, 8, excluded)
+    assert torch.allclose(got, by_hand)
+    torch.manual_seed(0)
+    sampled_loss = next_item_loss("sampled-ce", states, targets, targets, lambda i: table[i], lambda: table,
+                                  cold.n_items, 2000, excluded)
+    assert torch.isfinite(sampled_loss)

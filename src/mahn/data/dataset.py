@@ -126,6 +126,14 @@ class Dataset:
         cold = self.manifest.get("cold")
         return np.asarray(cold["items"], dtype=np.int64) if cold else None
 
+    def training_candidates(self) -> np.ndarray | None:
+        """Items a model may be trained against (negatives, softmax), or None for every item: on a new-item split,
+        every item but the new ones, which arrive after training and must not be learnt as never bought."""
+        new = self.new_items()
+        if new is None or len(new) == 0:
+            return None
+        return np.setdiff1d(np.arange(self.n_items), new)
+
     def fingerprint(self) -> dict[str, str | None]:
         """The sha256 of what a model learns from (interactions, items, each modality's features), from the
         manifest: a run records it, and is refused against a dataset whose fingerprint differs. The stored

@@ -46,6 +46,9 @@ class SequentialModel(nn.Module):
     Config: type  # the model's settings dataclass (`mahn models --settings` lists its fields)
     trainable: bool = True  # False: nothing to learn (popularity); the trainer scores it once and saves it
     n_items: int
+    # bool (n_items,) on the model's device: items that must not be training candidates (the new items of a
+    # new-item split, which arrive after training); set by the trainer, never saved
+    excluded: torch.Tensor | None = None
 
     @classmethod
     def from_dataset(cls, config, dataset) -> SequentialModel:
@@ -68,6 +71,10 @@ class SequentialModel(nn.Module):
     def item_table(self) -> torch.Tensor:
         """(n_items, D) item representations that user states are scored against."""
         raise NotImplementedError
+
+    def candidate_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Training logits over every item with the excluded items' columns at -inf (a softmax never sees them)."""
+        return logits if self.excluded is None else logits.masked_fill(self.excluded, -torch.inf)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Scalar training loss of one batch."""

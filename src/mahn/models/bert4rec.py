@@ -116,5 +116,5 @@ class BERT4Rec(SequentialModel):
         sequences = torch.cat([batch.histories, batch.targets[:, -1:]], dim=1)[:, -self.config.max_len :]
         masked, chosen = self.cloze(sequences)
         states = self.hidden(masked)[chosen]
-        logits = self.output(states) @ self.item_table().T
+        logits = self.candidate_logits(self.output(states) @ self.item_table().T)
         return F.cross_entropy(logits, sequences[chosen])

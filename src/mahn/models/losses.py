@@ -38,8 +38,10 @@ def check_loss(name: str, negatives: int, model: str) -> None:
 
 def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
                    items: Callable[[torch.Tensor], torch.Tensor], table: Callable[[], torch.Tensor],
-                   n_items: int, n_sampled: int) -> torch.Tensor:
-    """Mean loss over positions. `items(ids)` gives (len(ids), D) item vectors, `table()` all (n_items, D)."""
+                   n_items: int, n_sampled: int, excluded: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss over positions. `items(ids)` gives (len(ids), D) item vectors, `table()` all (n_items, D).
+    `excluded` (bool, n_items): items that are never candidates (the softmaxes skip them; the pairwise losses'
+    negatives come from the batch, which never draws them)."""
     if name in ("bpr", "bce"):
         vectors = items(torch.cat([targets, negatives]))
         positive = (states * vectors[: len(targets)]).sum(-1)
@@ -48,8 +50,13 @@ def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, negat
             return -F.logsigmoid(positive - negative).mean()
         return -(F.logsigmoid(positive) + F.logsigmoid(-negative)).mean()
     if name == "ce":
-        return F.cross_entropy(states @ table().T, targets)
-    sampled = torch.randint(0, n_items, (n_sampled,), device=states.device)
+        logits = states @ table().T
+        return F.cross_entropy(logits if excluded is None else logits.masked_fill(excluded, -torch.inf), targets)
+    if excluded is None:
+        sampled = torch.randint(0, n_items, (n_sampled,), device=states.device)
+    else:
+        allowed = (~excluded).nonzero().squeeze(1)
+        sampled = allowed[torch.randint(0, len(allowed), (n_sampled,), device=states.device)]
     vectors = items(torch.cat([targets, sampled]))
     positive = (states * vectors[: len(targets)]).sum(-1, keepdim=True)
     negative = states @ vectors[len(targets) :].T

@@ -211,7 +211,7 @@ class MAHN(SequentialModel):
         self.dropped = None  # one draw of dropped IDs per batch, shared by the history and the candidates
         out, _ = self.run(packed, v, self.item_embedding(packed.data) * self.id_mask(packed.data), t)
         ranking = next_item_loss(self.config.loss, out.data, positives, negatives, self.item_vectors,
-                                 self.item_table, self.n_items, self.config.negatives)
+                                 self.item_table, self.n_items, self.config.negatives, self.excluded)
         if not self.modalities or self.config.rec_weight == 0:
             return ranking
         # rec depends only on the item: compute it once per distinct item, then look it up per position

@@ -172,4 +172,4 @@ class MGT(SequentialModel):
         negatives = batch.negatives[:, -states.shape[1] :]
         real = targets != self.pad
         return next_item_loss(self.config.loss, self.gated(states[real]), targets[real], negatives[real],
-                              self.item_vectors, self.item_table, self.n_items, self.config.negatives)
+                              self.item_vectors, self.item_table, self.n_items, self.config.negatives, self.excluded)

@@ -125,4 +125,4 @@ class SASRec(SequentialModel):
         negatives = batch.negatives[:, -states.shape[1] :]
         real = targets != self.pad
         return next_item_loss(self.config.loss, states[real], targets[real], negatives[real], self.item_embedding,
-                              self.item_table, self.n_items, self.config.negatives)
+                              self.item_table, self.n_items, self.config.negatives, self.excluded)

@@ -28,7 +28,8 @@ def epoch_order(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def make_batch(dataset: Dataset, users: np.ndarray, max_len: int, rng: np.random.Generator) -> Batch:
     """Each user's last max_len + 1 training items: inputs [:-1] predict targets [1:], one negative per position.
 
-    Negatives are uniform over items, redrawn (up to 3 times) when they hit an item in the row's window.
+    Negatives are uniform over items (never the new items of a new-item split), redrawn (up to 3 times) when
+    they hit an item in the row's window.
     """
     pad = dataset.n_items
     starts, ends = dataset.train_histories()
@@ -37,12 +38,16 @@ def make_batch(dataset: Dataset, users: np.ndarray, max_len: int, rng: np.random
     targets = left_padded(dataset.items, starts + 1, ends, max_len, pad)
     real = targets != pad
     window = np.concatenate([histories, targets[:, -1:]], axis=1)
-    negatives = rng.integers(0, pad, size=targets.shape)
+    pool = dataset.training_candidates()  # None: every item
+    def draw(size):
+        return rng.integers(0, pad, size=size) if pool is None else pool[rng.integers(0, len(pool), size=size)]
+
+    negatives = draw(targets.shape)
     for _ in range(3):
         clash = (negatives[:, :, None] == window[:, None, :]).any(-1) & real
         if not clash.any():
             break
-        negatives[clash] = rng.integers(0, pad, size=int(clash.sum()))
+        negatives[clash] = draw(int(clash.sum()))
     negatives = np.where(real, negatives, pad)
     as_tensor = torch.from_numpy
     return Batch(as_tensor(histories), as_tensor(targets), as_tensor(negatives), as_tensor(users.astype(np.int64)))
