@@ -3,6 +3,7 @@
 # transformers, in two lanes that can run side by side on two cores (each run uses one thread):
 #   scripts/multimodal_edge.sh a   # H&M (full budget) and Office (standard budget): mahn reproduce, 3 seeds
 #   scripts/multimodal_edge.sh b   # Instruments, one seed each (scripts/probe.sh), and its new-item split
+#   scripts/multimodal_edge.sh c   # more of the same, on a third core
 # Every finished run is kept and skipped on a rerun; a cut run resumes. Data: scripts/real_data.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +23,15 @@ case "${1:-}" in
     [ -f "$WORK/instruments-cold/manifest.json" ] || $M cold-split "$WORK/instruments" --out "$WORK/instruments-cold"
     probe instruments mgt --model mgt --epochs 100 --patience 10
     probe instruments-cold mgt-iddrop --model mgt --set id_dropout=0.5 --epochs 30 --patience 5
+    probe instruments-cold sasrec --model sasrec --epochs 30 --patience 5
+    probe instruments-cold popularity --model popularity
     probe instruments mgt-constlr --model mgt --lr-gamma 1 --epochs 100 --patience 10
     probe instruments sasrec-ce --model sasrec --set loss=ce --epochs 100 --patience 10
+    ;;
+  c)  # the second Instruments lane
+    probe instruments-cold mahn-iddrop --set id_dropout=0.5 --epochs 30 --patience 5
+    probe instruments-cold mahn --epochs 30 --patience 5
     probe instruments bert4rec-seed1 --model bert4rec --seed 1 --epochs 100 --patience 10
     ;;
-  *) echo "usage: $0 a|b" >&2; exit 2 ;;
+  *) echo "usage: $0 a|b|c" >&2; exit 2 ;;
 esac
