@@ -33,6 +33,7 @@ def fresh() -> tuple[SASRec, torch.optim.Optimizer]:
 def main() -> None:
     world = world_from_env()
     join(world, torch.device("cpu"))
+    finished = False
     try:
         model, optimizer = fresh()
         step = wrap(model, world, torch.device("cpu"))
@@ -55,8 +56,9 @@ def main() -> None:
             moved = (expected - torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])).abs().max()
             assert moved > 1e-3, "the step changed nothing"
             print("OK", difference)
+        finished = True
     finally:
-        leave(world)
+        leave(world, finished)
 
 
 if __name__ == "__main__":

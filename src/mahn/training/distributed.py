@@ -79,8 +79,12 @@ def join(world: World, device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def leave(world: World) -> None:
+def leave(world: World, finished: bool) -> None:
+    """Leave the process group; after a finished run, only once every rank is done with it (a rank that tears
+    its connections down while another still uses them can abort the other at exit)."""
     if world.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -117,12 +117,15 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
     join(world, device)
     # one writer per run: a second `mahn train` into the same folder is refused while the first runs
     lock = lock_folder(run, "training into this run") if world.main else None
+    finished = False
     try:
-        return _train(dataset_dir, Path(run), settings, resume, force, on_epoch_end, world, device)
+        summary = _train(dataset_dir, Path(run), settings, resume, force, on_epoch_end, world, device)
+        finished = True
+        return summary
     finally:
         if lock is not None:
             os.close(lock)
-        leave(world)
+        leave(world, finished)
 
 
 def _train(dataset_dir, run: Path, settings: RunSettings, resume: bool, force: bool, on_epoch_end, world: World,
