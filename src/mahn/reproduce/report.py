@@ -60,8 +60,14 @@ def write_report(results: dict, out: Path, command: str) -> Path:
     if "compare" in results:
         pvalues = results["paired_tests"]
         lines += ["", "## Comparison with the baselines (Tables 2-3), @10", "",
-                  metric_table(results["compare"], ("HR@10", "NDCG@10"), pvalues, budget=True),
-                  "", "## Comparison, @20", "", metric_table(results["compare"], ("HR@20", "NDCG@20"))]
+                  metric_table(results["compare"], ("HR@10", "NDCG@10"), pvalues, budget=True)]
+        if results.get("paired_tests_mgt"):
+            ours = model_label("mgt")
+            lines += ["", f"p, {ours} vs the row's model (the same test):", "",
+                      "| model | p (uni100) | p (full) |", "|---|---|---|"]
+            lines += [f"| {name} | " + " | ".join(f"{tests[p]:.2g}" for p in PROTOCOLS) + " |"
+                      for name, tests in results["paired_tests_mgt"].items()]
+        lines += ["", "## Comparison, @20", "", metric_table(results["compare"], ("HR@20", "NDCG@20"))]
     if "variants" in results:
         lines += ["", "## Fusion variants (Tables 4-5)", "", metric_table(results["variants"], SHOWN)]
     if "ablations" in results:

@@ -288,6 +288,8 @@ def reproduce(dataset_dir: Path, config: ReproduceConfig, command: str = "mahn r
     reproduction = Reproduction(dataset_dir, config, say)
     results = reproduction.run_all()
     results["paired_tests"] = paired_tests(config.out, results["compare"]) if "compare" in results else {}
+    if label("mgt") in results.get("compare", {}):  # our model against every other, too
+        results["paired_tests_mgt"] = paired_tests(config.out, results["compare"], reference=label("mgt"))
     results["seconds"] = time.perf_counter() - started
     write_json(config.out / "results.json", results)
     report = write_report(results, config.out, command)

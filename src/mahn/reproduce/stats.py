@@ -28,16 +28,16 @@ def per_user_ndcg(out: Path, runs: list[dict]) -> np.ndarray:
     return np.mean([load_npy(out / "runs" / r["budget_name"] / r["run"] / "test_ndcg10.npy") for r in runs], axis=0)
 
 
-def paired_tests(out: Path, compare: dict) -> dict:
-    """Wilcoxon signed-rank p-values, MAHN vs each model, on per-user test NDCG@10 (two-sided)."""
+def paired_tests(out: Path, compare: dict, reference: str = "MAHN") -> dict:
+    """Wilcoxon signed-rank p-values, `reference` vs each model, on per-user test NDCG@10 (two-sided)."""
     from scipy.stats import wilcoxon
 
-    if "MAHN" not in compare:
+    if reference not in compare:
         return {}
-    ours = per_user_ndcg(out, compare["MAHN"])
+    ours = per_user_ndcg(out, compare[reference])
     tests = {}
     for label, runs in compare.items():
-        if label == "MAHN":
+        if label == reference:
             continue
         theirs = per_user_ndcg(out, runs)
         tests[label] = {}
