@@ -3,6 +3,8 @@
 Usage: python scripts/deciles.py OUT [--metric HR@10] [--protocol uni100] [--plot OUT/deciles.png]
 Rows: one per NAME.test.json in OUT, with the item-frequency groups (1 = rarest, by training
 frequency), the overall uni100 and full NDCG@10, and the run's epochs (best epoch).
+OUT may also be a `mahn reproduce` results.json: one row per compared model, each number the mean over
+its seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,23 @@ def rows(folder: Path, metric: str, protocol: str) -> list[dict]:
                       "groups": [g[protocol][metric] for g in result["groups"]],
                       "uni100": result["uni100"]["NDCG@10"], "full": result["full"]["NDCG@10"],
                       "epochs": summary.get("epochs"), "best": summary.get("best_epoch")})
+    return found
+
+
+def reproduce_rows(path: Path, metric: str, protocol: str) -> list[dict]:
+    """The compared models of a `mahn reproduce` results.json, averaged over seeds."""
+    import numpy as np
+
+    found = []
+    for name, runs in orjson.loads(path.read_bytes())["compare"].items():
+        tests = [r["test"] for r in runs]
+        found.append({"name": f"{name} ({len(runs)} seeds)",
+                      "groups": [float(np.mean([t["groups"][g][protocol][metric] or 0.0 for t in tests]))
+                                 for g in range(len(tests[0]["groups"]))],
+                      "uni100": float(np.mean([t["uni100"]["NDCG@10"] for t in tests])),
+                      "full": float(np.mean([t["full"]["NDCG@10"] for t in tests])),
+                      "epochs": round(float(np.mean([r["budget"]["epochs"] for r in runs]))),
+                      "best": round(float(np.mean([r["budget"]["best_epoch"] for r in runs])))})
     return found
 
 
@@ -66,7 +85,10 @@ def main() -> None:
     parser.add_argument("--protocol", default="uni100")
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    found = rows(args.folder, args.metric, args.protocol)
+    if args.folder.suffix == ".json":
+        found = reproduce_rows(args.folder, args.metric, args.protocol)
+    else:
+        found = rows(args.folder, args.metric, args.protocol)
     print(table(found, args.metric, args.protocol))
     if args.plot:
         plot(found, args.metric, args.protocol, args.plot)
