@@ -111,21 +111,28 @@ function renderHistory() {
     : "Oldest first. Click search results to add items; × removes one.";
 }
 
-let itemSearches = 0;
-async function searchItems() {
-  const query = $("query").value.trim();
-  const seq = ++itemSearches;
-  if (!query) return $("found").replaceChildren();
-  try {
-    const found = await api(`items?query=${encodeURIComponent(query)}&limit=12`);
-    if (seq !== itemSearches) return;
-    $("found").replaceChildren(...(found.items.length
-      ? found.items.map((item) => pick([picture(item), el("span", { textContent: item.title })], () => addItem(item)))
-      : [el("li", { className: "hint", textContent: "No title contains that." })]));
-  } catch (error) {
-    showError(error);
-  }
+// A search box that lists what the API finds as the user types; an answer to an older query is dropped.
+function liveSearch(input, list, path, field, row, empty) {
+  let latest = 0;
+  return async function search() {
+    const query = $(input).value.trim();
+    const seq = ++latest;
+    if (!query) return $(list).replaceChildren();
+    try {
+      const found = await api(`${path}?query=${encodeURIComponent(query)}&limit=12`);
+      if (seq !== latest) return;
+      $(list).replaceChildren(...(found[field].length
+        ? found[field].map(row)
+        : [el("li", { className: "hint", textContent: empty })]));
+    } catch (error) {
+      showError(error);
+    }
+  };
 }
+
+const searchItems = liveSearch("query", "found", "items", "items",
+  (item) => pick([picture(item), el("span", { textContent: item.title })], () => addItem(item)),
+  "No title contains that.");
 
 async function addByKey(event) {
   event.preventDefault();
@@ -140,22 +147,9 @@ async function addByKey(event) {
   }
 }
 
-let userSearches = 0;
-async function searchUsers() {
-  const query = $("user-query").value.trim();
-  const seq = ++userSearches;
-  if (!query) return $("users").replaceChildren();
-  try {
-    const found = await api(`users?query=${encodeURIComponent(query)}&limit=12`);
-    if (seq !== userSearches) return;
-    $("users").replaceChildren(...(found.users.length
-      ? found.users.map((user) => pick([el("span", { textContent: `${user.key} · ${user.train_items} items` })],
-        () => loadUser(user.key)))
-      : [el("li", { className: "hint", textContent: "No user key contains that." })]));
-  } catch (error) {
-    showError(error);
-  }
-}
+const searchUsers = liveSearch("user-query", "users", "users", "users",
+  (user) => pick([el("span", { textContent: `${user.key} · ${user.train_items} items` })], () => loadUser(user.key)),
+  "No user key contains that.");
 
 async function loadUser(key) {
   clearError();
