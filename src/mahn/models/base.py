@@ -80,6 +80,28 @@ class SequentialModel(nn.Module):
         """Scalar training loss of one batch."""
         raise NotImplementedError
 
+    # --- learned ID vectors that may be left out (MAHN, MGT: an item_embedding and config.id_dropout) ---
+
+    def track_trained(self, trained: torch.Tensor | None) -> None:
+        """Keep `trained` (bool, n_items; None: every item) as self.trained, a (n_items + 1, 1) buffer with the pad
+        row False, not saved (it is rebuilt from the dataset); self.dropped holds a training batch's dropped IDs."""
+        trained = torch.ones(self.n_items, dtype=torch.bool) if trained is None else trained.bool()
+        self.register_buffer("trained", torch.cat([trained, trained.new_zeros(1)]).unsqueeze(1), persistent=False)
+        self.dropped: torch.Tensor | None = None
+
+    def id_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The learned ID vectors e of `ids`, zero where they do not count: for items never trained on (their
+        content speaks alone) and, while training with id_dropout, for this batch's dropped items: one draw per
+        batch (reset self.dropped to None at the start of each loss), shared by the history and the candidates,
+        so the model learns to rank items by content alone."""
+        kept = self.trained[ids]
+        rate = self.config.id_dropout
+        if self.training and rate > 0:
+            if self.dropped is None:
+                self.dropped = torch.rand(self.n_items + 1, 1, device=kept.device) < rate
+            kept = kept & ~self.dropped[ids]
+        return self.item_embedding(ids) * kept
+
     def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(m, D) item-table rows (the space of `item_table()`) of m new items known only by their raw content
         features: modality ("image", "text") -> float (m, dim), the dataset's feature rows for those items.

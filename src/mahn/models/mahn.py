@@ -93,9 +93,7 @@ class MAHN(SequentialModel):
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
         # items never seen in training (new items) have no learned ID vector: e = 0, so their content speaks
-        trained = torch.ones(n_items, dtype=torch.bool) if trained is None else trained.bool()
-        self.register_buffer("trained", torch.cat([trained, trained.new_zeros(1)]).unsqueeze(1), persistent=False)
-        self.dropped: torch.Tensor | None = None  # this training batch's items whose ID vector is dropped
+        self.track_trained(trained)
         n_parts = 1 + len(self.modalities)  # e plus each modality
         self.item_dim = d * n_parts if self.op1 == "cat" else d
         self.lstm1 = nn.LSTM(self.item_dim, d, batch_first=True)
@@ -119,21 +117,11 @@ class MAHN(SequentialModel):
     def fuse(self, op: str, parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts, -1) if op == "cat" else torch.stack(parts).sum(0)
 
-    def id_mask(self, ids: torch.Tensor) -> torch.Tensor:
-        """(len(ids), 1): 1 where an item's ID vector counts; 0 for items never trained on and, while training
-        with id_dropout, for that batch's dropped items, so the model learns to rank items by content alone."""
-        mask = self.trained[ids]
-        if self.training and self.config.id_dropout > 0:
-            if self.dropped is None:
-                self.dropped = torch.rand(self.n_items + 1, 1, device=mask.device) < self.config.id_dropout
-            mask = mask & ~self.dropped[ids]
-        return mask
-
     def item_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """(v, e, t) for 1-D ids; each distinct item's features are projected once."""
         unique, inverse = torch.unique(ids, return_inverse=True)
         v, t = self.project(unique)
-        return (v[inverse] if v is not None else None, self.item_embedding(ids) * self.id_mask(ids),
+        return (v[inverse] if v is not None else None, self.id_vectors(ids),
                 t[inverse] if t is not None else None)
 
     def project(self, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -209,7 +197,7 @@ class MAHN(SequentialModel):
         v = v_unique[inverse[:n]] if v_unique is not None else None
         t = t_unique[inverse[:n]] if t_unique is not None else None
         self.dropped = None  # one draw of dropped IDs per batch, shared by the history and the candidates
-        out, _ = self.run(packed, v, self.item_embedding(packed.data) * self.id_mask(packed.data), t)
+        out, _ = self.run(packed, v, self.id_vectors(packed.data), t)
         ranking = next_item_loss(self.config.loss, out.data, positives, negatives, self.item_vectors,
                                  self.item_table, self.n_items, self.config.negatives, self.excluded)
         if not self.modalities or self.config.rec_weight == 0:

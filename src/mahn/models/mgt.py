@@ -97,9 +97,7 @@ class MGT(SequentialModel):
             nn.init.xavier_normal_(embedding.weight)
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
-        trained = torch.ones(n_items, dtype=torch.bool) if trained is None else trained.bool()
-        self.register_buffer("trained", torch.cat([trained, trained.new_zeros(1)]).unsqueeze(1), persistent=False)
-        self.dropped: torch.Tensor | None = None  # this training batch's items whose ID vector is dropped
+        self.track_trained(trained)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d, eps=1e-8)
@@ -117,16 +115,6 @@ class MGT(SequentialModel):
         loaded = load_features(dataset, tuple(wanted), "MGT", "or leave it out with --set modalities=...")
         trained = torch.from_numpy(dataset.item_frequency() > 0)
         return cls(config, dataset.n_items, dict(zip(wanted, loaded, strict=True)), trained)
-
-    def id_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """e for ids: zero for items never trained on and, while training with id_dropout, for this batch's
-        dropped items."""
-        keep = self.trained[ids]
-        if self.training and self.config.id_dropout > 0:
-            if self.dropped is None:
-                self.dropped = torch.rand(self.n_items + 1, 1, device=keep.device) < self.config.id_dropout
-            keep = keep & ~self.dropped[ids]
-        return self.item_embedding(ids) * keep
 
     def item_parts(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [self.id_vectors(ids)] + [self.content[m](ids) for m in self.sources]
