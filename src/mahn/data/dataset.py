@@ -129,6 +129,10 @@ class Dataset:
     def training_candidates(self) -> np.ndarray | None:
         """Items a model may be trained against (negatives, softmax), or None for every item: on a new-item split,
         every item but the new ones, which arrive after training and must not be learnt as never bought."""
+        return self._training_candidates
+
+    @cached_property
+    def _training_candidates(self) -> np.ndarray | None:  # asked for by every training batch: computed once
         new = self.new_items()
         if new is None or len(new) == 0:
             return None

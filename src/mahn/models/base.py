@@ -72,10 +72,6 @@ class SequentialModel(nn.Module):
         """(n_items, D) item representations that user states are scored against."""
         raise NotImplementedError
 
-    def candidate_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Training logits over every item with the excluded items' columns at -inf (a softmax never sees them)."""
-        return logits if self.excluded is None else logits.masked_fill(self.excluded, -torch.inf)
-
     def loss(self, batch: Batch) -> torch.Tensor:
         """Scalar training loss of one batch."""
         raise NotImplementedError

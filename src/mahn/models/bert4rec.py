@@ -37,6 +37,7 @@ from torch import nn
 
 from mahn.errors import DataError
 from mahn.models.base import MAX_LEN, Batch, SequentialModel
+from mahn.models.losses import without_excluded
 
 
 @dataclass
@@ -116,5 +117,5 @@ class BERT4Rec(SequentialModel):
         sequences = torch.cat([batch.histories, batch.targets[:, -1:]], dim=1)[:, -self.config.max_len :]
         masked, chosen = self.cloze(sequences)
         states = self.hidden(masked)[chosen]
-        logits = self.candidate_logits(self.output(states) @ self.item_table().T)
+        logits = without_excluded(self.output(states) @ self.item_table().T, self.excluded)
         return F.cross_entropy(logits, sequences[chosen])

@@ -36,6 +36,11 @@ def check_loss(name: str, negatives: int, model: str) -> None:
         raise DataError(f"{model}: negatives must be at least 1", "--set negatives=...")
 
 
+def without_excluded(logits: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
+    """Logits over every item with the excluded items' columns at -inf, so a softmax never sees them."""
+    return logits if excluded is None else logits.masked_fill(excluded, -torch.inf)
+
+
 def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
                    items: Callable[[torch.Tensor], torch.Tensor], table: Callable[[], torch.Tensor],
                    n_items: int, n_sampled: int, excluded: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,8 +55,7 @@ def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, negat
             return -F.logsigmoid(positive - negative).mean()
         return -(F.logsigmoid(positive) + F.logsigmoid(-negative)).mean()
     if name == "ce":
-        logits = states @ table().T
-        return F.cross_entropy(logits if excluded is None else logits.masked_fill(excluded, -torch.inf), targets)
+        return F.cross_entropy(without_excluded(states @ table().T, excluded), targets)
     if excluded is None:
         sampled = torch.randint(0, n_items, (n_sampled,), device=states.device)
     else:

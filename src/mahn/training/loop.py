@@ -162,9 +162,10 @@ def _train(dataset_dir, run: Path, settings: RunSettings, resume: bool, force: b
             write_json(run / "config.json", run_record)
             summary = fit_without_training(model, dataset, run, settings.model, config)
         return from_main(world, summary)
-    if dataset.new_items() is not None and len(dataset.new_items()):  # they arrive after training: never candidates
-        model.excluded = torch.zeros(dataset.n_items, dtype=torch.bool, device=device)
-        model.excluded[torch.from_numpy(dataset.new_items()).to(device)] = True
+    candidates = dataset.training_candidates()
+    if candidates is not None:  # a new-item split: its new items arrive after training, never candidates
+        model.excluded = torch.ones(dataset.n_items, dtype=torch.bool, device=device)
+        model.excluded[torch.from_numpy(candidates).to(device)] = False
     step = wrap(model, world, device) if world.distributed else None
     optimizer, scheduler = make_optimizer(model, config)
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
