@@ -56,9 +56,16 @@ def _dead_writer(name: str, prefix: str) -> bool:
     return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
 
 
+_swept: set[Path] = set()  # targets this process has swept: a folder is listed once per target, not per write
+
+
 def sweep(target: Path) -> None:
     """Remove what killed writers of `target` left beside it: temporary files and folders, and for a folder
-    moved aside in the middle of a swap, put it back when `target` is missing (else remove it)."""
+    moved aside in the middle of a swap, put it back when `target` is missing (else remove it). Done on this
+    process's first write of `target` (a checkpoint rewritten every epoch lists its folder once)."""
+    if target in _swept:
+        return
+    _swept.add(target)
     with contextlib.suppress(FileNotFoundError):
         for sibling in target.parent.iterdir():
             name = sibling.name
