@@ -295,13 +295,16 @@ class Recommender:
             except ValueError as error:  # a model that needs a user id (Caser) cannot serve anonymous histories
                 raise DataError(f"{self.record['model']} cannot recommend for a history alone: {error}") from error
             scores = None if approximate else (states @ table.T).float()
+        approximated = {}  # row -> its top-k from the index (rows with candidates are ranked exactly)
+        if approximate:
+            rows = [r for r, pool in enumerate(pools) if pool is None]
+            approximated = self._approximate_tops(states, items, rows, [set(ids[r]) if excludes[r] else set()
+                                                                        for r in rows], [ks[r] for r in rows])
         results = []
         for r, (known, count, exclude, pool) in enumerate(zip(ids, ks, excludes, pools, strict=True)):
-            if approximate and pool is None:
-                found = self._approximate_top(states[r], items, set(known) if exclude else set(), count)
-                if found is not None:
-                    results.append(found)
-                    continue
+            if approximated.get(r) is not None:
+                results.append(approximated[r])
+                continue
             row = scores[r] if scores is not None else (states[r] @ table.T).float()
             if pool is not None:
                 allowed = torch.tensor(pool, dtype=torch.long, device=row.device)
@@ -315,22 +318,31 @@ class Recommender:
                             for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
         return results
 
-    def _approximate_top(self, state: torch.Tensor, items: _Items, excluded: set[int],
-                         count: int) -> list[Recommendation] | None:
-        """The top `count` from the HNSW index over the trained items and an exact pass over the added ones,
-        leaving out `excluded`; None when the index found too few (then the caller ranks exactly)."""
-        index = self.ann()
-        want = count + sum(i < self.n_trained for i in excluded)
+    def _approximate_tops(self, states: torch.Tensor, items: _Items, rows: list[int], excluded: list[set[int]],
+                          counts: list[int]) -> dict[int, list[Recommendation] | None]:
+        """For each of `rows` of `states`: the top `count` from the HNSW index over the trained items and an exact
+        pass over the added ones, leaving out that row's `excluded`; None where the index found too few (the
+        caller then ranks that row exactly). One index search and one product for all the rows."""
+        if not rows:
+            return {}
+        queries = states[rows].float()
+        want = max(count + sum(i < self.n_trained for i in skip) for count, skip in zip(counts, excluded, strict=True))
         with self.lock:
-            scores, ids = index.search(state[None].float().cpu().numpy(), want)
-        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i not in excluded]
+            scores, ids = self.ann().search(queries.cpu().numpy(), want)
+        added = None
         if items.added_rows is not None:
-            added = (items.added_rows @ state.to(items.added_rows.dtype)).float().cpu().tolist()
-            found += [(s, self.n_trained + j) for j, s in enumerate(added) if self.n_trained + j not in excluded]
-        if len(found) < min(count, len(items.keys) - len(excluded)):
-            return None
-        found.sort(key=lambda pair: -pair[0])
-        return [Recommendation(items.keys[i], items.titles[i], s, items.images[i]) for s, i in found[:count]]
+            added = (queries.to(items.added_rows.dtype) @ items.added_rows.T).float().cpu().tolist()
+        tops = {}
+        for n, (row, skip, count) in enumerate(zip(rows, excluded, counts, strict=True)):
+            found = [(float(s), int(i)) for s, i in zip(scores[n], ids[n], strict=True) if i >= 0 and i not in skip]
+            if added is not None:
+                found += [(s, self.n_trained + j) for j, s in enumerate(added[n]) if self.n_trained + j not in skip]
+            if len(found) < min(count, len(items.keys) - len(skip)):
+                tops[row] = None
+                continue
+            found.sort(key=lambda pair: -pair[0])
+            tops[row] = [Recommendation(items.keys[i], items.titles[i], s, items.images[i]) for s, i in found[:count]]
+        return tops
 
     def evaluate(self, split: str = "test", keep_history: bool = False) -> dict:
         config = EvalConfig(split=split, keep_history=keep_history, max_len=self.max_len)
