@@ -27,6 +27,10 @@ case "${1:-}" in
     probe instruments-cold popularity --model popularity
     probe instruments mgt-constlr --model mgt --lr-gamma 1 --epochs 100 --patience 10
     probe instruments sasrec-ce --model sasrec --set loss=ce --epochs 100 --patience 10
+    # MGT's content scale and dropout (rare-items.md section 8; stopped by hand there at epochs 12, 12, 28)
+    probe instruments mgt-gain0.02 --model mgt --set content_gain=0.02 --epochs 100 --patience 10
+    probe instruments mgt-gain0.2 --model mgt --set content_gain=0.2 --epochs 100 --patience 10
+    probe instruments mgt-drop0.5 --model mgt --set dropout=0.5 --epochs 100 --patience 10
     ;;
   c)  # the second Instruments lane
     probe instruments-cold mahn-iddrop --set id_dropout=0.5 --epochs 30 --patience 5

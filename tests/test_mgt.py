@@ -86,6 +86,19 @@ def test_modalities_follow_the_dataset_or_the_setting(tiny, tmp_path):
         MGTConfig(id_dropout=1.0)
     with pytest.raises(DataError, match="not divisible"):
         MGTConfig(dim=10, heads=3)
+    with pytest.raises(DataError, match="content_gain"):
+        MGTConfig(content_gain=0.0)
+
+
+def test_content_gain_sets_the_scale_content_vectors_start_at(tiny):
+    default, scaled = small(tiny), small(tiny, content_gain=0.05)
+    scaled.load_state_dict(default.state_dict() | {k: v * 0.05 for k, v in default.state_dict().items()
+                                                   if k.endswith("norm.weight") and k.startswith("content")})
+    ids = torch.arange(tiny.n_items)
+    for m in default.sources:  # LayerNorm(W f) times the gain: the same directions, 1/20 of the length
+        torch.testing.assert_close(scaled.content[m](ids), default.content[m](ids) * 0.05)
+    fresh = small(tiny, content_gain=0.05)
+    assert all(torch.all(fresh.content[m].norm.weight == 0.05) for m in fresh.sources)
 
 
 def test_a_new_item_is_placed_by_its_content_alone(tiny):

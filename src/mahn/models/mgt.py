@@ -45,6 +45,7 @@ class MGTConfig:
     loss: str = "ce"  # next-item loss (models/losses.py): ce, sampled-ce, bce, bpr
     negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
     id_dropout: float = 0.0  # training only: share of items whose ID vector is zeroed per batch, as a new item's is
+    content_gain: float = 1.0  # initial gain of each content projection's LayerNorm (the ID rows start near 0.02)
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.blocks < 1 or self.heads < 1 or self.max_len < 1:
@@ -52,6 +53,8 @@ class MGTConfig:
                             "--dim / --max-len / --set blocks=... / --set heads=...")
         if self.dim % self.heads:
             raise DataError(f"MGT: dim {self.dim} is not divisible by heads {self.heads}", "--set heads=...")
+        if not self.content_gain > 0:
+            raise DataError("MGT: content_gain must be positive", "--set content_gain=...")
         if not 0 <= self.dropout < 1 or not 0 <= self.id_dropout < 1:
             raise DataError("MGT: dropout and id_dropout must be in [0, 1)", "--set dropout=... / id_dropout=...")
         if self.modalities not in ("auto", "none"):
@@ -65,13 +68,14 @@ class MGTConfig:
 class Content(nn.Module):
     """One modality's fixed feature rows and their learned projection x = LN(W f) (zero for a missing row)."""
 
-    def __init__(self, features: torch.Tensor, present: torch.Tensor, dim: int):
+    def __init__(self, features: torch.Tensor, present: torch.Tensor, dim: int, gain: float = 1.0):
         super().__init__()
         # inputs, not parameters: rebuilt from the dataset's feature store, kept out of the checkpoint
         self.register_buffer("raw", torch.cat([features, features.new_zeros(1, features.shape[1])]), persistent=False)
         self.register_buffer("present", torch.cat([present, present.new_zeros(1)]).unsqueeze(1), persistent=False)
         self.project = nn.Linear(features.shape[1], dim, bias=False)
         self.norm = nn.LayerNorm(dim)
+        nn.init.constant_(self.norm.weight, gain)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.vectors(self.raw[ids]) * self.present[ids]
@@ -90,7 +94,7 @@ class MGT(SequentialModel):
         self.n_items = n_items
         d = config.dim
         self.sources = [m for m in SOURCES if m in content]
-        self.content = nn.ModuleDict({m: Content(*content[m], d) for m in self.sources})
+        self.content = nn.ModuleDict({m: Content(*content[m], d, config.content_gain) for m in self.sources})
         self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=n_items)
         self.position_embedding = nn.Embedding(config.max_len, d)
         for embedding in (self.item_embedding, self.position_embedding):
