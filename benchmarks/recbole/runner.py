@@ -1,0 +1,107 @@
+"""Runs inside RecBole's own virtual environment (benchmarks/recbole_side_by_side.py creates it): train one
+RecBole model on atomic files written from a mahn dataset, within a wall-clock budget, and score the best
+validation checkpoint on the test users twice: RecBole's evaluator (full ranking) and mahn's protocol
+(greater/ties counts of the target under full ranking without the history and against mahn's stored
+100 negatives), which the benchmark turns into metrics with mahn's own code.
+
+    python runner.py WORK MODEL BUDGET_SECONDS SETTINGS_JSON
+"""
+
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
+from recbole.utils import get_model, get_trainer, init_seed
+
+
+class OutOfBudget(Exception):
+    pass
+
+
+def main() -> None:
+    work, model_name, budget, settings = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
+    torch.set_num_threads(settings.pop("threads", 1))
+    config = Config(model=model_name, dataset="mahn", config_dict={
+        "data_path": work, "checkpoint_dir": os.path.join(work, "saved", model_name),
+        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+        "metrics": ["Recall", "NDCG"], "topk": [10], "valid_metric": "NDCG@10",
+        "epochs": 10_000, "stopping_step": 10, "eval_step": 1, "show_progress": False,
+        "seed": 0, "reproducibility": True, "device": "cpu", "use_gpu": False, **settings})
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = get_model(model_name)(config, train_data.dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    started = time.perf_counter()
+
+    def after_epoch(epoch, valid_score):
+        seconds = time.perf_counter() - started
+        log.write(json.dumps({"epoch": epoch + 1, "seconds": seconds, "valid_full_ndcg10": valid_score}) + "\n")
+        log.flush()
+        if seconds > budget:
+            raise OutOfBudget
+
+    with open(os.path.join(work, f"{model_name}.epochs.jsonl"), "w") as log, contextlib.suppress(OutOfBudget):
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=after_epoch)
+    trained_seconds = time.perf_counter() - started
+    state = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)  # RecBole's own file
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+
+    # mahn's protocol on the same model: histories, targets and negatives as mahn ids, mapped to RecBole's
+    ours = np.load(os.path.join(work, "eval.npz"), allow_pickle=False)
+    to_internal = np.zeros(int(ours["n_items"]), dtype=np.int64)
+    for internal, token in enumerate(dataset.field2id_token["item_id"]):
+        if internal:  # 0 is RecBole's padding
+            to_internal[int(token)] = internal
+    offsets, flat = ours["offsets"], to_internal[ours["histories"]]
+    targets, negatives = to_internal[ours["targets"]], to_internal[ours["negatives"]]
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    counts = {"full_greater": [], "full_ties": [], "uni100_greater": [], "uni100_ties": []}
+    with torch.no_grad():
+        for lo in range(0, len(targets), 512):
+            rows = range(lo, min(lo + 512, len(targets)))
+            seqs = np.zeros((len(rows), max_len), dtype=np.int64)
+            lengths = np.zeros(len(rows), dtype=np.int64)
+            for r, u in enumerate(rows):
+                history = flat[offsets[u] : offsets[u + 1]][-max_len:]
+                seqs[r, : len(history)] = history  # RecBole's sequences are right-padded
+                lengths[r] = len(history)
+            interaction = Interaction({model.ITEM_SEQ: torch.from_numpy(seqs),
+                                       model.ITEM_SEQ_LEN: torch.from_numpy(lengths)})
+            scores = model.full_sort_predict(interaction).view(len(rows), -1)
+            index = torch.arange(len(rows))
+            target = torch.from_numpy(targets[lo : lo + len(rows)])
+            target_scores = scores[index, target].unsqueeze(1)
+            sampled = scores.gather(1, torch.from_numpy(negatives[lo : lo + len(rows)]))
+            counts["uni100_greater"].append((sampled > target_scores).sum(1))
+            counts["uni100_ties"].append((sampled == target_scores).sum(1))
+            scores[:, 0] = -torch.inf
+            for r, u in enumerate(rows):
+                scores[r, torch.from_numpy(flat[offsets[u] : offsets[u + 1]])] = -torch.inf
+            scores[index, target] = target_scores.squeeze(1)
+            counts["full_greater"].append((scores > target_scores).sum(1))
+            counts["full_ties"].append((scores == target_scores).sum(1) - 1)
+    np.savez(os.path.join(work, f"{model_name}.ranks.npz"), **{k: torch.cat(v).numpy() for k, v in counts.items()})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {"model": model_name, "trained_seconds": trained_seconds,
+              "best_valid_full_ndcg10": trainer.best_valid_score,
+              "recbole_test": {k: float(v) for k, v in test.items()}, "peak_rss_bytes": peak,
+              "parameters": sum(p.numel() for p in model.parameters())}
+    with open(os.path.join(work, f"{model_name}.result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""mahn and RecBole 1.2.1 side by side on one prepared dataset: the wall time each needs to reach the best
+validation full NDCG@10 that RecBole reaches within a budget, both models' test metrics under mahn's
+protocol (one evaluator: mahn's counting code, on RecBole's trained model too) and RecBole's own test
+numbers, and peak memory. Not part of CI: it takes up to 2 x budget per model.
+
+    python benchmarks/recbole_side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec \\
+        --budget-minutes 30 --json benchmarks/results/recbole_phones.json
+
+RecBole runs in its own virtual environment (created on first use at --venv: torch 2.13.0 CPU, recbole
+1.2.1, numpy<2, pandas<2.3, scipy<1.14), on atomic files written from the mahn dataset: the same users,
+items, order and leave-one-out split. The same dimensions, history length and loss where both offer them;
+each library keeps its own optimiser schedule and its own idea of an epoch (RecBole trains every prefix
+as a sequence), which is why the comparison is time to a validation quality, not time per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = Path(__file__).with_name("recbole") / "runner.py"
+PACKAGES = ["torch==2.13.0", "recbole==1.2.1", "numpy<2", "pandas<2.3", "scipy<1.14"]
+
+# (RecBole settings, mahn settings): the same architecture, history length and loss where both offer it
+MODELS = {
+    "sasrec": ({"hidden_size": 50, "inner_size": 50, "n_layers": 2, "n_heads": 1, "hidden_dropout_prob": 0.2,
+                "attn_dropout_prob": 0.2, "MAX_ITEM_LIST_LENGTH": 50, "loss_type": "CE", "train_neg_sample_args": None,
+                "train_batch_size": 256, "learning_rate": 0.001},
+               {"model": "sasrec", "dim": 50, "max_len": 50, "loss": "ce", "batch_size": 256, "lr": 0.001}),
+    # mahn's GRU4Rec has its paper's BPR-max and TOP1-max, RecBole's has CE and BPR: each keeps its own
+    "gru4rec": ({"embedding_size": 100, "hidden_size": 100, "num_layers": 1, "dropout_prob": 0.25,
+                 "MAX_ITEM_LIST_LENGTH": 50, "loss_type": "CE", "train_neg_sample_args": None,
+                 "train_batch_size": 256, "learning_rate": 0.001},
+                {"model": "gru4rec", "dim": 100, "max_len": 50, "batch_size": 256, "lr": 0.001}),
+}
+
+
+def ensure_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not (venv / ".ready").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # the CPU wheel first
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
+        (venv / ".ready").touch()
+    return python
+
+
+def write_inputs(dataset, work: Path) -> None:
+    """WORK/mahn/mahn.inter (RecBole atomic file: a user's items in mahn's order, the position as time) and
+    WORK/eval.npz (test targets, their histories and stored negatives, as mahn item ids)."""
+    (work / "mahn").mkdir(parents=True, exist_ok=True)
+    with open(work / "mahn" / "mahn.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for user in range(dataset.n_users):
+            for position, item in enumerate(dataset.history(user)):
+                f.write(f"{user}\t{item}\t{position}\n")
+    evalset = dataset.eval_set("test")
+    starts, ends = dataset.offsets[evalset.users], evalset.input_ends
+    histories = [dataset.items[s:e] for s, e in zip(starts, ends, strict=True)]
+    np.savez(work / "eval.npz", n_items=dataset.n_items, targets=evalset.targets,
+             negatives=dataset.negatives("test")[evalset.users],
+             offsets=np.concatenate([[0], np.cumsum([len(h) for h in histories])]), histories=np.concatenate(histories))
+
+
+def our_metrics(greater: np.ndarray, ties: np.ndarray, candidates: int) -> dict[str, float]:
+    from mahn.evaluation.metrics import expected_metrics, mean_metrics
+
+    return mean_metrics(expected_metrics(greater, ties, candidates))
+
+
+def run_recbole(python: Path, work: Path, model: str, budget: float, threads: int, dataset) -> dict:
+    settings, _ = MODELS[model]
+    started = time.perf_counter()
+    subprocess.run([str(python), str(RUNNER), str(work), {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model],
+                    str(budget), json.dumps({**settings, "threads": threads})], check=True,
+                   env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, cwd=work)
+    name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
+    result = json.loads((work / f"{name}.result.json").read_text())
+    ranks = np.load(work / f"{name}.ranks.npz")
+    epochs = [json.loads(line) for line in (work / f"{name}.epochs.jsonl").read_text().splitlines()]
+    return {"library": "RecBole 1.2.1", "wall_seconds": time.perf_counter() - started, "epochs": epochs,
+            "best_valid_full_ndcg10": result["best_valid_full_ndcg10"], "peak_rss_bytes": result["peak_rss_bytes"],
+            "test_full": our_metrics(ranks["full_greater"], ranks["full_ties"], dataset.n_items),
+            "test_uni100": our_metrics(ranks["uni100_greater"], ranks["uni100_ties"],
+                                       dataset.negatives("test").shape[1] + 1),
+            "recbole_test": result["recbole_test"]}
+
+
+def mahn_child(dataset_dir: str, run: str, budget: float, values: dict, out: str) -> None:
+    """Train with mahn in this process, logging each epoch's wall time (training and validation) and
+    stopping at the budget (or at patience 10); then test the best epoch. Writes OUT (JSON)."""
+    import contextlib
+
+    from mahn.evaluation import EvalConfig, evaluate
+    from mahn.settings import resolve
+    from mahn.training import load_run, train
+
+    class OutOfBudget(Exception):
+        pass
+
+    epochs, started = [], time.perf_counter()
+
+    def after_epoch(record: dict) -> None:
+        epochs.append({"epoch": record["epoch"], "seconds": time.perf_counter() - started,
+                       "valid_full_ndcg10": record["valid"]["full"]["NDCG@10"]})
+        if epochs[-1]["seconds"] > budget:
+            raise OutOfBudget
+
+    settings = resolve(("benchmark", {"epochs": 1000, "patience": 10, "progress": False, "seed": 0, **values}))
+    with contextlib.suppress(OutOfBudget):
+        train(dataset_dir, run, settings, force=True, on_epoch_end=after_epoch)
+    model, dataset, _ = load_run(run, device="cpu")
+    test = evaluate(model, dataset, EvalConfig(split="test", groups=False))
+    Path(out).write_text(json.dumps({"epochs": epochs, "peak_rss_bytes":
+                                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                                     "test_full": test["full"], "test_uni100": test["uni100"]}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--models", default="sasrec,gru4rec")
+    parser.add_argument("--budget-minutes", type=float, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--venv", type=Path, default=ROOT / "runs" / "recbole-venv")
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    from mahn.data import Dataset
+
+    dataset = Dataset(args.dataset)
+    work = (args.work or ROOT / "runs" / "recbole" / args.dataset.name).resolve()
+    python = ensure_venv(args.venv)
+    write_inputs(dataset, work)
+    budget = args.budget_minutes * 60
+    report = {"dataset": str(args.dataset), "users": dataset.n_users, "items": dataset.n_items,
+              "budget_seconds": budget, "threads": args.threads, "models": {}}
+    for model in args.models.split(","):
+        theirs = run_recbole(python, work, model, budget, args.threads, dataset)
+        out = work / f"mahn-{model}.json"
+        subprocess.run([sys.executable, __file__, "--mahn-child", str(args.dataset), str(work / "mahn-runs" / model),
+                        str(budget), json.dumps({**MODELS[model][1], "threads": args.threads}), str(out)],
+                       check=True)
+        ours = {"library": "mahn", **json.loads(out.read_text())}
+        target = theirs["best_valid_full_ndcg10"]
+        theirs["seconds_to_target"] = next(e["seconds"] for e in theirs["epochs"] if e["valid_full_ndcg10"] >= target)
+        reached = [e["seconds"] for e in ours["epochs"] if e["valid_full_ndcg10"] >= target]
+        ours["seconds_to_target"] = reached[0] if reached else None
+        ours["best_valid_full_ndcg10"] = max(e["valid_full_ndcg10"] for e in ours["epochs"])
+        report["models"][model] = {"recbole": theirs, "mahn": ours}
+        print_table(report)
+        if args.json:  # after every model: a long run cut short keeps what it measured
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    print("| model | library | epochs | best valid full NDCG@10 | s to RecBole's best | test full NDCG@10 | "
+          "test uni100 NDCG@10 | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, both in report["models"].items():
+        for side in ("recbole", "mahn"):
+            r = both[side]
+            reach = f"{r['seconds_to_target']:.0f}" if r["seconds_to_target"] is not None else "not reached"
+            print(f"| {model} | {r['library']} | {len(r['epochs'])} | {r['best_valid_full_ndcg10']:.4f} | {reach} | "
+                  f"{r['test_full']['NDCG@10']:.4f} | {r['test_uni100']['NDCG@10']:.4f} | "
+                  f"{r['peak_rss_bytes'] / 2**30:.2f} GiB |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--mahn-child":
+        mahn_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), json.loads(sys.argv[5]), sys.argv[6])
+    else:
+        sys.exit(main())
