@@ -3,6 +3,7 @@ traceback from the command line."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -141,3 +142,22 @@ def test_a_second_writer_of_a_run_is_refused_and_a_killed_ones_lock_is_not_stale
     summary = train(data, tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 2, "max_len": 6, "patience": 500,
                                                            "progress": False})), resume=True)
     assert summary["epochs"] >= 1
+
+
+def test_two_writers_of_one_dataset_are_serialised_by_a_lock_that_leaves_no_file(tmp_path):
+    from mahn.data.negatives import draw_negatives
+    from mahn.features import FeatureConfig, extract_features
+    from mahn.io import lock_folder
+
+    data = make_dataset(tmp_path / "data", users=40, items=30, modalities=())
+    before = sorted(p.name for p in data.iterdir())
+    held = lock_folder(data, "writing into this dataset")  # as a `mahn features` still running would
+    try:
+        with pytest.raises(DataError, match="another process is writing into this dataset"):
+            draw_negatives(data, 5, seed=1)
+        with pytest.raises(DataError, match="another process is writing into this dataset"):
+            extract_features(data, FeatureConfig(image="none", text="codes", progress=False))
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in data.iterdir()) == before  # no lock file, nothing half-written
+    draw_negatives(data, 5, seed=1)  # the lock went with its holder

@@ -266,11 +266,12 @@ def test_csv_missing_columns_are_named(tmp_path):
 
 
 def test_csv_malformed_tables_name_the_file(tmp_path):
-    cases = {"ragged.csv": b"user,item\nu,i,extra\n", "quote.csv": b'user,item\nu,"unterminated\nv,j\n',
-             "latin1.csv": b"user,item\n\xe9t\xe9,i\n"}
+    cases = {"ragged.csv": b"user,item\nu,i,extra\n", "quote.csv": b'user,item\nu,"unterminated\nv,j\n'}
     for name, body in cases.items():
         with pytest.raises(DataError, match=rf"{name}: cannot parse the table \(.+\)"):
             collect(READERS["csv"](write(tmp_path / name, body)))
+    with pytest.raises(DataError, match=r"latin1.csv:2: not UTF-8 text \(invalid continuation byte at byte 1 "):
+        collect(READERS["csv"](write(tmp_path / "latin1.csv", b"user,item\n\xe9t\xe9,i\n")))
     missing_time = write(tmp_path / "t.csv", "user,item,t\nu,i,1\nv,j,\n")
     with pytest.raises(DataError, match=r"t.csv: empty time column 't' in data row 2"):
         collect(READERS["csv"](missing_time, options=ReaderOptions(time_col="t")))
@@ -329,6 +330,18 @@ def test_amazon2014_metadata_bytes_and_tuples(tmp_path):
     bad = write(tmp_path / "bad.json", "{'asin': 'A'}\n{'asin': 'B', 'title': b'\\xff'}\n")
     with pytest.raises(DataError, match=r"bad.json:2: not UTF-8 text"):
         READERS["amazon2014"](reviews, items=bad)
+
+
+def test_amazon2014_metadata_surrogate_escapes(tmp_path):
+    """Python 2 wrote an emoji as a \\u surrogate pair: joined into the character; half a pair is refused."""
+    reviews = write(tmp_path / "r.json", '{"reviewerID": "U", "asin": "A", "unixReviewTime": 1}\n')
+    meta = write(tmp_path / "meta.json", "{'asin': 'A', 'title': u'Smile \\ud83d\\ude00', 'brand': '\\\\ud800'}\n")
+    items = READERS["amazon2014"](reviews, items=meta).items
+    assert items["title"].to_list() == ["Smile \U0001f600"] and items["brand"].to_list() == ["\\ud800"]
+    for half in ("\\ud83d", "\\ude00"):
+        bad = write(tmp_path / "bad.json", f"{{'asin': 'A'}}\n{{'asin': 'B', 'categories': [['x{half}']]}}\n")
+        with pytest.raises(DataError, match=r"bad.json:2: malformed record: a \\u escape is half of a UTF-16"):
+            READERS["amazon2014"](reviews, items=bad)
 
 
 # --- bad input shared by every reader ---

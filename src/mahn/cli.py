@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from mahn.errors import DataError
+from mahn.errors import DataError, disk_full
 
+DEMO_ENTRIES = {"raw", "data", "runs", "results.json"}  # what `mahn demo` writes; it resumes a folder holding them
 DEVICE_HELP = "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -18,6 +19,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def at_least_one(*options: tuple[str, int]) -> None:
+    """Refuse the first of (flag, value) below 1, naming the flag."""
+    for flag, value in options:
+        if value < 1:
+            fail(f"{flag} must be at least 1, got {value}")
 
 
 @app.command()
@@ -72,6 +80,8 @@ def negatives_command(
     """(Re)draw the stored evaluation negatives of a dataset with a given seed."""
     from mahn.data.negatives import draw_negatives
 
+    if count < 1:
+        fail(f"--count must be at least 1, got {count}")
     manifest = draw_negatives(dataset, count, seed)
     typer.echo(f"drew {count} negatives per user and split with seed {seed}: "
                + ", ".join(f"{k} {v[:12]}" for k, v in manifest["negatives"]["sha256"].items()))
@@ -151,6 +161,7 @@ def features_command(
     """Encode every item's image and text into DIR/features/ (resumable; see docs/features.md)."""
     from mahn.features import FeatureConfig, extract_features
 
+    at_least_one(("--batch-size", batch_size), ("--chunk-size", chunk_size))
     config = FeatureConfig(image=image, text=text, text_template=text_template, text_model=text_model,
                            text_pooling=pooling, weights=weights,
                            image_file=str(image_file) if image_file else None, batch_size=batch_size,
@@ -173,6 +184,7 @@ def features_grid_command(
     """Render a PNG grid of items and their nearest neighbours, to see that the features mean something."""
     from mahn.features.grid import neighbour_grid
 
+    at_least_one(("--queries", queries), ("--k", k))
     rows = neighbour_grid(dataset, out, modality, queries, k, seed, list(item) or None)
     typer.echo(f"wrote {out}: {len(rows)} queries x {k} neighbours by {modality}")
 
@@ -324,6 +336,8 @@ def serve(
 
     if workers < 1 or threads < 1 or ef_search < 1:
         fail("--workers, --threads and --ef-search must be at least 1")
+    if not 0 <= port <= 65535:
+        fail(f"--port must be between 0 and 65535, got {port}")
     run_server(run, host=host, port=port, device=device, workers=workers, threads=threads, compare=compare,
                images_root=images_root, index=index, ef_search=ef_search)
 
@@ -357,6 +371,12 @@ def demo(
     """Demo data -> prepare -> features -> train MAHN and MAHN-V-T -> both protocols + example recommendations."""
     from mahn.demo.pipeline import DemoConfig, run_demo
 
+    at_least_one(("--seeds", seeds), ("--epochs", epochs))
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in DEMO_ENTRIES and not p.name.startswith(".")) if out.is_dir() else []
+    if foreign:
+        fail(f"{out}: not empty and not a demo folder (it holds {', '.join(foreign[:3])}"
+             f"{', ...' if len(foreign) > 3 else ''}); choose another --out")
     run_demo(DemoConfig(out=out, users=users, items=items, seeds=seeds, epochs=epochs, progress=progress))
 
 
@@ -379,11 +399,15 @@ def reproduce(
     preset: str | None = typer.Option(None, help="Settings preset of every run, e.g. paper (runs kept apart)."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
+    from mahn.models import MODELS
     from mahn.reproduce import BUDGETS, ReproduceConfig
     from mahn.reproduce import reproduce as run_reproduce
 
     if budget not in BUDGETS:
         fail(f"--budget must be one of {', '.join(BUDGETS)}")
+    unknown = [m.strip() for m in models.split(",") if m.strip() and m.strip() not in MODELS]
+    if unknown:
+        raise DataError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}", "--models")
     config = ReproduceConfig(out=out, seeds=seeds or BUDGETS[budget].seeds,
                              experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
                              budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
@@ -393,12 +417,20 @@ def reproduce(
 
 
 def main() -> None:
-    """Console entry point: a DataError (bad input) becomes a one-line message and exit code 2."""
+    """Console entry point: a DataError (bad input) becomes a one-line message and exit code 2; a full disk
+    one line and exit code 3 (every output is written atomically, so what was there before is intact)."""
     try:
         app()
     except DataError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+    except Exception as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        typer.secho(f"error: {full}; nothing was replaced: free some space and run the command again",
+                    err=True, fg=typer.colors.RED)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ removes what a killed writer left, and never what a live one is still writing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mahn.errors import DataError
+from mahn.errors import DISK_FULL, DataError, disk_full
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -81,6 +82,14 @@ def sweep(target: Path) -> None:
                     shutil.rmtree(sibling, ignore_errors=True)
 
 
+def _name_a_full_disk(error: Exception, target: Path) -> None:
+    """Re-raise a full disk met while writing `target` as an OSError naming it (native writers name nothing)."""
+    full = disk_full(error)
+    if full is not None and getattr(error, "filename", None) is None:
+        code = errno.EFBIG if full.startswith(DISK_FULL[errno.EFBIG]) else errno.ENOSPC
+        raise OSError(code, DISK_FULL[code], str(target)) from error
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`."""
@@ -96,6 +105,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except Exception as e:
+        _name_a_full_disk(e, path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -110,13 +122,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def lock_folder(folder: str | os.PathLike, what: str) -> int:
-    """An exclusive lock on FOLDER/.lock, held until the returned descriptor is closed. The operating system
-    drops it when the holder dies, so a killed writer leaves no stale lock. Another holder: a DataError."""
+    """An exclusive lock on FOLDER itself (flock on the directory: no lock file is left), held until the
+    returned descriptor is closed. The operating system drops it when the holder dies, so a killed writer
+    leaves no stale lock. Another holder: a DataError saying that another process is `what`."""
     import fcntl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -135,8 +148,15 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    # np.save writes through ndarray.tofile, whose short write on a full disk is an OSError with no errno;
+    # a plain file write reports ENOSPC as such
+    array = np.asarray(array)
+    array = array if array.flags.c_contiguous else array.copy(order="C")
+    if array.dtype.hasobject:
+        raise ValueError("object arrays are never saved (they would need pickle)")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(memoryview(array.reshape(-1)).cast("B") if array.size else b"")
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
@@ -167,6 +187,9 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp, out)
         _fsync_dir(out.parent)
+    except Exception as e:
+        _name_a_full_disk(e, out)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

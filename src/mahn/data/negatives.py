@@ -6,13 +6,14 @@ scored against the same candidates (the uni100 protocol, docs/protocol.md).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from mahn.data.dataset import SPLITS, Dataset
 from mahn.errors import DataError
-from mahn.io import read_json, save_npy, sha256_file, write_json
+from mahn.io import lock_folder, read_json, save_npy, sha256_file, write_json
 
 
 def draw_negatives(root: Path, count: int, seed: int) -> dict:
@@ -24,6 +25,14 @@ def draw_negatives(root: Path, count: int, seed: int) -> dict:
     """
     root = Path(root)
     dataset = Dataset(root)
+    lock = lock_folder(root, "writing into this dataset")  # one writer of its negatives and manifest
+    try:
+        return _draw(root, dataset, count, seed)
+    finally:
+        os.close(lock)
+
+
+def _draw(root: Path, dataset: Dataset, count: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     record = {"seed": seed, "count": count, "sampler": "uniform without replacement, never-interacted items",
               "files": {}, "sha256": {}}

@@ -24,7 +24,7 @@ from mahn.errors import DataError
 from mahn.features.encoders import ChunkEncoder, LookupEncoder, make_encoder
 from mahn.features.encoders.codes import CodeEncoder
 from mahn.features.templates import TEMPLATES, item_texts
-from mahn.io import load_npy, read_json, save_npy, sha256_file, write_json
+from mahn.io import load_npy, lock_folder, read_json, save_npy, sha256_file, write_json
 from mahn.progress import on_terminal
 
 MODALITIES = ("image", "text")
@@ -239,11 +239,12 @@ def extract_features(root: str | Path, config: FeatureConfig) -> list[ModalityRe
 
     torch.set_num_threads(os.cpu_count() or 1)
     dataset = Dataset(root)
-    reports = []
-    for modality in MODALITIES:
-        if (config.image if modality == "image" else config.text) != "none":
-            reports.append(extract_modality(dataset, modality, config))
-    return reports
+    lock = lock_folder(dataset.root, "writing into this dataset")  # one writer of its features and manifest
+    try:
+        return [extract_modality(dataset, modality, config) for modality in MODALITIES
+                if (config.image if modality == "image" else config.text) != "none"]
+    finally:
+        os.close(lock)
 
 
 def feature_summary(dataset: Dataset) -> dict:

@@ -13,7 +13,11 @@ Images: URLs pass through; a local path is made absolute (relative paths resolve
 exist, counted in `Source.warnings`.
 
 Errors in the input raise `mahn.errors.DataError` naming the file and line (or field). Readers check
-that their files exist when called; line errors surface while the interactions are consumed.
+that their files exist when called; line errors surface while the interactions are consumed. Hostile files are
+bounded: a line over `common.MAX_LINE` (16 Mi characters; bytes for the tables Polars reads) is refused once that
+much is read, as is a Python-literal record over `common.MAX_LITERAL` (1 Mi) and nesting too deep to parse; text
+must be UTF-8 (the message names the line). Text formats end lines at \n, \r\n or a lone \r; tables (csv/tsv,
+RecBole) at \n or \r\n, and refuse a lone \r with its line.
 
 One module a format: `sequences`, `amazon` (2014 and 2018), `recbole`, `table` (csv/tsv/parquet);
 the shared pieces are in `common`.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import gzip
 import os
+import re
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +20,10 @@ from mahn.errors import DataError
 from mahn.text import clean_text
 
 CHUNK_ROWS = 1_000_000
+MAX_LINE = 16 << 20  # the longest line a reader takes: characters of text (bytes where Polars reads the file)
+MAX_LITERAL = 1 << 20  # the longest line read as a Python literal (the 2014 metadata): see python_literal
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: not a character, and not UTF-8
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as errors="surrogateescape" keeps it
 INTERACTION_SCHEMA = {"user": pl.String, "item": pl.String, "timestamp": pl.Int64}
 ITEM_COLUMNS = ("item", "title", "text", "image")
 
@@ -61,18 +67,77 @@ def require_file(path: Path) -> None:
 
 
 def open_text(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (line number, line) from a text file, .gz or plain; decode and gzip errors name the file."""
+    """Yield (line number, line) from a text file, .gz or plain, each line with its ending.
+
+    Lines end at \\n, \\r\\n or a lone \\r. A line longer than MAX_LINE characters is refused when its first
+    MAX_LINE + 1 characters are read, never held whole; decode and gzip errors name the file and line.
+    """
     require_file(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            for lineno, line in enumerate(f, start=1):  # noqa: B007 - lineno is used after the loop
-                yield lineno, line
+        for lineno, line in numbered_lines(path, "strict"):  # noqa: B007 - lineno is used after the loop
+            yield lineno, line
+    except UnicodeDecodeError as e:
+        raise undecodable_line(path, e) from e
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise DataError(f"cannot read the file after line {lineno} ({e})", path) from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason})", path, lineno + 1) from e
+
+
+def first_line(path: Path) -> str:
+    """The first line, with its ending; a file without one (an empty .gz) is refused as empty."""
+    for _, line in open_text(path):
+        return line
+    raise DataError("file is empty", path)
+
+
+def numbered_lines(path: Path, errors: str) -> Iterator[tuple[int, str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors=errors, newline="") as f:
+        lineno = 0
+        while line := f.readline(MAX_LINE + 1):
+            lineno += 1
+            if len(line) > MAX_LINE and line[-1] not in "\r\n":
+                raise DataError(f"line longer than {MAX_LINE} characters", path, lineno)
+            if lineno == 1 and line.startswith("\ufeff"):  # a byte-order mark (Windows editors) is not data
+                line = line[1:]
+            yield lineno, line
+
+
+def undecodable_line(path: Path, error: UnicodeDecodeError) -> DataError:
+    """The decoder works in blocks of several lines, so find the line holding the first byte that is not UTF-8:
+    read again with each such byte kept as a lone surrogate (U+DC80..U+DCFF), which valid UTF-8 never decodes to."""
+    try:
+        for lineno, line in numbered_lines(path, "surrogateescape"):
+            if NOT_UTF8.search(line):
+                try:
+                    line.encode("utf-8", "surrogateescape").decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return DataError(f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)", path, lineno)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError):
+        pass
+    return DataError(f"not UTF-8 text ({error.reason})", path)
+
+
+def check_line_lengths(path: Path) -> None:
+    """Refuse a line longer than MAX_LINE bytes, holding at most MAX_LINE bytes at a time: the check made before
+    Polars, which reads a line whole, reads a CSV/TSV file."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    lines, run = 0, 0  # lines ended so far; bytes of the unfinished line
+    try:
+        with opener(path, "rb") as f:
+            while chunk := f.read(MAX_LINE):  # a line inside one chunk is shorter than MAX_LINE: check the ends
+                first = chunk.find(b"\n")
+                if first < 0:
+                    run += len(chunk)
+                elif run + first > MAX_LINE:
+                    run += first
+                else:
+                    lines += chunk.count(b"\n")
+                    run = len(chunk) - chunk.rfind(b"\n") - 1
+                if run > MAX_LINE:
+                    raise DataError(f"line longer than {MAX_LINE} bytes", path, lines + 1)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise DataError(f"cannot read the file after line {lines} ({e})", path) from e
 
 
 def chunked(rows: Iterator[tuple], columns: dict, size: int = CHUNK_ROWS) -> Iterator[pl.DataFrame]:
@@ -104,12 +169,40 @@ def read_jsonl_objects(path: Path, loose: bool = False) -> Iterator[tuple[int, d
 
 
 def python_literal(line: str, path: Path, lineno: int) -> object:
-    """Parse a Python literal with ast.literal_eval (never eval): strings, numbers, lists, dicts only."""
+    """Parse a Python literal with ast.literal_eval (never eval): strings, numbers, lists, dicts only.
+
+    Nesting too deep for the parser is a malformed record; so is a line over MAX_LITERAL characters, as the parser
+    takes up to ~500 times a line's size in memory (a list of a million numbers, 2 MB, takes ~1 GB)."""
+    if len(line) > MAX_LITERAL:
+        raise DataError(f"malformed record: not JSON, and over {MAX_LITERAL} characters, too long to parse as a "
+                        "Python literal", path, lineno)
     try:
-        return ast.literal_eval(line.strip())
+        with warnings.catch_warnings():  # '\\e' and other unknown escapes: a warning per line (SyntaxWarning in 3.12)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)
+            value = ast.literal_eval(line.strip())
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
         raise DataError(f"malformed record: neither JSON nor a Python literal ({type(e).__name__})",
                         path, lineno) from e
+    if "\\u" not in line and "\\U" not in line:  # only these escapes make surrogates
+        return value
+    try:
+        return joined_surrogates(value)
+    except UnicodeDecodeError as e:
+        raise DataError("malformed record: a \\u escape is half of a UTF-16 surrogate pair, not a character",
+                        path, lineno) from e
+
+
+def joined_surrogates(value: object) -> object:
+    """Strings with UTF-16 surrogate pairs (Python 2 wrote '\\ud83d\\ude00' for an emoji) made characters; a lone
+    half raises UnicodeDecodeError. Nesting is at most the parser's limit (~200)."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16") if SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {joined_surrogates(k): joined_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(map(joined_surrogates, value))
+    return value
 
 
 def required_key(obj: dict, name: str, path: Path, lineno: int) -> str:

@@ -8,8 +8,18 @@ from pathlib import Path
 import polars as pl
 
 from mahn.errors import DataError
-from mahn.readers.common import ITEM_COLUMNS, ReaderOptions, Source, finish_items, items_frame, open_text, require_file
-from mahn.readers.table import table_chunks
+from mahn.readers.common import (
+    ITEM_COLUMNS,
+    ReaderOptions,
+    Source,
+    check_line_lengths,
+    finish_items,
+    first_line,
+    items_frame,
+    open_text,
+    require_file,
+)
+from mahn.readers.table import LONE_CR, names_shown, table_chunks
 from mahn.text import clean_text
 
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -17,7 +27,9 @@ RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 
 def recbole_header(path: Path) -> list[tuple[str, str]]:
     """[(name, type)] from the typed header `user_id:token<TAB>item_id:token<TAB>...`."""
-    line = next(iter(open_text(path)))[1]
+    line = first_line(path)
+    if line.endswith("\r"):  # Polars would read on into the next line as part of the header
+        raise DataError(f"the header line {LONE_CR}", path, 1)
     fields = []
     for column in line.rstrip("\r\n").split("\t"):
         name, _, kind = column.partition(":")
@@ -29,7 +41,13 @@ def recbole_header(path: Path) -> list[tuple[str, str]]:
 
 
 def recbole_lines(path: Path, width: int) -> Iterator[tuple[int, list[str]]]:
+    """The data lines as fields. A lone \\r ends a line only at the end of the file, as in Polars' reading."""
+    lone = None
     for lineno, line in open_text(path):
+        if lone is not None:
+            raise DataError(f"the line {LONE_CR}", path, lone)
+        if line.endswith("\r"):
+            lone = lineno
         if lineno == 1 or not line.strip():
             continue
         values = line.rstrip("\r\n").split("\t")
@@ -50,7 +68,7 @@ def recbole_float(text: str, name: str, path: Path, lineno: int) -> float | None
 def field_index(fields: list[tuple[str, str]], name: str, path: Path) -> int:
     names = [n for n, _ in fields]
     if name not in names:
-        raise DataError(f"no field '{name}' in the header (fields: {', '.join(names)})", path, 1)
+        raise DataError(f"no field '{name}' in the header (fields: {names_shown(names)})", path, 1)
     return names.index(name)
 
 
@@ -95,12 +113,13 @@ def read_recbole(path: Path, items: Path | None = None, options: ReaderOptions |
     if path.is_dir():
         path = path / f"{path.name}.inter"
     require_file(path)
+    check_line_lengths(path)
     user_name = options.user_col if options.user_col != "user" else "user_id"
     item_name = options.item_col if options.item_col != "item" else "item_id"
     fields = recbole_header(path)
     names = [n for n, _ in fields]
     if len(set(names)) < len(names):
-        raise DataError(f"repeated field names in the header ({', '.join(names)})", path, 1)
+        raise DataError(f"repeated field names in the header ({names_shown(names)})", path, 1)
     time_name = options.time_col or "timestamp"
     for name in (user_name, item_name) + ((time_name,) if options.time_col else ()):
         field_index(fields, name, path)  # fails when the field is not in the header

@@ -8,7 +8,17 @@ from pathlib import Path
 import polars as pl
 
 from mahn.errors import DataError
-from mahn.readers.common import CHUNK_ROWS, ITEM_COLUMNS, ReaderOptions, Source, finish_items, require_file
+from mahn.readers.common import (
+    CHUNK_ROWS,
+    ITEM_COLUMNS,
+    ReaderOptions,
+    Source,
+    check_line_lengths,
+    finish_items,
+    first_line,
+    open_text,
+    require_file,
+)
 from mahn.text import clean_text, join_text
 
 
@@ -16,13 +26,38 @@ def is_parquet(path: Path) -> bool:
     return path.name.lower().endswith((".parquet", ".pq"))
 
 
-def polars_message(error: Exception) -> str:
+POLARS_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError)  # a panic is a BaseException
+
+
+def polars_message(error: BaseException) -> str:
     return str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+
+
+LONE_CR = "ends in a lone carriage return (\\r): tables take \\n or \\r\\n line endings"
+
+
+def table_error(error: BaseException, path: Path) -> DataError:
+    """A Polars parse error as a DataError. For a text table, look for what Polars does not say: the line that is
+    not UTF-8 or too long (open_text names it), or a line that ends in a lone \\r (Polars reads on into the next
+    line, as more fields of this one)."""
+    message = f"cannot parse the table ({polars_message(error)})"
+    if not is_parquet(path):
+        lone = None
+        for lineno, line in open_text(path):
+            if lone is not None:  # only a lone \r before another line: one that ends the file is harmless
+                return DataError(f"{message}; line {lone} {LONE_CR}", path, lone)
+            if line.endswith("\r"):
+                lone = lineno
+    return DataError(message, path)
 
 
 def scan_table(path: Path) -> tuple[pl.LazyFrame, list[str]]:
     """A lazy scan of a CSV/TSV (optionally .gz; every column as a string) or Parquet file, and its columns."""
     require_file(path)
+    if not is_parquet(path):
+        check_line_lengths(path)
+        if first_line(path).endswith("\r"):  # Polars would read the whole file as one header line
+            raise DataError(f"the header line {LONE_CR}", path, 1)
     try:
         if is_parquet(path):
             frame = pl.scan_parquet(path)
@@ -30,15 +65,21 @@ def scan_table(path: Path) -> tuple[pl.LazyFrame, list[str]]:
             tsv = path.name.lower().removesuffix(".gz").endswith(".tsv")
             frame = pl.scan_csv(path, separator="\t" if tsv else ",", infer_schema=False)
         columns = frame.collect_schema().names()
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise DataError(f"cannot read the table ({polars_message(e)})", path) from e
+    except POLARS_ERRORS as e:
+        raise table_error(e, path) from e
     return frame, columns
+
+
+def names_shown(names: list[str]) -> str:
+    """Column names for a message: on one line (odd characters escaped) and at most 300 characters."""
+    text = ", ".join(name if name.isprintable() else repr(name) for name in names)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def check_columns(wanted: list[str], columns: list[str], path: Path, what: str) -> None:
     for name in wanted:
         if name not in columns:
-            raise DataError(f"no {what} column '{name}' (columns: {', '.join(columns)})", path)
+            raise DataError(f"no {what} column '{name}' (columns: {names_shown(columns)})", path)
 
 
 def stream(frame: pl.LazyFrame, path: Path) -> Iterator[pl.DataFrame]:
@@ -53,8 +94,8 @@ def stream(frame: pl.LazyFrame, path: Path) -> Iterator[pl.DataFrame]:
                 yield next(batches)
             except StopIteration:
                 return
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise DataError(f"cannot parse the table ({polars_message(e)})", path) from e
+    except POLARS_ERRORS as e:
+        raise table_error(e, path) from e
 
 
 def first_bad_row(bad: pl.Series) -> int:
@@ -106,7 +147,11 @@ def table_chunks(frame: pl.LazyFrame, path: Path, user_col: str, item_col: str, 
                 raise DataError(f"empty '{name}' in data row {seen + first_bad_row(blank) + 1}", path)
         if time_col:
             raw = batch["timestamp"]
-            seconds = epoch_seconds(raw, time_format)
+            try:
+                seconds = epoch_seconds(raw, time_format)
+            except pl.exceptions.PolarsError as e:  # a Parquet column of lists or structs
+                raise DataError(f"time column '{time_col}' of type {raw.dtype} cannot be read as times "
+                                f"({polars_message(e)})", path) from e
             bad = seconds.is_null()
             if bad.any():
                 row = first_bad_row(bad)
@@ -150,8 +195,8 @@ def read_item_table(path: Path, options: ReaderOptions) -> pl.DataFrame:
     check_columns(used, columns, path, "items")
     try:
         table = frame.collect()
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise DataError(f"cannot parse the table ({polars_message(e)})", path) from e
+    except POLARS_ERRORS as e:
+        raise table_error(e, path) from e
     if table.height == 0:
         raise DataError("no items", path)
     keys = table[key].cast(pl.String)

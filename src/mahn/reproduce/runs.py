@@ -284,8 +284,8 @@ class Reproduction:
 
 def reproduce(dataset_dir: Path, config: ReproduceConfig, command: str = "mahn reproduce", say=print) -> dict:
     started = time.perf_counter()
+    reproduction = Reproduction(dataset_dir, config, say)  # reads the dataset first: a bad one writes nothing
     config.out.mkdir(parents=True, exist_ok=True)
-    reproduction = Reproduction(dataset_dir, config, say)
     results = reproduction.run_all()
     results["paired_tests"] = paired_tests(config.out, results["compare"]) if "compare" in results else {}
     if label("mgt") in results.get("compare", {}):  # our model against every other, too

@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from mahn.errors import DataError
+from mahn.features.encoders.images import MAX_PIXELS
 from mahn.io import write_bytes
 
 UPLOAD_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
@@ -21,10 +22,12 @@ def store_upload(content: bytes, folder: Path) -> tuple[str, bool]:
         raise DataError("field 'image': the uploaded file is empty")
     try:
         with Image.open(io.BytesIO(content)) as picture:
-            kind = picture.format
+            kind, (width, height) = picture.format, picture.size
             picture.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"field 'image': the uploaded file is not an image ({type(e).__name__})") from None
+    if width * height > MAX_PIXELS:  # a decompression bomb: refused from its header, never decoded
+        raise DataError(f"field 'image': an image of {width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit")
     if kind not in UPLOAD_FORMATS:
         raise DataError(f"field 'image': {kind} images are not accepted; send one of {', '.join(UPLOAD_FORMATS)}")
     name = hashlib.sha256(content).hexdigest()[:32] + UPLOAD_FORMATS[kind]

@@ -103,6 +103,18 @@ def write_history(run: Path, history: list[dict]) -> None:
     write_bytes(run / "metrics.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in history))
 
 
+def killed_before_first_checkpoint(run: Path, record: dict) -> bool:
+    """A run killed before its first checkpoint holds no more than its config (the same as `record`'s), a
+    first best.safetensors and metrics: `--resume` starts it again from epoch 1."""
+    names = {p.name for p in run.iterdir() if not p.name.startswith(".")}
+    if not names <= {"config.json", "best.safetensors", "metrics.jsonl", "checkpoints"}:
+        return False
+    if "config.json" not in names:
+        return True
+    saved = read_json(run / "config.json")
+    return all(saved.get(key) == record[key] for key in ("model", "model_config", "dataset"))
+
+
 def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None = None, *, resume: bool = False,
           force: bool = False, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
     """Train a model on a prepared dataset into `run`; returns the summary (also in run/summary.json).
@@ -114,12 +126,13 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
     device = resolve_device(settings.train.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)  # one GPU per process
+    dataset = Dataset(dataset_dir)  # a bad dataset is refused before anything is written
     join(world, device)
     # one writer per run: a second `mahn train` into the same folder is refused while the first runs
     lock = lock_folder(run, "training into this run") if world.main else None
     finished = False
     try:
-        summary = _train(dataset_dir, Path(run), settings, resume, force, on_epoch_end, world, device)
+        summary = _train(dataset, Path(run), settings, resume, force, on_epoch_end, world, device)
         finished = True
         return summary
     finally:
@@ -128,14 +141,13 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
         leave(world, finished)
 
 
-def _train(dataset_dir, run: Path, settings: RunSettings, resume: bool, force: bool, on_epoch_end, world: World,
+def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, force: bool, on_epoch_end, world: World,
            device: torch.device) -> dict:
     config = settings.train
-    dataset = Dataset(dataset_dir)
     checkpoint = run / "checkpoints" / "last.safetensors"
     run_record = {"model": settings.model, "model_config": asdict(settings.model_config), "train": asdict(config),
                   "device": str(device), "processes": world.size,
-                  "dataset": str(Path(dataset_dir).resolve()), "n_items": dataset.n_items,
+                  "dataset": str(dataset.root.resolve()), "n_items": dataset.n_items,
                   "dataset_sha256": dataset.fingerprint(),
                   "torch": torch.__version__, "numpy": np.__version__}
     if resume and checkpoint.exists():
@@ -144,7 +156,8 @@ def _train(dataset_dir, run: Path, settings: RunSettings, resume: bool, force: b
             if saved[key] != run_record[key]:
                 raise DataError(f"cannot resume: {key} differs from the run's config.json", run / "config.json")
         check_fingerprint(saved, dataset, run)
-    elif run.exists() and any(not p.name.startswith(".") for p in run.iterdir()) and not force:
+    elif (run.exists() and any(not p.name.startswith(".") for p in run.iterdir()) and not force
+          and not (resume and killed_before_first_checkpoint(run, run_record))):
         raise DataError("run directory exists (pass --resume to continue it or --force to overwrite)", run)
 
     barrier(world)  # every rank has checked the run directory before rank 0 writes into it
@@ -172,6 +185,8 @@ def _train(dataset_dir, run: Path, settings: RunSettings, resume: bool, force: b
              "train_seconds": 0.0, "sequences": 0}
     if resume and checkpoint.exists():
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, rng)
+        if world.main:  # a kill between the checkpoint and the metrics leaves them one epoch behind
+            write_history(run, state["history"])
     elif world.main:
         write_json(run / "config.json", run_record)
     eval_config = EvalConfig(split="valid", max_len=config.max_len, groups=False)

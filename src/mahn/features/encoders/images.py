@@ -12,7 +12,10 @@ import torch
 from PIL import Image, ImageFile
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a failure, not a half-grey picture
-MAX_PIXELS = 40_000_000  # larger images are refused as decompression bombs (before they are decoded)
+# Larger images are refused as decompression bombs, from the size in their header, before they are decoded. PIL
+# warns from Image.MAX_IMAGE_PIXELS (89.5 M) and refuses from twice that when it opens a file; this cap is lower,
+# so every image PIL warns about is refused here, and PIL's refusal gets the same reason.
+MAX_PIXELS = 40_000_000
 MAX_DOWNLOAD_BYTES = 20 << 20
 
 
@@ -36,7 +39,11 @@ def load_image(source: str, size: int) -> np.ndarray:
     data = _read_bytes(source)
     if not data:
         raise ValueError("empty file")
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning, where it is an error
+        raise ValueError(f"image over the {MAX_PIXELS} pixel limit ({e})") from e
+    with img:
         width, height = img.size
         if width * height > MAX_PIXELS:
             raise ValueError(f"image of {width}x{height} pixels is over the {MAX_PIXELS} pixel limit")
