@@ -7,7 +7,8 @@ numbers, and peak memory. Not part of CI: it takes up to 2 x budget per model.
         --budget-minutes 30 --json benchmarks/results/recbole_phones.json
 
 RecBole runs in its own virtual environment (created on first use at --venv: torch 2.13.0 CPU, recbole
-1.2.1, numpy<2, pandas<2.3, scipy<1.14), on atomic files written from the mahn dataset: the same users,
+1.2.1, numpy<2, pandas<2.3, scipy<1.14; its best epoch's weights are kept in memory, so no checkpoint is
+ever unpickled), on atomic files written from the mahn dataset: the same users,
 items, order and leave-one-out split. The same dimensions, history length and loss where both offer them;
 each library keeps its own optimiser schedule and its own idea of an epoch (RecBole trains every prefix
 as a sequence), which is why the comparison is time to a validation quality, not time per epoch.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).with_name("recbole") / "runner.py"
 PACKAGES = ["torch==2.13.0", "recbole==1.2.1", "numpy<2", "pandas<2.3", "scipy<1.14"]
 
+RECBOLE_NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
 # (RecBole settings, mahn settings): the same architecture, history length and loss where both offer it
 MODELS = {
     "sasrec": ({"hidden_size": 50, "inner_size": 50, "n_layers": 2, "n_heads": 1, "hidden_dropout_prob": 0.2,
@@ -79,11 +80,10 @@ def our_metrics(greater: np.ndarray, ties: np.ndarray, candidates: int) -> dict[
 
 def run_recbole(python: Path, work: Path, model: str, budget: float, threads: int, dataset) -> dict:
     settings, _ = MODELS[model]
+    name = RECBOLE_NAMES[model]
     started = time.perf_counter()
-    subprocess.run([str(python), str(RUNNER), str(work), {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model],
-                    str(budget), json.dumps({**settings, "threads": threads})], check=True,
-                   env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, cwd=work)
-    name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
+    arguments = [str(work), name, str(budget), json.dumps({**settings, "threads": threads})]
+    subprocess.run([str(python), str(RUNNER), *arguments], check=True, cwd=work)
     result = json.loads((work / f"{name}.result.json").read_text())
     ranks = np.load(work / f"{name}.ranks.npz")
     epochs = [json.loads(line) for line in (work / f"{name}.epochs.jsonl").read_text().splitlines()]

@@ -30,7 +30,7 @@ def main() -> None:
     work, model_name, budget, settings = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
     torch.set_num_threads(settings.pop("threads", 1))
     config = Config(model=model_name, dataset="mahn", config_dict={
-        "data_path": work, "checkpoint_dir": os.path.join(work, "saved", model_name),
+        "data_path": work,
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
@@ -43,19 +43,21 @@ def main() -> None:
     model = get_model(model_name)(config, train_data.dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
     started = time.perf_counter()
+    best = {"score": None, "state": None}  # the best epoch's weights, kept in memory: no checkpoint file to unpickle
 
     def after_epoch(epoch, valid_score):
         seconds = time.perf_counter() - started
         log.write(json.dumps({"epoch": epoch + 1, "seconds": seconds, "valid_full_ndcg10": valid_score}) + "\n")
         log.flush()
+        if best["score"] is None or valid_score > best["score"]:  # RecBole's own rule for its best epoch
+            best.update(score=valid_score, state={k: v.detach().clone() for k, v in model.state_dict().items()})
         if seconds > budget:
             raise OutOfBudget
 
     with open(os.path.join(work, f"{model_name}.epochs.jsonl"), "w") as log, contextlib.suppress(OutOfBudget):
-        trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=after_epoch)
+        trainer.fit(train_data, valid_data, saved=False, show_progress=False, callback_fn=after_epoch)
     trained_seconds = time.perf_counter() - started
-    state = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)  # RecBole's own file
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(best["state"])
     model.eval()
     test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
 
@@ -96,7 +98,7 @@ def main() -> None:
     np.savez(os.path.join(work, f"{model_name}.ranks.npz"), **{k: torch.cat(v).numpy() for k, v in counts.items()})
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {"model": model_name, "trained_seconds": trained_seconds,
-              "best_valid_full_ndcg10": trainer.best_valid_score,
+              "best_valid_full_ndcg10": best["score"],
               "recbole_test": {k: float(v) for k, v in test.items()}, "peak_rss_bytes": peak,
               "parameters": sum(p.numel() for p in model.parameters())}
     with open(os.path.join(work, f"{model_name}.result.json"), "w") as f:
