@@ -30,12 +30,7 @@ import orjson
 
 from mahn.data import Dataset
 from mahn.errors import DataError
-from mahn.io import atomic_dir, load_npy, read_json, save_npy, sha256_file, write_bytes, write_json
-
-try:
-    import fcntl
-except ImportError:  # not on POSIX: adds are not serialised against each other
-    fcntl = None
+from mahn.io import atomic_dir, load_npy, lock_folder, read_json, save_npy, sha256_file, write_bytes, write_json
 
 ADDED = "added"
 SCHEMA_VERSION = 1
@@ -307,11 +302,9 @@ def load_added(run: str | Path) -> AddedItems | None:
 
 @contextlib.contextmanager
 def _locked(run: Path):
-    """An exclusive lock on the run directory (nothing is written for it), held for one whole add."""
-    fd = os.open(run, os.O_RDONLY)
+    """The run folder's lock (mahn.io.lock_folder; nothing is written for it), waited for and held for one add."""
+    fd = lock_folder(run, "adding items to this run", wait=True)
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -25,19 +25,38 @@ DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota 
              errno.EFBIG: "file too large for the file system or its limit"}
 
 
-def disk_full(error: BaseException) -> str | None:
-    """'PATH: no space left on device' when `error` (or what caused it) is a full disk, else None. Native
-    writers (Arrow, safetensors) report it as text, so their messages are read too."""
+# how native writers (Arrow, safetensors) word a full disk in their messages, which carry no errno
+FULL_DISK_WORDS = {errno.ENOSPC: ("No space left on device", "os error 28"),
+                   errno.EFBIG: ("File too large", "os error 27")}
+
+
+def _full_disk_cause(error: BaseException | None) -> tuple[int, BaseException] | None:
+    """(errno, the exception that says so) when `error` or what caused it is a full disk, else None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in DISK_FULL:
-            where = f"{error.filename}: " if error.filename else ""
-            return where + DISK_FULL[error.errno]
+            return error.errno, error
         text = str(error)
-        if "No space left on device" in text or "os error 28" in text:
-            return f"{DISK_FULL[errno.ENOSPC]} ({text.strip().splitlines()[0][:300]})"
-        if "File too large" in text or "os error 27" in text:
-            return f"{DISK_FULL[errno.EFBIG]} ({text.strip().splitlines()[0][:300]})"
+        for code, words in FULL_DISK_WORDS.items():
+            if any(word in text for word in words):
+                return code, error
         error = error.__cause__ or error.__context__
     return None
+
+
+def disk_full_errno(error: BaseException) -> int | None:
+    """ENOSPC, EDQUOT or EFBIG when `error` (or what caused it) is a full disk, else None."""
+    found = _full_disk_cause(error)
+    return found[0] if found else None
+
+
+def disk_full(error: BaseException) -> str | None:
+    """'PATH: no space left on device' when `error` (or what caused it) is a full disk, else None."""
+    found = _full_disk_cause(error)
+    if found is None:
+        return None
+    code, cause = found
+    if isinstance(cause, OSError) and cause.errno == code:
+        return (f"{cause.filename}: " if cause.filename else "") + DISK_FULL[code]
+    return f"{DISK_FULL[code]} ({str(cause).strip().splitlines()[0][:300]})"

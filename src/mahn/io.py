@@ -9,7 +9,6 @@ removes what a killed writer left, and never what a live one is still writing.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mahn.errors import DISK_FULL, DataError, disk_full
+from mahn.errors import DISK_FULL, DataError, disk_full_errno
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -84,9 +83,8 @@ def sweep(target: Path) -> None:
 
 def _name_a_full_disk(error: Exception, target: Path) -> None:
     """Re-raise a full disk met while writing `target` as an OSError naming it (native writers name nothing)."""
-    full = disk_full(error)
-    if full is not None and getattr(error, "filename", None) is None:
-        code = errno.EFBIG if full.startswith(DISK_FULL[errno.EFBIG]) else errno.ENOSPC
+    code = disk_full_errno(error)
+    if code is not None and getattr(error, "filename", None) is None:
         raise OSError(code, DISK_FULL[code], str(target)) from error
 
 
@@ -121,17 +119,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
 
-def lock_folder(folder: str | os.PathLike, what: str) -> int:
+def lock_folder(folder: str | os.PathLike, what: str, wait: bool = False) -> int:
     """An exclusive lock on FOLDER itself (flock on the directory: no lock file is left), held until the
     returned descriptor is closed. The operating system drops it when the holder dies, so a killed writer
-    leaves no stale lock. Another holder: a DataError saying that another process is `what`."""
+    leaves no stale lock. Another holder: with `wait`, wait for it; else a DataError saying that another
+    process is `what`."""
     import fcntl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise DataError(f"another process is {what}: wait for it to finish, or stop it", folder) from None

@@ -92,19 +92,19 @@ def kill(child) -> None:
     child.join()
 
 
-def run(argv: list[str], log: Path, timeout: float = 600) -> float:
-    """Run `mahn ARGV` uninterrupted; returns its seconds. A non-zero exit fails with its output."""
-    started = time.monotonic()
-    code = wait(forked(argv, log), timeout)
-    if code != 0:
-        raise AssertionError(f"mahn {' '.join(argv)} exited {code}:\n{log.read_text()[-3000:]}")
-    return time.monotonic() - started
-
-
 def attempt(argv: list[str], log: Path, file_size_limit: int | None = None, timeout: float = 600) -> tuple[int, str]:
     """Run `mahn ARGV` to its end, whatever the end; returns (exit code, output)."""
     code = wait(forked(argv, log, file_size_limit), timeout)
     return code, log.read_text()
+
+
+def run(argv: list[str], log: Path, timeout: float = 600) -> float:
+    """Run `mahn ARGV` uninterrupted; returns its seconds. A non-zero exit fails with its output."""
+    started = time.monotonic()
+    code, output = attempt(argv, log, timeout=timeout)
+    if code != 0:
+        raise AssertionError(f"mahn {' '.join(argv)} exited {code}:\n{output[-3000:]}")
+    return time.monotonic() - started
 
 
 def _normalised(value):

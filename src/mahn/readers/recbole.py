@@ -19,7 +19,7 @@ from mahn.readers.common import (
     open_text,
     require_file,
 )
-from mahn.readers.table import LONE_CR, names_shown, table_chunks
+from mahn.readers.table import LONE_CR, names_shown, refuse_lone_cr_header, table_chunks
 from mahn.text import clean_text
 
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -27,9 +27,8 @@ RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 
 def recbole_header(path: Path) -> list[tuple[str, str]]:
     """[(name, type)] from the typed header `user_id:token<TAB>item_id:token<TAB>...`."""
+    refuse_lone_cr_header(path)
     line = first_line(path)
-    if line.endswith("\r"):  # Polars would read on into the next line as part of the header
-        raise DataError(f"the header line {LONE_CR}", path, 1)
     fields = []
     for column in line.rstrip("\r\n").split("\t"):
         name, _, kind = column.partition(":")

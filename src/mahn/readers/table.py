@@ -36,6 +36,12 @@ def polars_message(error: BaseException) -> str:
 LONE_CR = "ends in a lone carriage return (\\r): tables take \\n or \\r\\n line endings"
 
 
+def refuse_lone_cr_header(path: Path) -> None:
+    """A header line that ends in a lone \r: Polars would read on past it, the next lines as more header."""
+    if first_line(path).endswith("\r"):
+        raise DataError(f"the header line {LONE_CR}", path, 1)
+
+
 def table_error(error: BaseException, path: Path) -> DataError:
     """A Polars parse error as a DataError. For a text table, look for what Polars does not say: the line that is
     not UTF-8 or too long (open_text names it), or a line that ends in a lone \\r (Polars reads on into the next
@@ -56,8 +62,7 @@ def scan_table(path: Path) -> tuple[pl.LazyFrame, list[str]]:
     require_file(path)
     if not is_parquet(path):
         check_line_lengths(path)
-        if first_line(path).endswith("\r"):  # Polars would read the whole file as one header line
-            raise DataError(f"the header line {LONE_CR}", path, 1)
+        refuse_lone_cr_header(path)
     try:
         if is_parquet(path):
             frame = pl.scan_parquet(path)

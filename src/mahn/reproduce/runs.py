@@ -111,6 +111,9 @@ class ReproduceConfig:
         if unknown:
             raise DataError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}",
                             "--experiments")
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown:
+            raise DataError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}", "--models")
         if self.budget not in BUDGETS:
             raise DataError(f"budget must be one of {', '.join(BUDGETS)}", "--budget")
         if self.seeds < 1:

@@ -103,6 +103,9 @@ def write_history(run: Path, history: list[dict]) -> None:
     write_bytes(run / "metrics.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in history))
 
 
+RUN_IDENTITY = ("model", "model_config", "dataset")  # what a resumed run must share with its config.json
+
+
 def killed_before_first_checkpoint(run: Path, record: dict) -> bool:
     """A run killed before its first checkpoint holds no more than its config (the same as `record`'s), a
     first best.safetensors and metrics: `--resume` starts it again from epoch 1."""
@@ -112,7 +115,7 @@ def killed_before_first_checkpoint(run: Path, record: dict) -> bool:
     if "config.json" not in names:
         return True
     saved = read_json(run / "config.json")
-    return all(saved.get(key) == record[key] for key in ("model", "model_config", "dataset"))
+    return all(saved.get(key) == record[key] for key in RUN_IDENTITY)
 
 
 def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None = None, *, resume: bool = False,
@@ -152,7 +155,7 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
                   "torch": torch.__version__, "numpy": np.__version__}
     if resume and checkpoint.exists():
         saved = read_json(run / "config.json")
-        for key in ("model", "model_config", "dataset"):
+        for key in RUN_IDENTITY:
             if saved[key] != run_record[key]:
                 raise DataError(f"cannot resume: {key} differs from the run's config.json", run / "config.json")
         check_fingerprint(saved, dataset, run)
