@@ -1,36 +1,49 @@
-"""Speed of one MAHN cat-cat training epoch (d=50, max_len 50) and of full-ranking evaluation on Amazon Phones.
+"""Speed of one training epoch and of evaluation on Amazon Phones, with the share of the machine's matmul
+ceiling that training reaches.
 
-Features are random (4096-d visual as VGG16 fc7, 768-d text as BERT): only the timing matters.
-Run: .venv/bin/python benchmarks/train_speed.py [--batch-sizes 128 256 512] [--threads 2]
-Prints a table and writes benchmarks/results/train_speed.json. Targets: epoch <= 60 s, peak RSS
-< 4 GiB, full-ranking evaluation of all users < 10 s, on 2 cores.
+    .venv/bin/python benchmarks/train_speed.py [--runs mahn:ce mahn:bpr sasrec:ce] [--threads 2] [--batch-size 256]
+
+Each run is MODEL:LOSS: MAHN cat-cat (d 50, max_len 50) with random 4096-d visual (as VGG16 fc7) and 768-d text
+(as BERT) features, or SASRec (d 50, 2 blocks, 1 head, max_len 50). Features are random: only the timing
+matters. Each run trains one epoch through the trainer's own `train_epoch`, in its own process (so its peak
+RSS is its own), then scores the test users three ways: both protocols in one pass (what `mahn evaluate`
+does), full ranking alone and uni100 alone.
+
+FLOP/s ratio: the epoch's floating-point work, counted on real batches (torch's FlopCounterMode for matrix
+products and attention, plus 3 x the forward cost of each LSTM/GRU, which the counter does not see) divided
+by the epoch's seconds, over the machine's fp32 matmul ceiling (a 2048 x 2048 product at the same threads,
+best of 5). Prints a table and writes benchmarks/results/train_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import platform
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from mahn.data import Dataset
-from mahn.data.prepare import PrepareConfig, prepare
-from mahn.evaluation import EvalConfig, evaluate
-from mahn.io import read_json, save_npy, write_json
-from mahn.models import build_model
-from mahn.settings import resolve
-from mahn.training import make_optimizer, train_epoch, training_users
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 PHONES = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014-phones" / "user_sequence.txt"
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
+MODELS = {"mahn": {"model": "mahn", "dim": 50, "variant": "cat-cat", "max_len": 50},
+          "sasrec": {"model": "sasrec", "dim": 50, "blocks": 2, "heads": 1, "max_len": 50}}
+FLOP_BATCHES = 8  # batches whose work is counted; the epoch's is their mean per sequence x its sequences
 
 
 def prepare_phones(out: Path) -> None:
+    from mahn.data.prepare import PrepareConfig, prepare
+    from mahn.io import read_json, save_npy, write_json
+
     prepare(PHONES, "sequences", out, PrepareConfig(seed=0))
     manifest = read_json(out / "manifest.json")
     rng = np.random.default_rng(0)
@@ -44,56 +57,144 @@ def prepare_phones(out: Path) -> None:
     write_json(out / "manifest.json", manifest)
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+def matmul_ceiling(threads: int, size: int = 2048) -> float:
+    """GFLOP/s of the best of 5 fp32 (size x size) products."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(5))
+    return 2 * size**3 / best / 1e9
 
 
-def one_epoch(dataset: Dataset, batch_size: int) -> dict:
-    """One epoch through the trainer's own `train_epoch`, then full-ranking evaluation of the test split."""
-    torch.manual_seed(0)
-    settings = resolve(("benchmark", {"model": "mahn", "dim": 50, "variant": "cat-cat", "batch_size": batch_size,
-                                      "max_len": 50, "progress": False}))
-    model = build_model("mahn", settings.model_config, dataset)
-    optimizer, _ = make_optimizer(model, settings.train)
-    epoch = train_epoch(model, optimizer, dataset, training_users(dataset), settings.train, np.random.default_rng(0))
+def timed(work) -> float:
     started = time.perf_counter()
-    result = evaluate(model, dataset, EvalConfig(split="test", max_len=50, groups=False))
-    eval_seconds = time.perf_counter() - started
-    return {"batch_size": batch_size, "epoch_seconds": epoch["seconds"], "sequences": epoch["sequences"],
-            "sequences_per_second": epoch["sequences"] / epoch["seconds"], "full_eval_seconds": eval_seconds,
-            "eval_users": result["users"], "final_loss": epoch["loss"]}
+    work()
+    return time.perf_counter() - started
+
+
+def recurrent_flops(model: nn.Module) -> tuple[list[int], list]:
+    """Hooks that add 3 x the forward multiply-adds of every LSTM/GRU call (forward + backward) to a list."""
+    counts, handles = [], []
+
+    def hook(module, inputs, _):
+        x = inputs[0]
+        positions = x.data.shape[0] if isinstance(x, PackedSequence) else x.shape[0] * x.shape[1]
+        gates = 4 if isinstance(module, nn.LSTM) else 3
+        inputs_per_layer = [module.input_size] + [module.hidden_size] * (module.num_layers - 1)
+        counts.append(sum(3 * 2 * gates * module.hidden_size * (n + module.hidden_size) * positions
+                          for n in inputs_per_layer))
+
+    for module in model.modules():
+        if isinstance(module, nn.LSTM | nn.GRU):
+            handles.append(module.register_forward_hook(hook))
+    return counts, handles
+
+
+def epoch_flops(model, dataset, users: np.ndarray, settings) -> float:
+    """The floating-point work of one epoch over `users`, from FLOP_BATCHES counted batches."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mahn.training import make_batch
+
+    rng = np.random.default_rng(1)
+    order = rng.permutation(users)
+    size = settings.train.batch_size
+    counted, sequences = 0, 0
+    recurrent, handles = recurrent_flops(model)
+    for lo in range(0, min(len(order), FLOP_BATCHES * size), size):
+        batch = make_batch(dataset, order[lo : lo + size], settings.train.max_len, rng)
+        with FlopCounterMode(display=False) as counter:
+            model.loss(batch).backward()
+        counted += counter.get_total_flops()
+        sequences += len(batch.users)
+    model.zero_grad(set_to_none=True)
+    for handle in handles:
+        handle.remove()
+    return (counted + sum(recurrent)) / sequences * len(users)
+
+
+def one_run(root: Path, model_name: str, loss: str, batch_size: int, threads: int, ceiling: float) -> dict:
+    """In a fresh process: one epoch of MODEL with LOSS, then the three evaluations; its own peak RSS."""
+    from mahn.data import Dataset
+    from mahn.evaluation import EvalConfig, evaluate
+    from mahn.models import build_model
+    from mahn.settings import resolve
+    from mahn.training import make_optimizer, train_epoch, training_users
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dataset = Dataset(root)
+    settings = resolve(("benchmark", {**MODELS[model_name], "loss": loss, "batch_size": batch_size,
+                                      "progress": False}))
+    model = build_model(model_name, settings.model_config, dataset)
+    users = training_users(dataset)
+    flops = epoch_flops(model, dataset, users, settings)
+    optimizer, _ = make_optimizer(model, settings.train)
+    epoch = train_epoch(model, optimizer, dataset, users, settings.train, np.random.default_rng(0))
+    evaluations = {}
+    for label, protocols in (("both", ("uni100", "full")), ("full", ("full",)), ("uni100", ("uni100",))):
+        config = EvalConfig(split="test", max_len=settings.train.max_len, groups=False, protocols=protocols)
+        evaluate(model, dataset, config) if label == "both" else None  # the first pass warms the caches
+        evaluations[label] = min(timed(lambda c=config: evaluate(model, dataset, c)) for _ in range(2))
+    achieved = flops / epoch["seconds"] / 1e9
+    return {"model": model_name, "loss": loss, "batch_size": batch_size, "threads": threads,
+            "epoch_seconds": epoch["seconds"], "sequences": epoch["sequences"],
+            "sequences_per_second": epoch["sequences"] / epoch["seconds"], "epoch_tflop": flops / 1e12,
+            "achieved_gflops": achieved, "ceiling_ratio": achieved / ceiling,
+            "eval_seconds": evaluations, "eval_users": int(dataset.evaluated.sum()),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256])
+    from mahn.data import Dataset
+    from mahn.io import write_json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", default=["mahn:ce", "mahn:bpr", "sasrec:ce"],
+                        help="MODEL:LOSS pairs (models: mahn, sasrec).")
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not PHONES.exists():
         raise SystemExit(f"skipped: {PHONES} not found")
-    torch.set_num_threads(args.threads)
+    runs = [tuple(run.split(":", 1)) for run in args.runs]
+    if any(len(run) != 2 or run[0] not in MODELS for run in runs):
+        raise SystemExit(f"--runs: each is MODEL:LOSS with MODEL one of {', '.join(MODELS)}")
+    spawn = multiprocessing.get_context("spawn")
+    load_before = os.getloadavg()
+    ceiling = matmul_ceiling(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "phones"
-        # prepared in a child process so its memory does not count in this process's peak RSS
-        child = multiprocessing.get_context("spawn").Process(target=prepare_phones, args=(root,))
+        child = spawn.Process(target=prepare_phones, args=(root,))
         child.start()
         child.join()
         if child.exitcode != 0:
             raise SystemExit("preparing Phones failed")
         dataset = Dataset(root)
-        runs = [one_epoch(dataset, b) for b in args.batch_sizes]
         counts = {"users": dataset.n_users, "items": dataset.n_items, "interactions": len(dataset.items)}
-    report = {"dataset": "amazon2014-phones", **counts, "model": "MAHN cat-cat d=50 max_len=50",
-              "features": "random 4096-d visual, 768-d text (float16 on disk)", "threads": args.threads,
-              "torch": torch.__version__, "runs": runs, "peak_rss_gib": peak_rss_gib(),
-              "targets": {"epoch_seconds": 60, "peak_rss_gib": 4, "full_eval_seconds": 10}}
-    write_json(RESULTS, report)
-    print(f"Phones: {counts['users']} users, {counts['items']} items; threads {args.threads}; "
-          f"peak RSS {report['peak_rss_gib']:.2f} GiB (target < 4)")
-    print(f"{'batch':>6} {'epoch s':>8} {'seq/s':>8} {'full eval s':>12}   (targets: epoch <= 60 s, eval < 10 s)")
-    for r in runs:
-        print(f"{r['batch_size']:>6} {r['epoch_seconds']:>8.1f} {r['sequences_per_second']:>8.0f} "
-              f"{r['full_eval_seconds']:>12.1f}")
+        results = []
+        for model_name, loss in runs:
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                results.append(pool.submit(one_run, root, model_name, loss, args.batch_size, args.threads,
+                                           ceiling).result())
+    report = {"dataset": "amazon2014-phones", **counts, "features": "random 4096-d visual, 768-d text (float16)",
+              "models": MODELS, "threads": args.threads, "torch": torch.__version__,
+              "matmul_ceiling_gflops": ceiling, "runs": results, "loadavg_before": load_before,
+              "loadavg_after": os.getloadavg(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_json(args.out, report)
+    print(f"Phones: {counts['users']:,} users, {counts['items']:,} items; {args.threads} threads; "
+          f"matmul ceiling {ceiling:.0f} GFLOP/s; load average {load_before[0]:.1f} before")
+    print("| model | loss | epoch s | seq/s | epoch TFLOP | GFLOP/s | of ceiling | eval both s | full alone s | "
+          "uni100 alone s | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        e = r["eval_seconds"]
+        print(f"| {r['model']} | {r['loss']} | {r['epoch_seconds']:.1f} | {r['sequences_per_second']:,.0f} | "
+              f"{r['epoch_tflop']:.3f} | {r['achieved_gflops']:.0f} | {r['ceiling_ratio']:.0%} | {e['both']:.2f} | "
+              f"{e['full']:.2f} | {e['uni100']:.2f} | {r['peak_rss_gib']:.2f} |")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,24 @@ def test_gru4rec_scores_with_folded_output_bias():
     assert torch.allclose(model.scores(histories), expected, atol=1e-6)
 
 
+def test_gru4rec_softmax_is_cross_entropy_of_every_position_over_every_item():
+    """loss="ce" (RecBole's GRU4Rec loss): each real position's next item against all items' [W, b]."""
+    model = GRU4Rec(GRU4RecConfig(dim=4, dropout=0.0, loss="ce"), N_ITEMS)
+    with torch.no_grad():
+        model.output_bias.copy_(torch.linspace(-1, 1, N_ITEMS))
+    histories = torch.tensor([[PAD, PAD, 1, 2, 3], [5, 6, 7, 8, 9]])
+    targets = torch.tensor([[PAD, PAD, 2, 3, 4], [6, 7, 8, 9, 10]])
+    batch = Batch(histories=histories, targets=targets, negatives=torch.zeros_like(targets),
+                  users=torch.tensor([0, 1]))
+    terms = []
+    for row, target_row in zip(histories, targets, strict=True):
+        for t in range(histories.shape[1]):
+            if target_row[t] != PAD:  # the state after reading the history up to t scores the next item
+                scores = model.scores(row[: t + 1].unsqueeze(0))[0]
+                terms.append(F.cross_entropy(scores.unsqueeze(0), target_row[t].unsqueeze(0)))
+    torch.testing.assert_close(model.loss(batch), torch.stack(terms).mean())
+
+
 def test_caser_windows_slide_over_history_and_last_target():
     model = Caser(CaserConfig(dim=4, window=2, targets=2), N_ITEMS, N_USERS)
     # sequence is 1 2 3 4 (histories 1 2 3, targets 2 3 4), user 3

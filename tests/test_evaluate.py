@@ -187,3 +187,75 @@ def test_a_score_budget_scores_fewer_users_at_a_time_with_the_same_results(tiny,
     for protocol in ("uni100", "full"):
         for metric, values in whole[protocol].items():
             np.testing.assert_array_equal(small[protocol][metric], values)
+
+
+def test_one_protocol_alone_gives_that_protocols_numbers_of_the_full_evaluation(tiny, tmp_path):
+    """uni100 alone scores only the target and its 100 negatives (never the catalogue) and must give each user
+    the ranks the two-protocol pass gives; full alone likewise. The CLI takes --protocols and refuses others."""
+    import mahn
+
+    run = tmp_path / "run"
+    train(tiny, run, resolve(("t", {"dim": 8, "epochs": 2, "batch_size": 16, "max_len": 6, "progress": False})))
+    recommender = mahn.load(run)
+    both = recommender.evaluate("test")
+    for protocol in ("uni100", "full"):
+        alone = recommender.evaluate("test", protocols=(protocol,))
+        other = "full" if protocol == "uni100" else "uni100"
+        assert other not in alone and all(other not in g for g in alone["groups"])
+        assert alone[protocol] == pytest.approx(both[protocol], rel=1e-6)
+        for mine, theirs in zip(alone["groups"], both["groups"], strict=True):
+            assert mine[protocol] == pytest.approx(theirs[protocol], rel=1e-6, nan_ok=True)
+    runner = CliRunner()
+    table = runner.invoke(app, ["evaluate", str(run), "--protocols", "uni100"])
+    assert table.exit_code == 0, table.output
+    header = next(line for line in table.output.splitlines() if "uni100" in line)
+    assert "full" not in header
+    refused = runner.invoke(app, ["evaluate", str(run), "--protocols", "uni100,top5"])
+    assert refused.exit_code != 0 and "top5" in str(refused.exception or refused.output)
+
+
+class LengthAware(SequentialModel):
+    """Scores item i with cos(i · n) for a history of n items: each history length ranks the items differently."""
+
+    def __init__(self, n_items: int, pad: int):
+        super().__init__()
+        self.n_items, self.pad_id = n_items, pad
+
+    def encode(self, histories, users=None):
+        n = (histories != self.pad_id).sum(1, dtype=torch.float64)
+        return torch.stack([torch.cos(n), -torch.sin(n)], 1).float()  # · (cos i, sin i) = cos(i + n)
+
+    def item_table(self):
+        i = torch.arange(self.n_items, dtype=torch.float64)
+        return torch.stack([torch.cos(i), torch.sin(i)], 1).float()
+
+
+def test_users_of_every_history_length_get_their_own_ranks_back(tmp_path):
+    """Users are scored in order of history length (a batch pads only to its own longest history); each
+    user's metrics must still be their own, in the evaluation set's order, whatever the batch size."""
+    import polars as pl
+
+    from mahn.data.prepare import PrepareConfig, prepare_frames
+    from mahn.evaluation.ranking import rank_users
+
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u:03d}", f"i{int(rng.integers(40)):03d}", t) for u in range(60)
+            for t in range(int(rng.choice([3, 4, 9, 17, 30])))]
+    frame = pl.DataFrame(rows, schema={"user": pl.String, "item": pl.String, "timestamp": pl.Int64}, orient="row")
+    prepare_frames(frame, None, tmp_path / "d", PrepareConfig(num_negatives=10, seed=0))
+    dataset = Dataset(tmp_path / "d")
+    model = LengthAware(dataset.n_items, dataset.n_items)
+    evalset = dataset.eval_set("test")
+    lengths = np.minimum(evalset.input_ends - dataset.offsets[evalset.users], 20)
+    assert len(set(lengths.tolist())) >= 4
+    table = model.item_table()
+    greater = []
+    for user, end, target, n in zip(evalset.users, evalset.input_ends, evalset.targets, lengths, strict=True):
+        scores = (model.encode(torch.full((1, n), 0)) @ table.T)[0]  # n real items, none padded
+        seen = set(dataset.items[dataset.offsets[user] : end].tolist()) - {int(target)}
+        greater.append(sum(1 for i in range(dataset.n_items) if i not in seen and scores[i] > scores[target]))
+    expected = expected_metrics(np.array(greater), np.zeros(len(greater), dtype=int), dataset.n_items)
+    for batch_size in (7, 1024):
+        got = rank_users(model, dataset, EvalConfig(split="test", max_len=20, batch_size=batch_size))
+        np.testing.assert_allclose(got["full"]["NDCG@10"], expected["NDCG@10"], rtol=1e-6)
+        np.testing.assert_allclose(got["full"]["MRR@20"], expected["MRR@20"], rtol=1e-6)

@@ -69,7 +69,7 @@ def small(tmp_path_factory) -> Dataset:
     return Dataset(make_dataset(tmp_path_factory.mktemp("d") / "small", users=12, items=24, length=6))
 
 
-@pytest.mark.parametrize("model", ["mahn", "sasrec"])
+@pytest.mark.parametrize("model", ["mahn", "sasrec", "gru4rec"])
 @pytest.mark.parametrize("name", LOSSES)
 def test_models_train_with_every_shared_loss(small, model, name):
     dataset = small

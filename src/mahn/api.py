@@ -20,7 +20,7 @@ import torch
 from mahn.catalog import load_added
 from mahn.data import Dataset
 from mahn.errors import DataError
-from mahn.evaluation import EvalConfig, evaluate
+from mahn.evaluation import PROTOCOLS, EvalConfig, evaluate
 from mahn.index import HNSWIndex, HNSWSettings, check_index
 from mahn.models.base import SequentialModel
 from mahn.training import load_run
@@ -344,8 +344,10 @@ class Recommender:
             tops[row] = [Recommendation(items.keys[i], items.titles[i], s, items.images[i]) for s, i in found[:count]]
         return tops
 
-    def evaluate(self, split: str = "test", keep_history: bool = False) -> dict:
-        config = EvalConfig(split=split, keep_history=keep_history, max_len=self.max_len)
+    def evaluate(self, split: str = "test", keep_history: bool = False,
+                 protocols: tuple[str, ...] = PROTOCOLS) -> dict:
+        """Metrics under `protocols` (both by default; ("uni100",) alone scores 101 candidates a user)."""
+        config = EvalConfig(split=split, keep_history=keep_history, max_len=self.max_len, protocols=protocols)
         return evaluate(self.model, self.dataset, config)
 
 

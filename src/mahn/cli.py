@@ -280,16 +280,20 @@ def evaluate(
     keep_history: bool = typer.Option(False, help="Full ranking: keep the user's earlier items as candidates."),
     data: Path | None = typer.Option(None, help="Dataset directory, if it moved since training."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    protocols: str = typer.Option("uni100,full", help="Comma-separated: uni100 (the 100 stored negatives), "
+                                  "full (every item). uni100 alone never scores the whole catalogue."),
 ) -> None:
     """HR, NDCG, MRR @10/@20 under uni100 and full ranking, overall and per item-frequency group."""
     import orjson
 
     from mahn.api import load
-    from mahn.evaluation import render
+    from mahn.evaluation import EvalConfig, render
 
     if split not in ("valid", "test"):
         raise DataError(f"unknown split {split!r}; choose valid or test", "--split")
-    result = load(run, data, device).evaluate(split, keep_history=keep_history)
+    chosen = tuple(p.strip() for p in protocols.split(",") if p.strip())
+    EvalConfig(protocols=chosen)  # refuses an unknown protocol before the run is loaded
+    result = load(run, data, device).evaluate(split, keep_history=keep_history, protocols=chosen)
     if json:
         typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:

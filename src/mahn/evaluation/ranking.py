@@ -27,6 +27,13 @@ class EvalConfig:
     max_len: int = MAX_LEN  # histories are cut to the last max_len items, as in training
     batch_size: int = 1024
     groups: bool = True
+    protocols: tuple[str, ...] = PROTOCOLS  # ("uni100",) alone scores 101 candidates a user, not every item
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise DataError(f"unknown protocol(s) {', '.join(unknown) or '(none given)'}; choose from "
+                            f"{', '.join(PROTOCOLS)}", "--protocols")
 
 
 ROWS_IN_CACHE = 64  # score rows compared at a time: the comparison, its cast and its sum stay in the CPU's cache
@@ -48,7 +55,7 @@ def greater_and_equal(scores: torch.Tensor, target_scores: torch.Tensor) -> tupl
 
 @torch.no_grad()
 def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> dict[str, dict[str, np.ndarray]]:
-    """Per-user metrics for both protocols on config.split, in the order of dataset.eval_set(split).users."""
+    """Per-user metrics for config.protocols on config.split, in the order of dataset.eval_set(split).users."""
     was_training = model.training
     model.eval()
     evalset = dataset.eval_set(config.split)
@@ -56,24 +63,37 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
     pad = dataset.n_items
     device = model.device
     table = model.item_table()
-    counts = {p: ([], []) for p in PROTOCOLS}  # (greater, ties) per batch
-    batch = max(1, min(config.batch_size, SCORE_BYTES // (4 * max(1, dataset.n_items))))
-    for lo in range(0, len(evalset.users), batch):
-        users = evalset.users[lo : lo + batch]
-        starts, ends = dataset.offsets[users], evalset.input_ends[lo : lo + batch]
-        targets = torch.from_numpy(evalset.targets[lo : lo + batch]).to(device)
+    counts = {p: ([], []) for p in config.protocols}  # (greater, ties) per batch
+    full = "full" in config.protocols
+    batch = max(1, min(config.batch_size, SCORE_BYTES // (4 * max(1, dataset.n_items)))) if full else config.batch_size
+    # users in order of history length, so a batch is padded to its own longest history, not to max_len:
+    # on Phones (median 5 items) that encodes 7x fewer positions; results go back to evalset order below
+    order = np.argsort(np.minimum(evalset.input_ends - dataset.offsets[evalset.users], config.max_len), kind="stable")
+    for lo in range(0, len(order), batch):
+        rows_here = order[lo : lo + batch]
+        users = evalset.users[rows_here]
+        starts, ends = dataset.offsets[users], evalset.input_ends[rows_here]
+        targets = torch.from_numpy(evalset.targets[rows_here]).to(device)
         histories = torch.from_numpy(left_padded(dataset.items, starts, ends, config.max_len, pad)).to(device)
-        scores = model.encode(histories, torch.from_numpy(users).to(device)) @ table.T
-        rows = torch.arange(len(users), device=device)
-        target_scores = scores[rows, targets].unsqueeze(1)
-
+        states = model.encode(histories, torch.from_numpy(users).to(device))
         sampled = negatives[users]
         if (sampled < 0).any():
             raise DataError(f"no stored {config.split} negatives for an evaluated user", dataset.root)
-        negative_scores = scores.gather(1, torch.from_numpy(sampled.astype(np.int64)).to(device))
-        greater, equal = greater_and_equal(negative_scores, target_scores)
-        counts["uni100"][0].append(greater)
-        counts["uni100"][1].append(equal)
+        sampled = torch.from_numpy(sampled.astype(np.int64)).to(device)
+        if not full:  # only the target and its negatives are scored
+            candidates = torch.cat([targets.unsqueeze(1), sampled], dim=1)
+            scores = torch.bmm(table[candidates], states.unsqueeze(2)).squeeze(2)
+            greater, equal = greater_and_equal(scores[:, 1:], scores[:, :1])
+            counts["uni100"][0].append(greater)
+            counts["uni100"][1].append(equal)
+            continue
+        scores = states @ table.T
+        rows = torch.arange(len(users), device=device)
+        target_scores = scores[rows, targets].unsqueeze(1)
+        if "uni100" in counts:
+            greater, equal = greater_and_equal(scores.gather(1, sampled), target_scores)
+            counts["uni100"][0].append(greater)
+            counts["uni100"][1].append(equal)
 
         if not config.keep_history:
             lengths = ends - starts
@@ -86,7 +106,8 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
         counts["full"][1].append(equal - 1)  # the target itself
     model.train(was_training)
     candidates = {"uni100": negatives.shape[1] + 1, "full": dataset.n_items}
-    return {p: expected_metrics(torch.cat(g).cpu().numpy(), torch.cat(t).cpu().numpy(), candidates[p])
+    back = np.argsort(order)  # batch order -> evalset order
+    return {p: expected_metrics(torch.cat(g).cpu().numpy()[back], torch.cat(t).cpu().numpy()[back], candidates[p])
             for p, (g, t) in counts.items()}
 
 
@@ -100,14 +121,15 @@ def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None
     config = config or EvalConfig()
     per_user = rank_users(model, dataset, config) if per_user is None else per_user
     result: dict = {"split": config.split, "users": int(dataset.evaluated.sum()), "keep_history": config.keep_history}
-    for protocol in PROTOCOLS:
+    protocols = [p for p in PROTOCOLS if p in per_user]
+    for protocol in protocols:
         result[protocol] = mean_metrics(per_user[protocol])
     targets = dataset.eval_set(config.split).targets
     new_items = dataset.new_items()
     if new_items is not None and config.split == "test":
         rows = np.isin(targets, new_items)
         result["new_items"] = {"items": len(new_items), "users": int(rows.sum()),
-                               **{p: mean_metrics(per_user[p], rows) for p in PROTOCOLS}}
+                               **{p: mean_metrics(per_user[p], rows) for p in protocols}}
     if config.groups:
         frequency = dataset.item_frequency()
         result["groups"] = []
@@ -118,6 +140,6 @@ def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None
                 "min_frequency": int(frequency[group].min()) if len(group) else None,
                 "max_frequency": int(frequency[group].max()) if len(group) else None,
                 "users": int(rows.sum()),
-                **{p: mean_metrics(per_user[p], rows) for p in PROTOCOLS},
+                **{p: mean_metrics(per_user[p], rows) for p in protocols},
             })
     return result

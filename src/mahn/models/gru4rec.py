@@ -12,6 +12,9 @@ both papers) plus the batch's uniform negatives (the CIKM 2018 paper's additiona
 α = 0: uniform). The CIKM 2018 paper proposes both BPR-max and TOP1-max; BPR-max is the default here
 (its score regulariser is the one the paper tunes), TOP1-max is available with `loss="top1-max"`:
     L = Σ_j s_j (σ(r_j - r_i) + σ(r_j²)).
+The next-item losses the other sequential models share (models/losses.py) are available too: `loss="ce"`
+(softmax over every item, the loss RecBole trains its GRU4Rec with), `"sampled-ce"`, `"bpr"` and `"bce"`;
+they score the same [h, 1] · [W, b].
 
 Defaults: one GRU layer of 100 hidden units (the ICLR 2016 setting), the item embedding the same
 size as the hidden state, dropout 0.25 on the embedding and the hidden output, λ (bpreg) = 1.0.
@@ -36,8 +39,10 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel, left_to_right_padded
+from mahn.models.losses import LOSSES as SHARED_LOSSES
+from mahn.models.losses import next_item_loss
 
-LOSSES = ("bpr-max", "top1-max")
+LOSSES = ("bpr-max", "top1-max", *SHARED_LOSSES)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class GRU4RecConfig:
     dropout: float = 0.25
     loss: str = "bpr-max"
     bpreg: float = 1.0  # λ, the score regulariser of BPR-max
+    negatives: int = 100  # sampled items of loss="sampled-ce"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -55,6 +61,8 @@ class GRU4RecConfig:
             raise DataError("dim must be positive", "--dim")
         if not 0 <= self.dropout < 1:
             raise DataError("dropout must be in [0, 1)", "--set dropout=...")
+        if self.negatives < 1:
+            raise DataError("negatives must be at least 1", "--set negatives=...")
 
 
 def bpr_max(target_scores: torch.Tensor, negative_scores: torch.Tensor, valid: torch.Tensor,
@@ -102,6 +110,10 @@ class GRU4Rec(SequentialModel):
     def item_table(self) -> torch.Tensor:
         return torch.cat([self.output_embedding.weight, self.output_bias.unsqueeze(1)], dim=1)
 
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of item_table(), without building the whole table."""
+        return torch.cat([self.output_embedding(ids), self.output_bias[ids].unsqueeze(1)], dim=1)
+
     def loss(self, batch: Batch) -> torch.Tensor:
         states, _, lengths = self.run(batch.histories)
         lengths = lengths.clamp(min=1).cpu()
@@ -113,9 +125,13 @@ class GRU4Rec(SequentialModel):
         targets, sampled = packed(batch.targets), packed(batch.negatives)
         real = targets != self.pad
         states, targets, sampled = states[real], targets[real], sampled[real]
+        states = torch.cat([states, states.new_ones(len(states), 1)], dim=1)  # [h, 1] against [W, b]
+        if self.config.loss in SHARED_LOSSES:
+            return next_item_loss(self.config.loss, states, targets, sampled, self.item_vectors,
+                                  self.item_table, self.n_items, self.config.negatives, self.excluded)
         candidates = torch.cat([targets, sampled])  # in-batch targets, then the uniform extra samples
-        table = self.item_table()[candidates]
-        scores = torch.cat([states, states.new_ones(len(states), 1)], dim=1) @ table.T  # (P, 2P)
+        table = self.item_vectors(candidates)
+        scores = states @ table.T  # (P, 2P)
         rows = torch.arange(len(targets), device=scores.device)
         target_scores = scores[rows, rows]
         valid = candidates.unsqueeze(0) != targets.unsqueeze(1)
