@@ -99,6 +99,26 @@ def test_reconstruction_matches_hand_computation():
     assert t is None and torch.allclose(ablated.reconstruction(v, t, torch.tensor([0])), torch.tensor([5.0]))
 
 
+def test_expanded_reconstruction_equals_the_direct_one_with_its_gradients():
+    """The reconstruction is computed as sᵀWWᵀs − 2sᵀWx + ||x||² (cheap); it must equal ||Wᵀs − x||² in value
+    and in the gradient every parameter gets, on features of realistic size and scale."""
+    generator = torch.Generator().manual_seed(0)
+    visual = torch.relu(torch.randn(20, 300, generator=generator)) * 3  # VGG-like: non-negative, large norm
+    text = torch.randn(20, 40, generator=generator)
+    model = MAHN(MAHNConfig(dim=8), 20, visual, text)
+    ids = torch.tensor([0, 3, 3, 7, 19, 20])  # a repeat and the padding row
+    v, t = model.project(ids)
+    fast = model.reconstruction(v, t, ids)
+    fast_grads = torch.autograd.grad(fast.sum(), [model.visual.project.weight, model.text.project.weight])
+    v, t = model.project(ids)
+    shared = v + t
+    direct = sum((shared @ m.project.weight - m.raw[ids]).pow(2).sum(-1) for m in (model.visual, model.text))
+    direct_grads = torch.autograd.grad(direct.sum(), [model.visual.project.weight, model.text.project.weight])
+    torch.testing.assert_close(fast, direct, rtol=1e-4, atol=1e-3)
+    for mine, theirs in zip(fast_grads, direct_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-3)
+
+
 def test_loss_is_the_ranking_term_plus_lambda_reconstruction():
     model = tiny_model()
     batch = tiny_batch()

@@ -61,6 +61,7 @@ class Modality(nn.Module):
         pad_row = features.new_zeros(1, features.shape[1])
         # raw features are inputs, not parameters: kept out of the checkpoint (persistent=False)
         self.register_buffer("raw", torch.cat([features, pad_row]), persistent=False)
+        self.register_buffer("raw_norm2", self.raw.pow(2).sum(1), persistent=False)  # ||x||² per item
         self.project = nn.Linear(features.shape[1], dim, bias=False)
         self.gate_state = nn.Linear(dim, dim)  # M h + b
         self.gate_input = nn.Linear(dim, dim)  # N v + q
@@ -68,9 +69,14 @@ class Modality(nn.Module):
     def gate(self, state: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate_state(state) * self.gate_input(projected))
 
-    def reconstruction_error(self, shared: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """||Wᵀ shared − x||² per row, with the projection's own weight (tied)."""
-        return (shared @ self.project.weight - self.raw[ids]).pow(2).sum(-1)
+    def reconstruction_error(self, shared: torch.Tensor, projected: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """||Wᵀ s − x||² per row, with the projection's own weight (tied); `projected` = W x of the same rows.
+
+        Expanded as sᵀ(W Wᵀ)s − 2 sᵀ(W x) + ||x||², which needs only the (d × d) W Wᵀ and the projection the
+        model has already computed: the reconstruction costs O(d²) a row instead of O(d · feature size)."""
+        weight = self.project.weight
+        quadratic = ((shared @ (weight @ weight.T)) * shared).sum(-1)
+        return quadratic - 2 * (shared * projected).sum(-1) + self.raw_norm2[ids]
 
 
 class MAHN(SequentialModel):
@@ -124,10 +130,11 @@ class MAHN(SequentialModel):
         return (v[inverse] if v is not None else None, self.id_vectors(ids),
                 t[inverse] if t is not None else None)
 
-    def project(self, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(v, t) = (W x^v, E x^t) of the given items (None for an ablated modality)."""
-        v = self.visual.project(self.visual.raw[ids]) if self.visual else None
-        t = self.text.project(self.text.raw[ids]) if self.text else None
+    def project(self, ids: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(v, t) = (W x^v, E x^t) of the given items, or of every row with the padding row last when `ids` is
+        None (read in place: gathering the whole feature matrix would copy it). None for an ablated modality."""
+        v = self.visual.project(self.visual.raw if ids is None else self.visual.raw[ids]) if self.visual else None
+        t = self.text.project(self.text.raw if ids is None else self.text.raw[ids]) if self.text else None
         return v, t
 
     def represent(self, v, e, t) -> torch.Tensor:
@@ -178,7 +185,8 @@ class MAHN(SequentialModel):
         if not self.modalities:
             return torch.zeros(len(ids), device=ids.device)
         shared = self.fuse("add", [p for p in (v, t) if p is not None])
-        return sum(m.reconstruction_error(shared, ids) for m in self.modalities)
+        projected = [p for p in (v, t) if p is not None]  # in the order of self.modalities
+        return sum(m.reconstruction_error(shared, p, ids) for m, p in zip(self.modalities, projected, strict=True))
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """r_j for 1-D ids (each distinct item's features projected once)."""
@@ -193,13 +201,32 @@ class MAHN(SequentialModel):
         n = len(packed.data)
         ids = torch.cat([packed.data, positives, negatives])
         unique, inverse = torch.unique(ids, return_inverse=True)
-        v_unique, t_unique = self.project(unique)
+        self.dropped = None  # one draw of dropped IDs per batch, shared by the history and the candidates
+        if self.config.loss == "ce":  # the softmax needs every item's vector: project each item once, then gather
+            every = torch.arange(self.n_items + 1, device=ids.device)  # with the padding row of empty histories
+            v_every, t_every = self.project(None)
+            v_unique = v_every[unique] if v_every is not None else None
+            t_unique = t_every[unique] if t_every is not None else None
+            table = self.represent(*(p[: self.n_items] if p is not None else None
+                                     for p in (v_every, self.id_vectors(every), t_every)))
+        else:
+            v_unique, t_unique = self.project(unique)
+            table = None
         v = v_unique[inverse[:n]] if v_unique is not None else None
         t = t_unique[inverse[:n]] if t_unique is not None else None
-        self.dropped = None  # one draw of dropped IDs per batch, shared by the history and the candidates
         out, _ = self.run(packed, v, self.id_vectors(packed.data), t)
-        ranking = next_item_loss(self.config.loss, out.data, positives, negatives, self.item_vectors,
-                                 self.item_table, self.n_items, self.config.negatives, self.excluded)
+        candidates = ids[n:]  # the targets, then the negatives: already projected above
+
+        def vectors(query: torch.Tensor) -> torch.Tensor:  # r_j of the ids the ranking loss asks for
+            if not (query.shape == candidates.shape and torch.equal(query, candidates)):
+                return self.item_vectors(query)  # sampled-ce's shared negatives: not projected yet
+            pick = inverse[n:]
+            return self.represent(v_unique[pick] if v_unique is not None else None, self.id_vectors(candidates),
+                                  t_unique[pick] if t_unique is not None else None)
+
+        ranking = next_item_loss(self.config.loss, out.data, positives, negatives, vectors,
+                                 (lambda: table) if table is not None else self.item_table, self.n_items,
+                                 self.config.negatives, self.excluded)
         if not self.modalities or self.config.rec_weight == 0:
             return ranking
         # rec depends only on the item: compute it once per distinct item, then look it up per position
