@@ -12,7 +12,9 @@ RecBole runs in its own virtual environment (created on first use at --venv: tor
 ever unpickled), on atomic files written from the mahn dataset: the same users,
 items, order and leave-one-out split. The same dimensions, history length and loss where both offer them;
 each library keeps its own optimiser schedule and its own idea of an epoch (RecBole trains every prefix
-as a sequence), which is why the comparison is time to a validation quality, not time per epoch.
+as a sequence), which is why the comparison is time to a validation quality, not time per epoch. A RecBole
+batch of 256 prefixes holds 256 training targets; a mahn batch row is a user with a target at each position,
+so mahn's batch is 256 / (mean targets a user) users: both take the same number of optimiser steps an epoch.
 """
 
 from __future__ import annotations
@@ -72,6 +74,15 @@ def write_inputs(dataset, work: Path) -> None:
     np.savez(work / "eval.npz", n_items=dataset.n_items, targets=evalset.targets,
              negatives=dataset.negatives("test")[evalset.users],
              offsets=np.concatenate([[0], np.cumsum([len(h) for h in histories])]), histories=np.concatenate(histories))
+
+
+def positions_per_user(dataset, max_len: int) -> float:
+    """Mean training positions (next-item targets) a mahn batch row holds: min(train length − 1, max_len)."""
+    from mahn.training import training_users
+
+    starts, ends = dataset.train_histories()
+    users = training_users(dataset)
+    return float(np.minimum(ends[users] - starts[users] - 1, max_len).mean())
 
 
 def our_metrics(greater: np.ndarray, ties: np.ndarray, candidates: int) -> dict[str, float]:
@@ -138,6 +149,8 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, default=ROOT / "runs" / "recbole-venv")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--same-batch-rows", action="store_true",
+                        help="Give mahn RecBole's batch size in users instead of in training targets.")
     args = parser.parse_args()
     from mahn.data import Dataset
 
@@ -149,17 +162,25 @@ def main() -> int:
     report = {"dataset": str(args.dataset), "users": dataset.n_users, "items": dataset.n_items,
               "budget_seconds": budget, "threads": args.threads, "models": {}}
     for model in args.models.split(","):
-        # both sides train at once, one thread each, so they share whatever else the machine is doing
+        # A RecBole batch row is one prefix with one target; a mahn row is a user with a target at every
+        # position. mahn's batch gets as many users as give RecBole's number of targets a step, so both take
+        # the same number of optimiser steps an epoch (--same-batch-rows keeps mahn at RecBole's row count).
+        ours_settings = {**MODELS[model][1], "threads": args.threads}
+        positions = positions_per_user(dataset, ours_settings["max_len"])
+        if not args.same_batch_rows:
+            ours_settings["batch_size"] = max(1, round(MODELS[model][0]["train_batch_size"] / positions))
         out = work / f"mahn-{model}.json"
+        # both sides train at once, one thread each, so they share whatever else the machine is doing
         processes = [start_recbole(python, work, model, budget, args.threads),
                      subprocess.Popen([sys.executable, __file__, "--mahn-child", str(args.dataset),
-                                       str(work / "mahn-runs" / model), str(budget),
-                                       json.dumps({**MODELS[model][1], "threads": args.threads}), str(out)])]
+                                       str(work / "mahn-runs" / model), str(budget), json.dumps(ours_settings),
+                                       str(out)])]
         load = os.getloadavg()
         if any(code != 0 for code in [process.wait() for process in processes]):
             raise SystemExit(f"{model}: a side failed (see its output above)")
         theirs = recbole_result(work, model, dataset)
-        ours = {"library": "mahn", **json.loads(out.read_text())}
+        ours = {"library": "mahn", **json.loads(out.read_text()), "settings": ours_settings,
+                "targets_per_user": positions}
         target = theirs["best_valid_full_ndcg10"]
         theirs["seconds_to_target"] = next(e["seconds"] for e in theirs["epochs"] if e["valid_full_ndcg10"] >= target)
         reached = [e["seconds"] for e in ours["epochs"] if e["valid_full_ndcg10"] >= target]

@@ -114,11 +114,13 @@ def main() -> None:
         row["loadavg_after"] = os.getloadavg()
         results.append(row)
         shutil.rmtree(work, ignore_errors=True)
-    write_json(args.out, {"benchmark": "scale", "zipf": ZIPF, "median_length": MEDIAN_LENGTH,
-                          "min_length": MIN_LENGTH, "interactions_per_item": INTERACTIONS_PER_ITEM,
-                          "results": results, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                          "date": datetime.now(UTC).isoformat(timespec="seconds")})
-    print(f"wrote {args.out}")
+        # after every size: a long run stopped at 10M keeps the sizes it finished
+        write_json(args.out, {"benchmark": "scale", "zipf": ZIPF, "median_length": MEDIAN_LENGTH,
+                              "min_length": MIN_LENGTH, "interactions_per_item": INTERACTIONS_PER_ITEM,
+                              "threads": args.threads, "results": results,
+                              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                              "date": datetime.now(UTC).isoformat(timespec="seconds")})
+        print(f"wrote {args.out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,12 @@ def greater_and_equal(scores: torch.Tensor, target_scores: torch.Tensor) -> tupl
     default int64 sum wrote 8 bytes an item and read them back, 40% of a full-ranking evaluation and 5x
     this (docs/performance.md)."""
     greater, equal = [], []
+    compared = torch.empty(min(ROWS_IN_CACHE, len(scores)), scores.shape[1], dtype=torch.bool, device=scores.device)
     for lo in range(0, len(scores), ROWS_IN_CACHE):
         block, target = scores[lo : lo + ROWS_IN_CACHE], target_scores[lo : lo + ROWS_IN_CACHE]
-        greater.append((block > target).sum(1, dtype=torch.int32))
-        equal.append((block == target).sum(1, dtype=torch.int32))
+        into = compared[: len(block)]
+        greater.append(torch.gt(block, target, out=into).sum(1, dtype=torch.int32))
+        equal.append(torch.eq(block, target, out=into).sum(1, dtype=torch.int32))
     return torch.cat(greater), torch.cat(equal)
 
 
@@ -63,14 +65,26 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
     pad = dataset.n_items
     device = model.device
     table = model.item_table()
-    counts = {p: ([], []) for p in config.protocols}  # (greater, ties) per batch
+    n_users = len(evalset.users)
+    # per protocol, each user's count of candidates scored above the target and of those tied with it
+    counts = {p: (np.zeros(n_users, np.int64), np.zeros(n_users, np.int64)) for p in config.protocols}
     full = "full" in config.protocols
     batch = max(1, min(config.batch_size, SCORE_BYTES // (4 * max(1, dataset.n_items)))) if full else config.batch_size
-    # users in order of history length, so a batch is padded to its own longest history, not to max_len:
-    # on Phones (median 5 items) that encodes 7x fewer positions; results go back to evalset order below
-    order = np.argsort(np.minimum(evalset.input_ends - dataset.offsets[evalset.users], config.max_len), kind="stable")
-    for lo in range(0, len(order), batch):
+    # Users by history length, longest first: a batch is padded to its own longest history, not to max_len (on
+    # Phones, median 5 items, that encodes 7x fewer positions). Longest first, because each later batch then
+    # asks for less memory than the one before and reuses it: shortest first grew the heap batch by batch.
+    lengths = np.minimum(evalset.input_ends - dataset.offsets[evalset.users], config.max_len)
+    order = np.argsort(-lengths, kind="stable")
+    # one score block for every batch: allocated and freed per batch, hundreds of MiB each time, it fragmented
+    # the heap until the process held 5.9 GiB on a 3M-interaction log (docs/performance.md)
+    block = torch.empty(min(batch, n_users), dataset.n_items, device=device) if full else None
+    for lo in range(0, n_users, batch):
         rows_here = order[lo : lo + batch]
+
+        def keep(protocol: str, greater: torch.Tensor, equal: torch.Tensor, rows: np.ndarray = rows_here) -> None:
+            counts[protocol][0][rows] = greater.cpu().numpy()
+            counts[protocol][1][rows] = equal.cpu().numpy()
+
         users = evalset.users[rows_here]
         starts, ends = dataset.offsets[users], evalset.input_ends[rows_here]
         targets = torch.from_numpy(evalset.targets[rows_here]).to(device)
@@ -83,32 +97,24 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
         if not full:  # only the target and its negatives are scored
             candidates = torch.cat([targets.unsqueeze(1), sampled], dim=1)
             scores = torch.bmm(table[candidates], states.unsqueeze(2)).squeeze(2)
-            greater, equal = greater_and_equal(scores[:, 1:], scores[:, :1])
-            counts["uni100"][0].append(greater)
-            counts["uni100"][1].append(equal)
+            keep("uni100", *greater_and_equal(scores[:, 1:], scores[:, :1]))
             continue
-        scores = states @ table.T
+        scores = torch.mm(states, table.T, out=block[: len(users)])
         rows = torch.arange(len(users), device=device)
         target_scores = scores[rows, targets].unsqueeze(1)
         if "uni100" in counts:
-            greater, equal = greater_and_equal(scores.gather(1, sampled), target_scores)
-            counts["uni100"][0].append(greater)
-            counts["uni100"][1].append(equal)
-
+            keep("uni100", *greater_and_equal(scores.gather(1, sampled), target_scores))
         if not config.keep_history:
-            lengths = ends - starts
-            seen_rows = np.repeat(np.arange(len(users)), lengths)
-            seen = dataset.items[range_indices(starts, lengths)]
+            seen_lengths = ends - starts
+            seen_rows = np.repeat(np.arange(len(users)), seen_lengths)
+            seen = dataset.items[range_indices(starts, seen_lengths)]
             scores[torch.from_numpy(seen_rows).to(device), torch.from_numpy(seen).to(device)] = -torch.inf
         scores[rows, targets] = target_scores.squeeze(1)  # a repeated target stays a candidate
         greater, equal = greater_and_equal(scores, target_scores)
-        counts["full"][0].append(greater)
-        counts["full"][1].append(equal - 1)  # the target itself
+        keep("full", greater, equal - 1)  # the target itself is no tie
     model.train(was_training)
     candidates = {"uni100": negatives.shape[1] + 1, "full": dataset.n_items}
-    back = np.argsort(order)  # batch order -> evalset order
-    return {p: expected_metrics(torch.cat(g).cpu().numpy()[back], torch.cat(t).cpu().numpy()[back], candidates[p])
-            for p, (g, t) in counts.items()}
+    return {p: expected_metrics(greater, ties, candidates[p]) for p, (greater, ties) in counts.items()}
 
 
 def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None = None,
