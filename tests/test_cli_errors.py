@@ -68,6 +68,7 @@ CASES = [
     case(["evaluate", "no-such-run"], ["no-such-run/config.json: file not found"]),
     case(["evaluate", "data"], ["data/config.json: file not found"]),
     case(["evaluate", "run", "--split", "bogus"], ["--split: unknown split 'bogus'"]),
+    case(["evaluate", "run", "--protocols", "uni100,top5"], ["--protocols: unknown protocol(s) top5"]),
     case(["recommend", "run", "--history", "i001 nosuch"], ["items.parquet: unknown item key(s): nosuch"]),
     case(["recommend", "run", "--history", "i001", "-k", "0"], ["k must be between 1 and", "got 0"]),
     case(["serve", "no-such-run"], ["no-such-run/config.json: file not found"]),
