@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).with_name("recbole") / "runner.py"
 PACKAGES = ["torch==2.13.0", "recbole==1.2.1", "numpy<2", "pandas<2.3", "scipy<1.14"]
 
-RECBOLE_NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
+RECBOLE_NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec", "caser": "Caser"}
 # (RecBole settings, mahn settings): the same architecture, history length and loss where both offer it
 MODELS = {
     "sasrec": ({"hidden_size": 50, "inner_size": 50, "n_layers": 2, "n_heads": 1, "hidden_dropout_prob": 0.2,
@@ -46,6 +46,16 @@ MODELS = {
                  "MAX_ITEM_LIST_LENGTH": 50, "loss_type": "CE", "train_neg_sample_args": None,
                  "train_batch_size": 256, "learning_rate": 0.001},
                 {"model": "gru4rec", "dim": 100, "max_len": 50, "loss": "ce", "batch_size": 256, "lr": 0.001}),
+    # both the paper's Beauty settings (d 64, 2 blocks, 2 heads, FFN 256, mask ratio 0.6) and the cloze softmax
+    "bert4rec": ({"hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.1,
+                  "attn_dropout_prob": 0.1, "hidden_act": "gelu", "mask_ratio": 0.6, "MAX_ITEM_LIST_LENGTH": 50,
+                  "loss_type": "CE", "train_neg_sample_args": None, "train_batch_size": 256, "learning_rate": 0.001},
+                 {"model": "bert4rec", "dim": 64, "max_len": 50, "batch_size": 256, "lr": 0.001}),
+    # L = 5 items, d 50, 16 horizontal and 4 vertical filters, dropout 0.5. No shared loss: mahn's Caser has the
+    # paper's binary cross-entropy over T = 3 next items, RecBole's predicts one next item (its softmax)
+    "caser": ({"embedding_size": 50, "nh": 16, "nv": 4, "dropout_prob": 0.5, "MAX_ITEM_LIST_LENGTH": 5,
+               "loss_type": "CE", "train_neg_sample_args": None, "train_batch_size": 256, "learning_rate": 0.001},
+              {"model": "caser", "dim": 50, "max_len": 50, "batch_size": 256, "lr": 0.001}),
 }
 
 
@@ -71,7 +81,7 @@ def write_inputs(dataset, work: Path) -> None:
     evalset = dataset.eval_set("test")
     starts, ends = dataset.offsets[evalset.users], evalset.input_ends
     histories = [dataset.items[s:e] for s, e in zip(starts, ends, strict=True)]
-    np.savez(work / "eval.npz", n_items=dataset.n_items, targets=evalset.targets,
+    np.savez(work / "eval.npz", n_items=dataset.n_items, users=evalset.users, targets=evalset.targets,
              negatives=dataset.negatives("test")[evalset.users],
              offsets=np.concatenate([[0], np.cumsum([len(h) for h in histories])]), histories=np.concatenate(histories))
 

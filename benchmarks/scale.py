@@ -14,7 +14,8 @@ command a user would run, so its peak RSS is that command's alone:
   at 500k items is the wrong loss; one epoch, then the validation pass with both protocols);
 - evaluate: `mahn evaluate RUN --split test` (both protocols over every test user).
 
-Prints a table and writes benchmarks/results/scale.json, with the load average before and after each size.
+Prints a table and writes benchmarks/results/scale.json (rows of sizes not rerun are kept), with the load average
+before and after each size.
 The project's target: each stage of the 10M log under 8 GiB peak RSS, and costs that grow linearly.
 """
 
@@ -85,7 +86,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     args = parser.parse_args()
     mahn = [sys.executable, "-m", "mahn"]
-    results = []
+    # rows of sizes not rerun are kept from an earlier run (10M alone takes over an hour on 2 cores)
+    earlier = orjson.loads(args.out.read_bytes())["results"] if args.out.exists() else []
+    results = [row for row in earlier if row["size"] not in args.sizes]
     print("| interactions | users | items | stage | seconds | peak RSS MiB | seconds per 1M interactions |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
@@ -102,7 +105,8 @@ def main() -> None:
                                              str(work / "run"), "--no-progress", "--threads", str(args.threads)],
             "evaluate (test, both protocols)": [*mahn, "evaluate", str(work / "run"), "--device", "cpu", "--json"],
         }
-        row = {"size": size, **counts, "stages": {}, "loadavg_before": load}
+        row = {"size": size, **counts, "stages": {}, "threads": args.threads, "loadavg_before": load,
+               "date": datetime.now(UTC).isoformat(timespec="seconds")}
         for stage, command in stages.items():
             measured = run_stage(command)
             row["stages"][stage] = measured
@@ -112,12 +116,12 @@ def main() -> None:
         metrics = orjson.loads((work / "run" / "metrics.jsonl").read_bytes().splitlines()[0])
         row["train_seconds"] = metrics["train_seconds"]
         row["loadavg_after"] = os.getloadavg()
-        results.append(row)
+        results = sorted([*results, row], key=lambda r: r["size"])
         shutil.rmtree(work, ignore_errors=True)
         # after every size: a long run stopped at 10M keeps the sizes it finished
         write_json(args.out, {"benchmark": "scale", "zipf": ZIPF, "median_length": MEDIAN_LENGTH,
                               "min_length": MIN_LENGTH, "interactions_per_item": INTERACTIONS_PER_ITEM,
-                              "threads": args.threads, "results": results,
+                              "results": results,
                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                               "date": datetime.now(UTC).isoformat(timespec="seconds")})
         print(f"wrote {args.out}", flush=True)

@@ -67,6 +67,11 @@ def main() -> None:
     for internal, token in enumerate(dataset.field2id_token["item_id"]):
         if internal:  # 0 is RecBole's padding
             to_internal[int(token)] = internal
+    user_to_internal = np.zeros(len(dataset.field2id_token["user_id"]), dtype=np.int64)
+    for internal, token in enumerate(dataset.field2id_token["user_id"]):
+        if internal:
+            user_to_internal[int(token)] = internal
+    users = torch.from_numpy(user_to_internal[ours["users"]])  # Caser reads a user embedding
     offsets, flat = ours["offsets"], to_internal[ours["histories"]]
     targets, negatives = to_internal[ours["targets"]], to_internal[ours["negatives"]]
     max_len = config["MAX_ITEM_LIST_LENGTH"]
@@ -80,7 +85,8 @@ def main() -> None:
                 history = flat[offsets[u] : offsets[u + 1]][-max_len:]
                 seqs[r, : len(history)] = history  # RecBole's sequences are right-padded
                 lengths[r] = len(history)
-            interaction = Interaction({model.ITEM_SEQ: torch.from_numpy(seqs),
+            interaction = Interaction({model.USER_ID: users[lo : lo + len(rows)],
+                                       model.ITEM_SEQ: torch.from_numpy(seqs),
                                        model.ITEM_SEQ_LEN: torch.from_numpy(lengths)})
             scores = model.full_sort_predict(interaction).view(len(rows), -1)
             index = torch.arange(len(rows))
