@@ -119,6 +119,27 @@ def test_expanded_reconstruction_equals_the_direct_one_with_its_gradients():
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-3)
 
 
+def test_scoring_reuses_projections_until_the_weights_change():
+    """Without gradients MAHN looks the history's projections up in a cache of every item's; a training step
+    or loaded weights must be seen at the next scoring, which must equal the uncached computation."""
+    model = tiny_model().eval()
+    histories = tiny_batch().histories
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        with torch.no_grad():
+            cached = model.encode(histories)
+        uncached = model.encode(histories).detach()  # with gradients: no cache
+        torch.testing.assert_close(cached, uncached)
+        model.loss(tiny_batch()).backward()
+        optimizer.step()  # in place: the next scoring must not use the old projections
+        optimizer.zero_grad()
+    state = {k: v + 1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    with torch.no_grad():
+        cached = model.encode(histories)
+    torch.testing.assert_close(cached, model.encode(histories).detach())
+
+
 def test_loss_is_the_ranking_term_plus_lambda_reconstruction():
     model = tiny_model()
     batch = tiny_batch()

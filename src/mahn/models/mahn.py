@@ -100,6 +100,7 @@ class MAHN(SequentialModel):
             self.item_embedding.weight[n_items].zero_()
         # items never seen in training (new items) have no learned ID vector: e = 0, so their content speaks
         self.track_trained(trained)
+        self.projected_cache: tuple[tuple, tuple] | None = None  # (weights' identity, (v, t) of every item)
         n_parts = 1 + len(self.modalities)  # e plus each modality
         self.item_dim = d * n_parts if self.op1 == "cat" else d
         self.lstm1 = nn.LSTM(self.item_dim, d, batch_first=True)
@@ -133,6 +134,13 @@ class MAHN(SequentialModel):
     def project(self, ids: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(v, t) = (W x^v, E x^t) of the given items, or of every row with the padding row last when `ids` is
         None (read in place: gathering the whole feature matrix would copy it). None for an ablated modality."""
+        if ids is not None and not torch.is_grad_enabled() and self.modalities:
+            # scoring: every item projected once and looked up (gathering each batch's raw rows was half of
+            # an evaluation); recomputed whenever a projection's weights change (training, loading)
+            key = tuple((m.project.weight.data_ptr(), m.project.weight._version) for m in self.modalities)
+            if self.projected_cache is None or self.projected_cache[0] != key:
+                self.projected_cache = (key, self.project(None))
+            return tuple(p[ids] if p is not None else None for p in self.projected_cache[1])
         v = self.visual.project(self.visual.raw if ids is None else self.visual.raw[ids]) if self.visual else None
         t = self.text.project(self.text.raw if ids is None else self.text.raw[ids]) if self.text else None
         return v, t
