@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under torchrun (2 processes, gloo): one optimiser step of SASRec through
-mahn's DistributedDataParallel wrapper, each rank on its half of a batch. Rank 0 checks that both ranks end
+mahn's DistributedDataParallel wrapper, each rank on its share of a batch (rank_part: the shares hold different
+numbers of target positions, so the loss weights matter). Rank 0 checks that both ranks end
 with the same parameters and that they equal one single-process step on the whole batch, then prints OK."""
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import torch.distributed as dist
 
 from mahn.models.base import Batch
 from mahn.models.sasrec import SASRec, SASRecConfig
-from mahn.training.distributed import join, leave, world_from_env, wrap
+from mahn.training.distributed import join, leave, rank_part, world_from_env, wrap
 
 N_ITEMS = 30
 
 
 def whole_batch() -> Batch:
     generator = torch.Generator().manual_seed(1)
-    histories = torch.randint(0, N_ITEMS, (8, 6), generator=generator)  # no padding: equal positions per half
+    histories = torch.randint(0, N_ITEMS, (8, 6), generator=generator)
     targets = torch.randint(0, N_ITEMS, (8, 6), generator=generator)
-    negatives = torch.randint(0, N_ITEMS, (8, 6), generator=generator)
+    for row, pads in enumerate([0, 0, 1, 0, 5, 4, 3, 2]):  # the first half holds 23 target positions, the second 10
+        histories[row, :pads] = targets[row, :pads] = N_ITEMS
+    negatives = torch.randint(0, N_ITEMS, (8, 6), generator=generator).masked_fill(targets == N_ITEMS, N_ITEMS)
     return Batch(histories, targets, negatives, torch.arange(8))
 
 
@@ -38,9 +41,9 @@ def main() -> None:
         model, optimizer = fresh()
         step = wrap(model, world, torch.device("cpu"))
         batch = whole_batch()
-        half = slice(4 * world.rank, 4 * world.rank + 4)
-        loss = step(batch.histories[half], batch.targets[half], batch.negatives[half], batch.users[half])
-        loss.backward()
+        part, weight, _ = rank_part(batch, world, N_ITEMS)
+        loss = step(part.histories, part.targets, part.negatives, part.users)
+        (loss * weight).backward()
         optimizer.step()
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(world.size)]

@@ -21,7 +21,7 @@ def training_users(dataset: Dataset) -> np.ndarray:
 
 
 def epoch_order(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """This epoch's shuffled users (on many processes: mahn.training.distributed.shard)."""
+    """This epoch's shuffled users (on many processes, every rank draws the same)."""
     return rng.permutation(users)
 
 

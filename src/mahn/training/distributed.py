@@ -7,14 +7,15 @@ joins the process group (gloo on CPUs, NCCL on GPUs, one GPU per process) and th
 
 - every rank builds the same model from the same seed, and DDP keeps the copies equal by averaging the
   gradients of each step;
-- each epoch's user order is drawn from (seed, epoch) on every rank alike, padded by wrapping around to a
-  multiple of the world size, and rank r takes every world-size-th user from r: the ranks see disjoint
-  users and the same number of steps. A step's total batch is the configured batch size, split over the
-  ranks; negatives and dropout are drawn per rank;
+- every rank draws each epoch's user order and each step's whole batch (its users and negatives) from the
+  same seeded generator a single process would use, and trains on its contiguous share of the batch rows,
+  its loss weighted by its share of the batch's target positions: the averaged gradient is the gradient of
+  the whole batch's mean loss, so N processes take the steps of one process (up to float rounding and
+  dropout, which each rank draws from (seed, epoch, rank));
 - rank 0 alone evaluates on validation, writes the run directory (config, checkpoints, best weights,
   metrics, summary) and tells the others the result, so early stopping is decided once;
-- a resumed run reads rank 0's checkpoint on every rank; since the per-epoch randomness is derived from
-  (seed, epoch, rank), a resumed distributed run continues exactly as if it had not stopped.
+- a resumed run reads rank 0's checkpoint (weights, optimiser and the shared generator) on every rank, so
+  a resumed distributed run continues exactly as if it had not stopped.
 
 One process (no torchrun) keeps the single-process trainer unchanged.
 """
@@ -111,16 +112,23 @@ def total(world: World, *values: float) -> list[float]:
     return summed.tolist()
 
 
-def shard(users: np.ndarray, world: World, seed: int, epoch: int) -> np.ndarray:
-    """This rank's users for `epoch`: the shared shuffled order, padded by wrapping to a multiple of the world
-    size, every world-size-th from this rank's position."""
-    order = np.random.default_rng([seed, epoch]).permutation(users)
-    padded = np.resize(order, -(-len(order) // world.size) * world.size)
-    return padded[world.rank :: world.size]
+def rank_part(batch: Batch, world: World, pad: int) -> tuple[Batch, float, int]:
+    """This rank's contiguous share of a batch every rank built alike, the weight of its loss, and its row count.
+
+    The weight (the rank's share of the batch's target positions, times the world size) makes the gradient
+    DDP averages over the ranks the gradient of the mean loss over the whole batch. A batch with fewer rows than
+    ranks (the last of an epoch) leaves some ranks a stand-in row whose loss counts zero times."""
+    rows = len(batch.users)
+    lo, hi = world.rank * rows // world.size, (world.rank + 1) * rows // world.size
+    part = slice(lo, hi) if hi > lo else slice(0, 1)
+    positions = (batch.targets != pad).sum(1)
+    share = int(positions[part].sum()) / max(1, int(positions.sum())) if hi > lo else 0.0
+    return (Batch(batch.histories[part], batch.targets[part], batch.negatives[part], batch.users[part]),
+            share * world.size, hi - lo)
 
 
 def epoch_rng(world: World, seed: int, epoch: int) -> np.random.Generator:
-    """Negatives for this rank and epoch, independent of what any rank drew before (exact resume)."""
+    """This rank's dropout seed for `epoch`, independent of what any rank drew before (exact resume)."""
     return np.random.default_rng([seed, epoch, world.rank, 1])
 
 

@@ -42,7 +42,7 @@ from mahn.training.distributed import (
     from_main,
     join,
     leave,
-    shard,
+    rank_part,
     total,
     world_from_env,
     wrap,
@@ -67,34 +67,36 @@ def make_optimizer(model: SequentialModel, config: TrainConfig):
 def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, dataset: Dataset, users: np.ndarray,
                 config: TrainConfig, rng: np.random.Generator, desc: str = "epoch", *, world: World = World(),
                 epoch: int = 1, step: torch.nn.Module | None = None) -> dict:
-    """One pass over `users` in a fresh shuffled order (on many processes: this rank's share, through the
-    DistributedDataParallel `step`, with randomness drawn from (seed, epoch, rank) instead of `rng`).
+    """One pass over `users` in a fresh shuffled order. On many processes every rank draws the same order and
+    batches from `rng` and trains on its share of each batch through the DistributedDataParallel `step`
+    (distributed.rank_part): the steps of one process; dropout is drawn from (seed, epoch, rank).
 
     Returns {"loss" (mean per sequence over every rank), "sequences" (every rank's), "steps", "seconds"}.
     """
     model.train()
-    batch_size = config.batch_size
+    order = epoch_order(users, rng)
     if world.distributed:
-        order, rng = shard(users, world, config.seed, epoch), epoch_rng(world, config.seed, epoch)
-        torch.manual_seed(int(rng.integers(2**62)))  # this rank's dropout
-        batch_size = -(-batch_size // world.size)  # the configured batch is the total over the ranks
-    else:
-        order = epoch_order(users, rng)
-    started, total_loss, steps = time.perf_counter(), 0.0, 0
-    bar = progress.bar(range(0, len(order), batch_size), config.progress and world.main, desc=desc)
+        torch.manual_seed(int(epoch_rng(world, config.seed, epoch).integers(2**62)))  # this rank's dropout
+    started, total_loss, sequences, steps = time.perf_counter(), 0.0, 0, 0
+    bar = progress.bar(range(0, len(order), config.batch_size), config.progress and world.main, desc=desc)
     for lo in bar:
-        batch = make_batch(dataset, order[lo : lo + batch_size], config.max_len, rng).to(model.device)
+        batch = make_batch(dataset, order[lo : lo + config.batch_size], config.max_len, rng)
+        weight, rows = 1.0, len(batch.users)
+        if world.distributed:
+            batch, weight, rows = rank_part(batch, world, dataset.n_items)
+        batch = batch.to(model.device)
         with torch.autocast(model.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
             loss = model.loss(batch) if step is None else step(batch.histories, batch.targets, batch.negatives,
                                                                   batch.users)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight if world.distributed else loss).backward()
         optimizer.step()
-        total_loss += loss.item() * len(batch.users)
+        total_loss += loss.item() * rows
+        sequences += rows
         steps += 1
         bar.set_postfix(loss=f"{loss.item():.4f}",
                         seq_s=f"{(lo + len(batch.users)) / (time.perf_counter() - started):.0f}")
-    loss_sum, sequences = total(world, total_loss, len(order))
+    loss_sum, sequences = total(world, total_loss, sequences)
     return {"loss": loss_sum / sequences, "sequences": int(sequences), "steps": steps,
             "seconds": time.perf_counter() - started}
 
