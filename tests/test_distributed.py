@@ -73,6 +73,9 @@ def test_two_gloo_processes_train_like_one_and_resume_exactly(data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     summary = orjson.loads((tmp_path / "two" / "summary.json").read_bytes())
     assert summary["processes"] == 2 and summary["sequences"] == 6 * 200  # each epoch covers every user once
+    # the same batches and the whole batch's gradient: the first epoch's loss is one process's, up to rounding
+    first = [history(tmp_path / name)[0]["loss"] for name in ("one", "two")]
+    assert abs(first[1] - first[0]) < 1e-4 * first[0], first
     results = {}
     for name in ("one", "two"):
         model, dataset, record = load_run(tmp_path / name, device="cpu")

@@ -136,14 +136,21 @@ class MAHN(SequentialModel):
         None (read in place: gathering the whole feature matrix would copy it). None for an ablated modality."""
         if ids is not None and not torch.is_grad_enabled() and self.modalities:
             # scoring: every item projected once and looked up (gathering each batch's raw rows was half of
-            # an evaluation); recomputed whenever a projection's weights change (training, loading)
-            key = tuple((m.project.weight.data_ptr(), m.project.weight._version) for m in self.modalities)
+            # an evaluation); recomputed whenever a projection's weights or inputs change (an optimiser step or
+            # loaded weights bump the version) and dropped by train()/eval(), so it lives for one evaluation
+            key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in self.modalities
+                        for t in (m.project.weight, m.raw))
             if self.projected_cache is None or self.projected_cache[0] != key:
+                self.projected_cache = None  # free the old projections before computing the new ones
                 self.projected_cache = (key, self.project(None))
             return tuple(p[ids] if p is not None else None for p in self.projected_cache[1])
         v = self.visual.project(self.visual.raw if ids is None else self.visual.raw[ids]) if self.visual else None
         t = self.text.project(self.text.raw if ids is None else self.text.raw[ids]) if self.text else None
         return v, t
+
+    def train(self, mode: bool = True) -> MAHN:
+        self.projected_cache = None
+        return super().train(mode)
 
     def represent(self, v, e, t) -> torch.Tensor:
         """r_j = v ⊕ e ⊕ t (op1 cat) or v + e + t (op1 add), over the parts not ablated."""

@@ -146,4 +146,6 @@ class LossStep(nn.Module):
 def wrap(model: SequentialModel, world: World, device: torch.device) -> nn.Module:
     step = LossStep(model)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(step, device_ids=ids)
+    # no model here updates a buffer while training; broadcasting them every step would copy MAHN's raw feature
+    # matrices (hundreds of MiB) from rank 0 at each forward pass
+    return nn.parallel.DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)

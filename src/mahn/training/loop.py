@@ -77,13 +77,13 @@ def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, datase
     order = epoch_order(users, rng)
     if world.distributed:
         torch.manual_seed(int(epoch_rng(world, config.seed, epoch).integers(2**62)))  # this rank's dropout
-    started, total_loss, sequences, steps = time.perf_counter(), 0.0, 0, 0
+    started, total_loss, steps = time.perf_counter(), 0.0, 0
     bar = progress.bar(range(0, len(order), config.batch_size), config.progress and world.main, desc=desc)
     for lo in bar:
         batch = make_batch(dataset, order[lo : lo + config.batch_size], config.max_len, rng)
-        weight, rows = 1.0, len(batch.users)
+        whole, weight = len(batch.users), 1.0
         if world.distributed:
-            batch, weight, rows = rank_part(batch, world, dataset.n_items)
+            batch, weight, _ = rank_part(batch, world, dataset.n_items)
         batch = batch.to(model.device)
         with torch.autocast(model.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
             loss = model.loss(batch) if step is None else step(batch.histories, batch.targets, batch.negatives,
@@ -91,12 +91,10 @@ def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, datase
         optimizer.zero_grad(set_to_none=True)
         (loss * weight if world.distributed else loss).backward()
         optimizer.step()
-        total_loss += loss.item() * rows
-        sequences += rows
+        total_loss += loss.item() * weight / world.size * whole  # summed over the ranks: the batch's mean x rows
         steps += 1
-        bar.set_postfix(loss=f"{loss.item():.4f}",
-                        seq_s=f"{(lo + len(batch.users)) / (time.perf_counter() - started):.0f}")
-    loss_sum, sequences = total(world, total_loss, sequences)
+        bar.set_postfix(loss=f"{loss.item():.4f}", seq_s=f"{(lo + whole) / (time.perf_counter() - started):.0f}")
+    (loss_sum,), sequences = total(world, total_loss), len(order)
     return {"loss": loss_sum / sequences, "sequences": int(sequences), "steps": steps,
             "seconds": time.perf_counter() - started}
 
