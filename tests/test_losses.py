@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.models import build_model
-from mahn.models.losses import LOSSES, next_item_loss
+from mahn.models.losses import LOSSES, BlockedSoftmaxCE, next_item_loss
 from mahn.settings import PRESETS, resolve
 from mahn.training import make_batch, make_optimizer, training_users
 from synthetic import make_dataset
@@ -47,6 +48,29 @@ def test_full_softmax_is_cross_entropy_over_every_item(parts):
     logits = states @ table.T
     expected = (torch.logsumexp(logits, 1) - logits[torch.arange(len(targets)), targets]).mean()
     torch.testing.assert_close(loss("ce", *parts), expected)
+
+
+def test_blocked_softmax_has_the_plain_softmaxs_value_and_gradients():
+    """The softmax is computed a block of positions at a time with its own backward pass: value and gradients
+    must be those of F.cross_entropy over the whole logits, with excluded items, in blocks that do not divide
+    the positions; and gradcheck in float64."""
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(37, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    table = torch.randn(23, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    excluded = torch.zeros(23, dtype=torch.bool)
+    excluded[[3, 5]] = True
+    targets = torch.randint(0, 23, (37,), generator=generator)
+    targets[excluded[targets]] = 4
+    torch.autograd.gradcheck(lambda a, b: BlockedSoftmaxCE.apply(a, b, targets, excluded, 8), (states, table))
+    for rows in (1, 8, 37, 100):
+        blocked = BlockedSoftmaxCE.apply(states, table, targets, excluded, rows)
+        plain = F.cross_entropy((states @ table.T).masked_fill(excluded, -torch.inf), targets)
+        torch.testing.assert_close(blocked, plain)
+        for mine, theirs in zip(torch.autograd.grad(blocked, (states, table)),
+                                torch.autograd.grad(plain, (states, table)), strict=True):
+            torch.testing.assert_close(mine, theirs)
+    excluded_gradient = torch.autograd.grad(BlockedSoftmaxCE.apply(states, table, targets, excluded, 8), table)[0][3]
+    assert excluded_gradient.abs().max() == 0  # an excluded item is never pushed
 
 
 def test_sampled_softmax_shares_negatives_and_masks_accidental_hits(parts):

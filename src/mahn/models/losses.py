@@ -41,6 +41,56 @@ def without_excluded(logits: torch.Tensor, excluded: torch.Tensor | None) -> tor
     return logits if excluded is None else logits.masked_fill(excluded, -torch.inf)
 
 
+SOFTMAX_BLOCK_BYTES = 4 << 20  # logits of a block of positions: small enough to stay in the CPU's cache
+
+
+class BlockedSoftmaxCE(torch.autograd.Function):
+    """Mean softmax cross-entropy of (n, D) states against every (items, D) vector, a block of positions at a
+    time, so the (n x items) logits never exist whole: the forward pass keeps each position's log-sum-exp,
+    the backward pass recomputes a block's logits and turns them into its gradient in place. Written out
+    whole, the logits went through memory five times a step (product, log-softmax, its backward, both
+    gradient products); in blocks they stay in cache, and memory no longer grows with items x positions."""
+
+    @staticmethod
+    def forward(ctx, states, table, targets, excluded, rows):
+        logsumexp = states.new_empty(len(states))
+        for lo in range(0, len(states), rows):
+            logits = states[lo : lo + rows] @ table.T
+            if excluded is not None:
+                logits.masked_fill_(excluded, -torch.inf)
+            torch.logsumexp(logits, 1, out=logsumexp[lo : lo + rows])
+        ctx.save_for_backward(states, table, targets, logsumexp)
+        ctx.excluded, ctx.rows = excluded, rows
+        return (logsumexp - (states * table[targets]).sum(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        states, table, targets, logsumexp = ctx.saved_tensors
+        d_states, d_table = torch.empty_like(states), torch.zeros_like(table)
+        scale = grad / len(states)
+        for lo in range(0, len(states), ctx.rows):
+            block = states[lo : lo + ctx.rows]
+            probabilities = block @ table.T
+            if ctx.excluded is not None:
+                probabilities.masked_fill_(ctx.excluded, -torch.inf)
+            probabilities.sub_(logsumexp[lo : lo + ctx.rows, None]).exp_()
+            probabilities[torch.arange(len(block)), targets[lo : lo + ctx.rows]] -= 1  # softmax - one-hot
+            probabilities.mul_(scale)
+            torch.mm(probabilities, table, out=d_states[lo : lo + ctx.rows])
+            d_table.addmm_(probabilities.T, block)
+        return d_states, d_table, None, None, None
+
+
+def softmax_cross_entropy(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                          excluded: torch.Tensor | None = None) -> torch.Tensor:
+    """F.cross_entropy(states @ table.T, targets) with excluded items' logits at -inf, computed in blocks
+    (BlockedSoftmaxCE); under autocast (bf16) the plain form, whose casts autocast knows."""
+    if torch.is_autocast_enabled(states.device.type) or states.dtype != table.dtype:
+        return F.cross_entropy(without_excluded(states @ table.T, excluded), targets)
+    rows = max(16, SOFTMAX_BLOCK_BYTES // (table.element_size() * max(1, len(table))))
+    return BlockedSoftmaxCE.apply(states, table, targets, excluded, rows)
+
+
 def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
                    items: Callable[[torch.Tensor], torch.Tensor], table: Callable[[], torch.Tensor],
                    n_items: int, n_sampled: int, excluded: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,7 +105,7 @@ def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, negat
             return -F.logsigmoid(positive - negative).mean()
         return -(F.logsigmoid(positive) + F.logsigmoid(-negative)).mean()
     if name == "ce":
-        return F.cross_entropy(without_excluded(states @ table().T, excluded), targets)
+        return softmax_cross_entropy(states, table(), targets, excluded)
     if excluded is None:
         sampled = torch.randint(0, n_items, (n_sampled,), device=states.device)
     else:

@@ -9,9 +9,10 @@ joins the process group (gloo on CPUs, NCCL on GPUs, one GPU per process) and th
   gradients of each step;
 - every rank draws each epoch's user order and each step's whole batch (its users and negatives) from the
   same seeded generator a single process would use, and trains on its contiguous share of the batch rows,
-  its loss weighted by its share of the batch's target positions: the averaged gradient is the gradient of
-  the whole batch's mean loss, so N processes take the steps of one process (up to float rounding and
-  dropout, which each rank draws from (seed, epoch, rank));
+  its loss weighted by its share of the batch's target positions: for a loss that is a mean over target
+  positions the averaged gradient is the whole batch's, so N processes take the steps of one process (up
+  to float rounding and dropout, which each rank draws from (seed, epoch, rank)); losses that average over
+  something else or sample from the batch get a weighted mix of the shares' losses (docs/model.md);
 - rank 0 alone evaluates on validation, writes the run directory (config, checkpoints, best weights,
   metrics, summary) and tells the others the result, so early stopping is decided once;
 - a resumed run reads rank 0's checkpoint (weights, optimiser and the shared generator) on every rank, so
