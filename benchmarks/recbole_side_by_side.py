@@ -6,6 +6,7 @@ same time, one thread each, so both see the same machine).
 
     python benchmarks/recbole_side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec \\
         --budget-minutes 30 --json benchmarks/results/recbole_phones.json
+    python benchmarks/recbole_side_by_side.py --table RESULT.json ...      # one table of saved runs
 
 RecBole runs in its own virtual environment (created on first use at --venv: torch 2.13.0 CPU, recbole
 1.2.1, numpy<2, pandas<2.3, scipy<1.14; its best epoch's weights are kept in memory, so no checkpoint is
@@ -51,11 +52,11 @@ MODELS = {
                   "attn_dropout_prob": 0.1, "hidden_act": "gelu", "mask_ratio": 0.6, "MAX_ITEM_LIST_LENGTH": 50,
                   "loss_type": "CE", "train_neg_sample_args": None, "train_batch_size": 256, "learning_rate": 0.001},
                  {"model": "bert4rec", "dim": 64, "max_len": 50, "batch_size": 256, "lr": 0.001}),
-    # L = 5 items, d 50, 16 horizontal and 4 vertical filters, dropout 0.5. No shared loss: mahn's Caser has the
-    # paper's binary cross-entropy over T = 3 next items, RecBole's predicts one next item (its softmax)
+    # L = 5 items, d 50, 16 horizontal and 4 vertical filters, dropout 0.5, both with the softmax over every item
+    # (mahn's for each of its T = 3 next items, RecBole's for the one next item)
     "caser": ({"embedding_size": 50, "nh": 16, "nv": 4, "dropout_prob": 0.5, "MAX_ITEM_LIST_LENGTH": 5,
                "loss_type": "CE", "train_neg_sample_args": None, "train_batch_size": 256, "learning_rate": 0.001},
-              {"model": "caser", "dim": 50, "max_len": 50, "batch_size": 256, "lr": 0.001}),
+              {"model": "caser", "dim": 50, "max_len": 50, "loss": "ce", "batch_size": 256, "lr": 0.001}),
 }
 
 
@@ -209,16 +210,24 @@ def print_table(report: dict) -> None:
           "test uni100 NDCG@10 | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for model, both in report["models"].items():
+        theirs = both["recbole"]
         for side in ("recbole", "mahn"):
             r = both[side]
-            reach = f"{r['seconds_to_target']:.0f}" if r["seconds_to_target"] is not None else "not reached"
+            reach = f"{r['seconds_to_target']:,.0f}" if r["seconds_to_target"] is not None else "not reached"
+            memory = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB"
+            if side == "mahn":  # against RecBole: how much sooner, what share of its memory
+                if r["seconds_to_target"]:
+                    reach += f" ({theirs['seconds_to_target'] / r['seconds_to_target']:.1f}x sooner)"
+                memory += f" ({r['peak_rss_bytes'] / theirs['peak_rss_bytes']:.2f}x)"
             print(f"| {model} | {r['library']} | {len(r['epochs'])} | {r['best_valid_full_ndcg10']:.4f} | {reach} | "
-                  f"{r['test_full']['NDCG@10']:.4f} | {r['test_uni100']['NDCG@10']:.4f} | "
-                  f"{r['peak_rss_bytes'] / 2**30:.2f} GiB |")
+                  f"{r['test_full']['NDCG@10']:.4f} | {r['test_uni100']['NDCG@10']:.4f} | {memory} |")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--mahn-child":
         mahn_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), json.loads(sys.argv[5]), sys.argv[6])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--table":  # --table RESULT.json ...: one table of saved runs
+        print_table({"models": {model: both for path in sys.argv[2:]
+                                for model, both in json.loads(Path(path).read_text())["models"].items()}})
     else:
         sys.exit(main())

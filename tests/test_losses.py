@@ -93,7 +93,7 @@ def small(tmp_path_factory) -> Dataset:
     return Dataset(make_dataset(tmp_path_factory.mktemp("d") / "small", users=12, items=24, length=6))
 
 
-@pytest.mark.parametrize("model", ["mahn", "sasrec", "gru4rec"])
+@pytest.mark.parametrize("model", ["mahn", "sasrec", "gru4rec", "caser"])
 @pytest.mark.parametrize("name", LOSSES)
 def test_models_train_with_every_shared_loss(small, model, name):
     dataset = small
@@ -105,6 +105,20 @@ def test_models_train_with_every_shared_loss(small, model, name):
     value.backward()
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert value.ndim == 0 and torch.isfinite(value) and grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_caser_softmax_scores_each_window_against_every_item_once_per_target(small):
+    settings = resolve(("test", {"model": "caser", "loss": "ce", "dim": 8, "max_len": 6, "dropout": 0.0}))
+    torch.manual_seed(0)
+    net = build_model("caser", settings.model_config, small)
+    batch = make_batch(small, training_users(small), 6, np.random.default_rng(0))
+    inputs, targets, _, users = net.windows(batch)
+    logits = net.state(inputs, users) @ net.item_table().T
+    real = targets != net.pad
+    expected = torch.stack([F.cross_entropy(logits[w : w + 1], targets[w, k : k + 1])
+                            for w, k in real.nonzero().tolist()]).mean()
+    assert real.sum() > len(inputs)  # windows with more than one target
+    torch.testing.assert_close(net.loss(batch), expected)
 
 
 def test_unknown_losses_are_refused():

@@ -8,7 +8,9 @@ embedding P_u is concatenated and item j scores y_j = W2_j · [z ⊕ P_u] + b2_j
 encode returns [z, P_u, 1], item_table returns [W2, b2]).
 
 Training (paper §3.4): sliding windows of L previous items predict the T next items with binary
-cross-entropy, -Σ_targets log σ(y) - Σ_negatives log(1 - σ(y)).
+cross-entropy, -Σ_targets log σ(y) - Σ_negatives log(1 - σ(y)). The shared next-item losses
+(models/losses.py) are options: `loss="ce"` (a softmax over every item for each of the T targets, the loss
+RecBole trains its Caser with), `"sampled-ce"` and `"bpr"`; `"bce"` (the default) is the paper's.
 
 Defaults from the paper and the authors' PyTorch code: L = 5, T = 3, d = 50, n_v = 4, n_h = 16,
 dropout 0.5, ReLU for both the convolutions and the fully connected layer, 3 negatives per window.
@@ -33,6 +35,7 @@ from torch import nn
 
 from mahn.errors import DataError
 from mahn.models.base import Batch, SequentialModel
+from mahn.models.losses import check_loss, next_item_loss
 
 
 @dataclass
@@ -43,6 +46,8 @@ class CaserConfig:
     horizontal: int = 16  # n_h, filters per height
     vertical: int = 4  # n_v
     dropout: float = 0.5
+    loss: str = "bce"  # the paper's; or a shared next-item loss (models/losses.py): ce (RecBole's), bpr, sampled-ce
+    negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
 
     def __post_init__(self) -> None:
         for name in ("dim", "window", "targets", "horizontal", "vertical"):
@@ -50,6 +55,7 @@ class CaserConfig:
                 raise DataError(f"{name} must be at least 1", f"--set {name}=...")
         if not 0 <= self.dropout < 1:
             raise DataError("dropout must be in [0, 1)", "--set dropout=...")
+        check_loss(self.loss, self.negatives, "Caser")
 
 
 class Caser(SequentialModel):
@@ -121,6 +127,10 @@ class Caser(SequentialModel):
         state = self.state(inputs, users).unsqueeze(1)  # (W, 1, 2d+1)
         table = self.item_table()
         real = targets != self.pad
+        if self.config.loss != "bce":  # each real (window, target) pair is a position of the shared loss
+            states = state.expand(-1, targets.shape[1], -1)[real]
+            return next_item_loss(self.config.loss, states, targets[real], negatives[real], lambda ids: table[ids],
+                                  lambda: table, self.n_items, self.config.negatives, self.excluded)
         positive = (state * table[targets.clamp(max=self.n_items - 1)]).sum(-1)
         negative = (state * table[negatives.clamp(max=self.n_items - 1)]).sum(-1)
         per_target = -(F.logsigmoid(positive) + F.logsigmoid(-negative))
