@@ -77,6 +77,26 @@ def run_stage(command: list[str]) -> dict:
     return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
 
 
+def print_table(results: list[dict]) -> None:
+    """The measured rows, with the seconds of each stage per million interactions and the training epoch alone."""
+    print("| interactions | users | items | stage | seconds | s per 1M interactions | peak RSS MiB | "
+          "load before/after |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in results:
+        load = f"{row['loadavg_before'][0]:.1f} / {row['loadavg_after'][0]:.1f}"
+        stages = []
+        for stage, measured in row["stages"].items():
+            stages.append((stage, measured))
+            if stage.startswith("train"):
+                stages.append(("(of which the training epoch)", {"seconds": round(row["train_seconds"], 1),
+                                                                   "peak_rss_mib": None}))
+        for stage, measured in stages:
+            peak = f"{measured['peak_rss_mib']:,}" if measured["peak_rss_mib"] is not None else ""
+            per_million = measured["seconds"] / row["interactions"] * 1e6
+            print(f"| {row['interactions']:,} | {row['users']:,} | {row['items']:,} | {stage} | "
+                  f"{measured['seconds']:,} | {per_million:.1f} | {peak} | {load} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
@@ -84,7 +104,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="Torch threads of train and evaluate (0: default).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument("--table", action="store_true", help="Print the table of the results in --out and stop.")
     args = parser.parse_args()
+    if args.table:
+        print_table(orjson.loads(args.out.read_bytes())["results"])
+        return
     mahn = [sys.executable, "-m", "mahn"]
     # rows of sizes not rerun are kept from an earlier run (10M alone takes over an hour on 2 cores)
     earlier = orjson.loads(args.out.read_bytes())["results"] if args.out.exists() else []
