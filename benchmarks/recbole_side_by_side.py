@@ -162,6 +162,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--same-batch-rows", action="store_true",
                         help="Give mahn RecBole's batch size in users instead of in training targets.")
+    parser.add_argument("--mahn-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="Change a mahn setting of every model run (e.g. targets=1: Caser predicts one next "
+                             "item, as RecBole's does); recorded in the JSON.")
     args = parser.parse_args()
     from mahn.data import Dataset
 
@@ -176,7 +179,8 @@ def main() -> int:
         # A RecBole batch row is one prefix with one target; a mahn row is a user with a target at every
         # position. mahn's batch gets as many users as give RecBole's number of targets a step, so both take
         # the same number of optimiser steps an epoch (--same-batch-rows keeps mahn at RecBole's row count).
-        ours_settings = {**MODELS[model][1], "threads": args.threads}
+        ours_settings = {**MODELS[model][1], "threads": args.threads,
+                         **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.mahn_set)}}
         positions = positions_per_user(dataset, ours_settings["max_len"])
         if not args.same_batch_rows:
             ours_settings["batch_size"] = max(1, round(MODELS[model][0]["train_batch_size"] / positions))
