@@ -231,7 +231,11 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--mahn-child":
         mahn_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), json.loads(sys.argv[5]), sys.argv[6])
     elif len(sys.argv) > 1 and sys.argv[1] == "--table":  # --table RESULT.json ...: one table of saved runs
-        print_table({"models": {model: both for path in sys.argv[2:]
-                                for model, both in json.loads(Path(path).read_text())["models"].items()}})
+        rows = {}
+        for path in sys.argv[2:]:
+            for model, both in json.loads(Path(path).read_text())["models"].items():
+                changed = " ".join(f"{k}={v}" for k, v in both["mahn"]["settings"].items() if k in ("loss", "targets"))
+                rows[model if model not in rows else f"{model}, mahn {changed}"] = both  # a model run again
+        print_table({"models": rows})
     else:
         sys.exit(main())

@@ -2,6 +2,7 @@
 ceiling that training reaches.
 
     .venv/bin/python benchmarks/train_speed.py [--runs mahn:ce mahn:bpr sasrec:ce] [--threads 2] [--batch-size 256]
+    .venv/bin/python benchmarks/train_speed.py --profile --runs sasrec:ce      # where the time goes
 
 Each run is MODEL:LOSS: MAHN cat-cat (d 50, max_len 50) with random 4096-d visual (as VGG16 fc7) and 768-d text
 (as BERT) features, or SASRec (d 50, 2 blocks, 1 head, max_len 50). Features are random: only the timing
@@ -145,6 +146,47 @@ def one_run(root: Path, model_name: str, loss: str, batch_size: int, threads: in
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def profile_run(root: Path, model_name: str, loss: str, batch_size: int, threads: int) -> str:
+    """torch.profiler's operators by self time: 20 training batches (after 5 warm-up batches), then one uni100
+    evaluation of the test users (after a warm-up one)."""
+    from torch.profiler import profile
+
+    from mahn.data import Dataset
+    from mahn.evaluation import EvalConfig, evaluate
+    from mahn.models import build_model
+    from mahn.settings import resolve
+    from mahn.training import make_batch, make_optimizer, training_users
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dataset = Dataset(root)
+    settings = resolve(("benchmark", {**MODELS[model_name], "loss": loss, "batch_size": batch_size,
+                                      "progress": False}))
+    model = build_model(model_name, settings.model_config, dataset)
+    optimizer, _ = make_optimizer(model, settings.train)
+    users, rng = training_users(dataset), np.random.default_rng(0)
+    batches = [make_batch(dataset, users[lo : lo + batch_size], settings.train.max_len, rng)
+               for lo in range(0, 25 * batch_size, batch_size)]
+
+    def steps(part: list) -> None:
+        for batch in part:
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(batch).backward()
+            optimizer.step()
+
+    steps(batches[:5])
+    with profile() as training:
+        steps(batches[5:])
+    config = EvalConfig(split="test", max_len=settings.train.max_len, groups=False, protocols=("uni100",))
+    evaluate(model, dataset, config)
+    with profile() as evaluation:
+        evaluate(model, dataset, config)
+    return "\n".join([f"{model_name}:{loss}, 20 training batches:",
+                      training.key_averages().table(sort_by="self_cpu_time_total", row_limit=12),
+                      f"{model_name}:{loss}, uni100 evaluation:",
+                      evaluation.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)])
+
+
 def main() -> None:
     from mahn.data import Dataset
     from mahn.io import write_json
@@ -155,6 +197,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", action="store_true",
+                        help="Instead of timing: print torch.profiler's top operators for 20 training batches and "
+                             "for a uni100 evaluation of each run (nothing written).")
     args = parser.parse_args()
     if not PHONES.exists():
         raise SystemExit(f"skipped: {PHONES} not found")
@@ -174,6 +219,11 @@ def main() -> None:
         dataset = Dataset(root)
         counts = {"users": dataset.n_users, "items": dataset.n_items, "interactions": len(dataset.items)}
         results = []
+        if args.profile:
+            for model_name, loss in runs:
+                with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                    print(pool.submit(profile_run, root, model_name, loss, args.batch_size, args.threads).result())
+            return
         for model_name, loss in runs:
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                 results.append(pool.submit(one_run, root, model_name, loss, args.batch_size, args.threads,

@@ -194,3 +194,34 @@ def test_gpu_run_resumes_and_loads_on_cpu(tiny, tmp_path):
             torch.testing.assert_close(once[key], twice[key], rtol=1e-3, atol=1e-4)
     model, _, _ = load_run(tmp_path / "once", device="cpu")  # weights saved from the GPU load on the CPU
     assert model.device.type == "cpu"
+
+
+def test_the_trainers_fused_adam_takes_the_default_adams_steps():
+    """make_optimizer uses torch's fused Adam (one pass over each parameter a step); 10 steps of a small SASRec
+    must end where the default (foreach) Adam with the same groups ends, up to rounding, far from the start."""
+    from mahn.models.base import Batch
+    from mahn.models.sasrec import SASRec, SASRecConfig
+    from mahn.training import make_optimizer
+
+    def parameters_after(fused: bool, steps: int = 10) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = SASRec(SASRecConfig(dim=16, dropout=0.0, max_len=6), 30)
+        optimizer, _ = make_optimizer(model, resolve(("t", {"model": "sasrec", "lr": 0.01})).train)
+        assert all(group["fused"] for group in optimizer.param_groups)
+        if not fused:  # the same groups, torch's default implementation
+            optimizer = type(optimizer)([{k: g[k] for k in ("params", "weight_decay")} for g in optimizer.param_groups],
+                                        lr=0.01)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            histories, targets, negatives = (torch.randint(0, 30, (8, 6), generator=generator) for _ in range(3))
+            optimizer.zero_grad()
+            model.loss(Batch(histories, targets, negatives, torch.arange(8))).backward()
+            optimizer.step()
+        # the attention's key bias has a zero gradient in exact arithmetic: Adam scales its rounding noise up to
+        # full steps, differently in each implementation
+        return {name: p.detach() for name, p in model.named_parameters() if not name.endswith("in_proj_bias")}
+
+    fused, default, start = parameters_after(True), parameters_after(False), parameters_after(True, steps=0)
+    assert max((fused[name] - start[name]).abs().max() for name in start) > 0.05  # 10 steps of lr 0.01 moved it
+    for name in fused:
+        torch.testing.assert_close(fused[name], default[name], rtol=0, atol=1e-6)
