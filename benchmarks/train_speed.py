@@ -114,20 +114,26 @@ def epoch_flops(model, dataset, users: np.ndarray, settings) -> float:
     return (counted + sum(recurrent)) / sequences * len(users)
 
 
-def one_run(root: Path, model_name: str, loss: str, batch_size: int, threads: int, ceiling: float) -> dict:
-    """In a fresh process: one epoch of MODEL with LOSS, then the three evaluations; its own peak RSS."""
+def fresh_model(root: Path, model_name: str, loss: str, batch_size: int, threads: int):
+    """(dataset, settings, model) of one run, seeded, with the given torch threads."""
     from mahn.data import Dataset
-    from mahn.evaluation import EvalConfig, evaluate
     from mahn.models import build_model
     from mahn.settings import resolve
-    from mahn.training import make_optimizer, train_epoch, training_users
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dataset = Dataset(root)
     settings = resolve(("benchmark", {**MODELS[model_name], "loss": loss, "batch_size": batch_size,
                                       "progress": False}))
-    model = build_model(model_name, settings.model_config, dataset)
+    return dataset, settings, build_model(model_name, settings.model_config, dataset)
+
+
+def one_run(root: Path, model_name: str, loss: str, batch_size: int, threads: int, ceiling: float) -> dict:
+    """In a fresh process: one epoch of MODEL with LOSS, then the three evaluations; its own peak RSS."""
+    from mahn.evaluation import EvalConfig, evaluate
+    from mahn.training import make_optimizer, train_epoch, training_users
+
+    dataset, settings, model = fresh_model(root, model_name, loss, batch_size, threads)
     users = training_users(dataset)
     flops = epoch_flops(model, dataset, users, settings)
     optimizer, _ = make_optimizer(model, settings.train)
@@ -151,18 +157,10 @@ def profile_run(root: Path, model_name: str, loss: str, batch_size: int, threads
     evaluation of the test users (after a warm-up one)."""
     from torch.profiler import profile
 
-    from mahn.data import Dataset
     from mahn.evaluation import EvalConfig, evaluate
-    from mahn.models import build_model
-    from mahn.settings import resolve
     from mahn.training import make_batch, make_optimizer, training_users
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    dataset = Dataset(root)
-    settings = resolve(("benchmark", {**MODELS[model_name], "loss": loss, "batch_size": batch_size,
-                                      "progress": False}))
-    model = build_model(model_name, settings.model_config, dataset)
+    dataset, settings, model = fresh_model(root, model_name, loss, batch_size, threads)
     optimizer, _ = make_optimizer(model, settings.train)
     users, rng = training_users(dataset), np.random.default_rng(0)
     batches = [make_batch(dataset, users[lo : lo + batch_size], settings.train.max_len, rng)
