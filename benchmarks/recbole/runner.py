@@ -26,6 +26,15 @@ class OutOfBudget(Exception):
     pass
 
 
+def internal_ids(dataset, field: str) -> np.ndarray:
+    """mahn id (RecBole's token) -> RecBole's internal id, for `field` (item_id, user_id); 0 is RecBole's pad."""
+    tokens = dataset.field2id_token[field]
+    mapping = np.zeros(max(int(token) for token in tokens[1:]) + 1, dtype=np.int64)
+    for internal, token in enumerate(tokens[1:], start=1):
+        mapping[int(token)] = internal
+    return mapping
+
+
 def main() -> None:
     work, model_name, budget, settings = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
     torch.set_num_threads(settings.pop("threads", 1))
@@ -63,15 +72,8 @@ def main() -> None:
 
     # mahn's protocol on the same model: histories, targets and negatives as mahn ids, mapped to RecBole's
     ours = np.load(os.path.join(work, "eval.npz"), allow_pickle=False)
-    to_internal = np.zeros(int(ours["n_items"]), dtype=np.int64)
-    for internal, token in enumerate(dataset.field2id_token["item_id"]):
-        if internal:  # 0 is RecBole's padding
-            to_internal[int(token)] = internal
-    user_to_internal = np.zeros(len(dataset.field2id_token["user_id"]), dtype=np.int64)
-    for internal, token in enumerate(dataset.field2id_token["user_id"]):
-        if internal:
-            user_to_internal[int(token)] = internal
-    users = torch.from_numpy(user_to_internal[ours["users"]])  # Caser reads a user embedding
+    to_internal = internal_ids(dataset, "item_id")
+    users = torch.from_numpy(internal_ids(dataset, "user_id")[ours["users"]])  # Caser reads a user embedding
     offsets, flat = ours["offsets"], to_internal[ours["histories"]]
     targets, negatives = to_internal[ours["targets"]], to_internal[ours["negatives"]]
     max_len = config["MAX_ITEM_LIST_LENGTH"]

@@ -137,7 +137,8 @@ class MAHN(SequentialModel):
         if ids is not None and not torch.is_grad_enabled() and self.modalities:
             # scoring: every item projected once and looked up (gathering each batch's raw rows was half of
             # an evaluation); recomputed whenever a projection's weights or inputs change (an optimiser step or
-            # loaded weights bump the version) and dropped by train()/eval(), so it lives for one evaluation
+            # loaded weights bump the version) and dropped at every switch of training mode, so it lives for one
+            # evaluation
             key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in self.modalities
                         for t in (m.project.weight, m.raw))
             if self.projected_cache is None or self.projected_cache[0] != key:

@@ -92,7 +92,7 @@ def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, datase
             loss = model.loss(batch) if step is None else step(batch.histories, batch.targets, batch.negatives,
                                                                   batch.users)
         optimizer.zero_grad(set_to_none=True)
-        (loss * weight if world.distributed else loss).backward()
+        (loss * weight).backward()  # weight 1 on one process
         optimizer.step()
         total_loss += loss.item() * weight / world.size * whole  # summed over the ranks: the batch's mean x rows
         steps += 1
