@@ -8,7 +8,8 @@
 #   EPOCHS   most epochs per run (default 200; early stopping on validation usually ends sooner)
 #   LIMIT_S  wall-clock limit per run in seconds (default 0: none); a cut run keeps its best epoch
 #
-# All runs start at once, which suits one GPU (each run is small); on a CPU set JOBS=1 to run them
+# Every run takes the papers' configurations (`--preset paper`: their losses, the step schedule); the flags
+# below override it. All runs start at once, which suits one GPU (each run is small); on a CPU set JOBS=1 to run them
 # one after another. MAHN=... picks the command (default: mahn on the PATH).
 set -uo pipefail
 DATA=$1
@@ -25,7 +26,7 @@ train() {  # NAME DATASET ARGS...
   if [ ! -f "$run/summary.json" ]; then
     local resume=()
     [ -f "$run/checkpoints/last.safetensors" ] && resume=(--resume)
-    timeout "$LIMIT" $MAHN train "$DATA/$dataset" --out "$run" "$@" --epochs "$EPOCHS" --patience 10 \
+    timeout "$LIMIT" $MAHN train "$DATA/$dataset" --out "$run" --preset paper "$@" --epochs "$EPOCHS" --patience 10 \
         --select uni100 --seed 0 --threads 1 --no-progress "${resume[@]}" >"$run.log" 2>&1
     echo "$name: train exit $? after $SECONDS s" >>"$run.log"
   fi

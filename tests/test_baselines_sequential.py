@@ -113,8 +113,8 @@ def test_caser_vertical_conv_is_weighted_sum_of_rows_and_horizontal_is_max_poole
     assert pooled.item() == pytest.approx(F.relu(rows.sum(1)).max().item(), rel=1e-6)
 
 
-def test_sasrec_is_causal_and_loss_is_bce_with_one_negative():
-    model = SASRec(SASRecConfig(dim=8, max_len=10), N_ITEMS).eval()
+def test_sasrec_is_causal_and_its_papers_loss_is_bce_with_one_negative():
+    model = SASRec(SASRecConfig(dim=8, max_len=10, loss="bce"), N_ITEMS).eval()
     histories = torch.tensor([[PAD, 1, 2, 3, 4]])
     changed = torch.tensor([[PAD, 1, 2, 9, 9]])
     assert torch.allclose(model.hidden(histories)[0, :3], model.hidden(changed)[0, :3], atol=1e-6)
@@ -220,14 +220,17 @@ def share_of_last_items_in_top(model, dataset: Dataset, k: int) -> float:
     return (top == dataset.items[ends[users] - 1][:, None]).any(1).mean()
 
 
-# name: (model, training steps, batch max_len, k of the top-k check). SASRec and Caser learn from one
-# uniform negative per target, which is never one of the user's own items (the trainer redraws those),
-# so nothing pushes the next item above the rest of the user's cluster: their check is the top 3 of 24.
+# name: (model, training steps, batch max_len, k of the top-k check), each with its paper's loss. SASRec and
+# Caser learn from one uniform negative per target, which is never one of the user's own items (the trainer
+# redraws those), so nothing pushes the next item above the rest of the user's cluster: their check is the top
+# 3 of 24. With the softmax (the default loss) every item competes, and the next item must be first.
 OVERFIT = {
-    "gru4rec": (lambda d: GRU4Rec(GRU4RecConfig(dim=16, dropout=0.0), d.n_items), 60, 10, 1),
-    "caser": (lambda d: Caser(CaserConfig(dim=32, window=3, targets=2, dropout=0.0), d.n_items, d.n_users),
-              120, 10, 3),
-    "sasrec": (lambda d: SASRec(SASRecConfig(dim=32, dropout=0.0, max_len=10), d.n_items), 150, 10, 3),
+    "gru4rec": (lambda d: GRU4Rec(GRU4RecConfig(dim=16, dropout=0.0, loss="bpr-max"), d.n_items), 60, 10, 1),
+    "caser": (lambda d: Caser(CaserConfig(dim=32, window=3, targets=2, dropout=0.0, loss="bce"), d.n_items,
+                              d.n_users), 120, 10, 3),
+    "sasrec": (lambda d: SASRec(SASRecConfig(dim=32, dropout=0.0, max_len=10, loss="bce"), d.n_items), 150, 10, 3),
+    "sasrec-ce": (lambda d: SASRec(SASRecConfig(dim=32, dropout=0.0, max_len=10), d.n_items), 150, 10, 1),
+    "gru4rec-ce": (lambda d: GRU4Rec(GRU4RecConfig(dim=16, dropout=0.0), d.n_items), 60, 10, 1),
     "bert4rec": (lambda d: BERT4Rec(BERT4RecConfig(dim=16, dropout=0.0, max_len=10, mask_prob=0.4), d.n_items),
                  150, 10, 1),
 }

@@ -151,6 +151,15 @@ def test_the_paper_preset_pins_the_papers_settings_under_any_defaults():
     assert resolve(("flags", {"model": "mahn", "loss": "ce"}), preset="paper").model_config.loss == "ce"
     # a preset entry for another model's setting does not leak
     assert not hasattr(resolve(("x", {"model": "gru4rec"}), preset="paper").model_config, "feature_norm")
-    assert set(PRESETS["paper"]["mahn"]) <= {"loss", "feature_norm", "rec_weight", "negatives"}
+    assert set(PRESETS["paper"]["mahn"]) <= {"loss", "feature_norm", "rec_weight", "negatives", "skip_untrained"}
+    # the papers' schedule and early stopping, over any model's own trainer defaults (BERT4Rec waits 20 epochs)
+    for model, loss in (("sasrec", "bce"), ("gru4rec", "bpr-max"), ("caser", "bce"), ("bert4rec", None)):
+        ours, theirs = resolve(("x", {"model": model})), resolve(("x", {"model": model}), preset="paper")
+        assert (theirs.train.lr_schedule, theirs.train.lr_step, theirs.train.patience, theirs.train.patience_steps,
+                theirs.train.epochs) == ("step", 10, 5, 0, 100)
+        assert ours.train.lr_schedule == "constant" and ours.train.patience_steps > 0
+        if loss is not None:
+            assert (ours.model_config.loss, theirs.model_config.loss) == ("ce", loss)
+    assert resolve(("x", {"model": "bert4rec"})).train.patience == 20
     with pytest.raises(DataError, match="unknown preset 'best'"):
         resolve(("x", {}), preset="best")

@@ -33,7 +33,11 @@ def test_every_experiment_is_reported_with_plots_and_raw_numbers(report):
         assert heading in text
     for figure in ("fig3_ablations.png", "fig4_dims.png", "fig5_groups.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(results["compare"]) == {"MAHN", "Popularity", "GRU4Rec"}
+    assert set(results["compare"]) == {"MAHN", "MAHN ID-only", "Popularity", "GRU4Rec"}
+    assert results["multimodal"] == ["MAHN"]
+    # the ID-only twin is the same run as the ablation that drops both modalities, trained once
+    twin_runs = [r["run"] for r in results["compare"]["MAHN ID-only"]]
+    assert twin_runs == [r["run"] for r in results["ablations"]["MAHN-V-T"]]
     assert set(results["variants"]) == {"add-add", "add-cat", "cat-add", "cat-cat"}
     assert set(results["ablations"]) == {"MAHN", "MAHN-V", "MAHN-T", "MAHN-V-T"}
     assert list(results["dims"]) == ["10", "20", "30", "40", "50"]
@@ -57,13 +61,28 @@ def test_paired_tests_are_wilcoxon_on_per_user_ndcg_averaged_over_seeds(report):
             for row, protocol in enumerate(PROTOCOLS):
                 assert values[row].mean() == pytest.approx(run["test"][protocol]["NDCG@10"])
         per_user[label] = np.mean(stored, axis=0)
-    assert set(results["paired_tests"]) == {"Popularity", "GRU4Rec"}
+    assert set(results["paired_tests"]) == {"MAHN ID-only", "Popularity", "GRU4Rec"}
     for rival in ("Popularity", "GRU4Rec"):
         for row, protocol in enumerate(PROTOCOLS):
             ours, theirs = per_user["MAHN"][row], per_user[rival][row]
             assert np.any(ours != theirs)  # a real test, not the no-difference shortcut
             expected = wilcoxon(ours, theirs).pvalue
             assert results["paired_tests"][rival][protocol] == pytest.approx(expected, rel=1e-9)
+
+
+def test_best_vs_best_pairs_the_best_content_model_with_the_best_id_only_model_by_validation(report):
+    _, _, results = report
+    best = results["best_vs_best"]
+    valid = {label: np.mean([r["valid"]["full"]["NDCG@10"] for r in runs])
+             for label, runs in results["compare"].items()}
+    assert best["multimodal"] == "MAHN" and best["chosen_by"] == "validation full NDCG@10"
+    id_only = [label for label in results["compare"] if label != "MAHN"]
+    assert best["id_only"] == max(id_only, key=valid.get)
+    for protocol in PROTOCOLS:
+        assert best[protocol] == results["paired_tests"][best["id_only"]][protocol]
+        means = {side: np.mean([r["test"][protocol]["NDCG@10"] for r in results["compare"][best[side]]])
+                 for side in ("multimodal", "id_only")}
+        assert best["higher"][protocol] == max(means, key=means.get)
 
 
 def report_table(text: str, heading: str) -> tuple[list[str], dict[str, list[str]]]:

@@ -303,8 +303,15 @@ def test_added_items_are_served_and_id_only_models_refuse_them(shop, tmp_path):
     assert [r["key"] for r in served] == [r.key for r in expected]
     only_new = client.post("/recommend", json={"history": [KEYS[0]], "candidates": ["new-a", "new-b"]}).json()
     assert sorted(r["key"] for r in only_new["items"]) == ["new-a", "new-b"]
-    history_of_new = client.post("/recommend", json={"history": ["new-a"]})
-    assert history_of_new.status_code == 400 and "added after training" in history_of_new.json()["detail"]
+    history_of_new = client.post("/recommend", json={"history": ["new-a"], "k": 5})  # read by its content
+    assert history_of_new.status_code == 200, history_of_new.text
+    recommended = [r["key"] for r in history_of_new.json()["items"]]
+    assert len(recommended) == 5 and "new-a" not in recommended
+    scores = {}
+    for name, history in (("without", [KEYS[0]]), ("with", [KEYS[0], "new-a"])):
+        served = client.post("/recommend", json={"history": history, "k": ITEMS + 2, "exclude_history": False})
+        scores[name] = {r["key"]: r["score"] for r in served.json()["items"]}
+    assert scores["with"] != scores["without"]  # the new item in the history changes what follows it
     again = client.post("/items", json={"items": records[:1]})
     assert again.status_code == 400 and "new-a" in again.json()["detail"]
     escape = client.post("/items", json={"items": [{"key": "x", "title": "x", "image": "../outside.png"}]})

@@ -142,9 +142,14 @@ def test_run_records_budget_and_keeps_the_best_epoch(tiny, tmp_path):
 
 
 def test_early_stopping_uses_patience(tiny, tmp_path):
-    settings = quick(epochs=50, lr=0.0, patience=2)  # lr 0: validation never improves
+    settings = quick(epochs=50, lr=0.0, patience=2, patience_steps=0)  # lr 0: validation never improves
     summary = train(tiny, tmp_path / "run", settings)
     assert summary["stopped_early"] and summary["epochs"] == 3 and summary["best_epoch"] == 1
+    # and the steps: a run stops once both patience epochs and patience_steps steps have passed since the best
+    per_epoch = summary["steps"] // summary["epochs"]
+    settings = quick(epochs=50, lr=0.0, patience=2, patience_steps=4 * per_epoch + 1)
+    summary = train(tiny, tmp_path / "steps", settings)
+    assert summary["stopped_early"] and summary["epochs"] == 6 and summary["best_epoch"] == 1
 
 
 def test_missing_features_fail_clearly_unless_ablated(tmp_path):

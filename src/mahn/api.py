@@ -69,6 +69,9 @@ class _Items:
     folded: list[str]  # casefolded titles, for search
     added_rows: torch.Tensor | None  # (added, D) item-table rows of the added items, on the model's device
     table: torch.Tensor | None = None  # (items, D) the full item table, computed on first use
+    # the model that reads histories: one that also reads the added items (SequentialModel.with_added), or None
+    # for the trained model alone (no items added, or a model that cannot read them: they leave the window)
+    reader: SequentialModel | None = None
 
 
 class Recommender:
@@ -175,11 +178,15 @@ class Recommender:
                 rows = self.model.content_vectors(features)
             except DataError as error:
                 return base, f"{len(added.keys)} added item(s) not served: {error}"
+            try:
+                reader = self.model.with_added(features)
+            except DataError:  # scored, but left out of the history window
+                reader = None
         keys = base.keys + list(added.keys)
         titles = base.titles + [t if t else k for t, k in zip(added.titles, added.keys, strict=True)]
         images = base.images + [s if s and s.strip() else None for s in added.images]
         return _Items(keys, titles, images, {k: i for i, k in enumerate(keys)}, [t.casefold() for t in titles],
-                      rows.detach().float()), None
+                      rows.detach().float(), reader=reader), None
 
     def item_table(self) -> torch.Tensor:
         """(items, D) every item's vector (trained, then added), on the model's device; computed once."""
@@ -249,8 +256,8 @@ class Recommender:
         """Top-k items after a history of item keys (oldest first).
 
         `candidates`: rank only these keys. `exclude_history`: leave out every item of the history.
-        Items added after training are recommended (by content) but cannot yet be read in a history:
-        they are left out of the model's input window.
+        Items added after training are recommended by their content, and read in a history by their content too
+        (MAHN, MGT); models that cannot read them there (VBPR, JRL, MV-RNN) leave them out of the input window.
         """
         return self.recommend_batch([history], k, exclude_history, None if candidates is None else [candidates])[0]
 
@@ -270,6 +277,7 @@ class Recommender:
             return []
         items = self._current()
         total = len(items.keys)
+        reader = items.reader or self.model
         ids, windows, pools = [], [], []
         for history, count, pool in zip(histories, ks, candidates, strict=True):
             if not history:
@@ -277,21 +285,22 @@ class Recommender:
             if not 1 <= count <= total:
                 raise DataError(f"k must be between 1 and the number of items ({total}), got {count}", "k")
             known = self._ids(items, history)
-            window = [i for i in known if i < self.n_trained][-self.max_len :]
+            window = [i for i in known if i < reader.n_items][-self.max_len :]
             if not window:
-                raise DataError("the history holds only items added after training, which the model cannot read "
-                                "as a history: give at least one item of the dataset", "history")
+                raise DataError(f"the history holds only items added after training, which "
+                                f"{self.record['model']} cannot read in a history: give at least one item of the "
+                                "dataset", "history")
             ids.append(known)
             windows.append(window)
             pools.append(None if pool is None else sorted(set(self._ids(items, pool))))
         width = max(len(w) for w in windows)
-        pad = self.model.pad
+        pad = reader.pad
         batch = torch.tensor([[pad] * (width - len(w)) + w for w in windows], device=self.model.device)
         table = self._full_table(items)
         approximate = self.index_kind == "hnsw"
         with self.lock:
             try:
-                states = self.model.encode(batch)
+                states = reader.encode(batch)
             except ValueError as error:  # a model that needs a user id (Caser) cannot serve anonymous histories
                 raise DataError(f"{self.record['model']} cannot recommend for a history alone: {error}") from error
             scores = None if approximate else (states @ table.T).float()

@@ -196,7 +196,7 @@ def models_command(
     from dataclasses import fields
 
     from mahn.models import MODELS, describe
-    from mahn.settings import TRAIN_KEYS, TrainConfig
+    from mahn.settings import MODEL_DEFAULTS, TRAIN_KEYS, TrainConfig
 
     for name, cls in MODELS.items():
         typer.echo(f"{name:<11} {describe(name)}")
@@ -204,8 +204,11 @@ def models_command(
             for f in fields(cls.Config):
                 shared = "  (shared with the trainer)" if f.name in TRAIN_KEYS else ""
                 typer.echo(f"{'':<13}{f.name} = {f.default!r}{shared}")
+            for key, value in MODEL_DEFAULTS.get(name, {}).items():
+                typer.echo(f"{'':<13}{key} = {value!r}  (the trainer's, for this model)")
     if settings:
-        typer.echo(f"{'trainer':<11} settings of every model (flags, --config TOML or --set):")
+        typer.echo(f"{'trainer':<11} settings of every model (flags, --config TOML or --set), unless the model "
+                   "sets its own above:")
         for f in fields(TrainConfig):
             typer.echo(f"{'':<13}{f.name} = {f.default!r}")
 
@@ -219,14 +222,16 @@ def train(
     ablate: str | None = typer.Option(None, help="MAHN ablation: v (MAHN-V), t (MAHN-T), vt (MAHN-V-T)."),
     dim: int | None = typer.Option(None, help="Embedding size d [50]."),
     rec_weight: float | None = typer.Option(None, "--lambda", help="Weight λ of the reconstruction loss [1.0]."),
-    epochs: int | None = typer.Option(None, help="Maximum epochs [100]."),
+    epochs: int | None = typer.Option(None, help="Maximum epochs [500]."),
     batch_size: int | None = typer.Option(None, help="Sequences per step [256; the paper used 5]."),
     lr: float | None = typer.Option(None, help="Adam learning rate [1e-3]."),
     weight_decay: float | None = typer.Option(None, help="L2 on weights and embeddings, not biases [1e-4]."),
-    lr_step: int | None = typer.Option(None, help="StepLR step in epochs [10]."),
-    lr_gamma: float | None = typer.Option(None, help="StepLR factor [0.5]."),
+    lr_schedule: str | None = typer.Option(None, help="Learning-rate schedule: constant|step|plateau [constant]."),
+    lr_step: int | None = typer.Option(None, help="Epochs per rate step (step), or without a better validation "
+                                       "score before one (plateau) [10]."),
+    lr_gamma: float | None = typer.Option(None, help="Factor of each rate step [0.5]."),
     max_len: int | None = typer.Option(None, help="Histories cut to the last max_len items [50]."),
-    patience: int | None = typer.Option(None, help="Epochs without better validation NDCG@10 before stopping [5]."),
+    patience: int | None = typer.Option(None, help="Epochs without better validation NDCG@10 before stopping (and --set patience_steps=N steps) [10]."),
     select: str | None = typer.Option(None, help="Validation protocol for early stopping: full|uni100 [full]."),
     seed: int | None = typer.Option(None, help="Seed of initialisation, shuffling and negatives [0]."),
     threads: int | None = typer.Option(None, help="Torch CPU threads (0: torch's default)."),
@@ -257,7 +262,8 @@ def train(
         raise typer.Exit(launch(nproc))
 
     flags = dict(model=model, variant=variant, ablate=ablate, dim=dim, rec_weight=rec_weight, epochs=epochs,
-                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
+                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule,
+                 lr_step=lr_step, lr_gamma=lr_gamma,
                  max_len=max_len, patience=patience, select=select, seed=seed, threads=threads,
                  device=device, progress=progress)
     layers = [("flags", flags), ("--set", parse_assignments(set_))]

@@ -31,13 +31,22 @@ DEFAULT_MODEL = "mahn"
 # defaults depart from it and the experiment behind each departure.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
-        "*": {"optimizer": "adam", "embedding_decay": True, "weight_decay": 1e-4, "lr": 1e-3, "lr_step": 10,
-              "lr_gamma": 0.5},
-        "mahn": {"loss": "bpr", "feature_norm": "none", "rec_weight": 1.0},
+        "*": {"optimizer": "adam", "embedding_decay": True, "weight_decay": 1e-4, "lr": 1e-3, "lr_schedule": "step",
+              "lr_step": 10, "lr_gamma": 0.5, "epochs": 100, "patience": 5, "patience_steps": 0},
+        "mahn": {"loss": "bpr", "feature_norm": "none", "rec_weight": 1.0, "skip_untrained": False},
         "sasrec": {"loss": "bce"},
+        "gru4rec": {"loss": "bpr-max"},
+        "caser": {"loss": "bce"},
     },
 }
+# Each model's trainer settings where they depart from TrainConfig's, applied right above the declared defaults
+# (a preset, a budget, TOML, flags and --set override them). Chosen on validation across every dataset we have;
+# the experiments behind each value: docs/investigations/defaults.md.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bert4rec": {"patience": 20},  # a slow learner: its validation score climbs in small steps with long pauses
+}
 SELECT = ("full", "uni100")
+SCHEDULES = ("constant", "step", "plateau")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
 
@@ -46,16 +55,23 @@ OPTIMIZERS = ("adam", "adamw")
 class TrainConfig:
     """The trainer's settings (model-agnostic)."""
 
-    epochs: int = 100  # upper bound; early stopping usually ends sooner
+    epochs: int = 500  # upper bound (a small dataset needs many: H&M is 4 steps an epoch); early stopping ends sooner
     batch_size: int = 256  # sequences per step (the paper used 5: slow on CPU, reachable by flag)
     lr: float = 1e-3
     weight_decay: float = 1e-4  # the paper's "regularisation": L2 on weight matrices and embeddings, not biases
     optimizer: str = "adam"  # adam: L2 added to the gradient (the paper's); adamw: decay decoupled from Adam's scaling
     embedding_decay: bool = True  # whether embedding tables are decayed too (False: only the other matrices)
+    # constant; step: the rate times lr_gamma every lr_step epochs (the paper's StepLR, which counts epochs, not
+    # steps: at a few steps an epoch it starves a small dataset); plateau: times lr_gamma after lr_step epochs
+    # without a better validation score
+    lr_schedule: str = "constant"
     lr_step: int = 10
     lr_gamma: float = 0.5
     max_len: int = MAX_LEN  # histories are cut to their last max_len items
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping...
+    # ...and steps: on a small dataset an epoch is a few steps, and a model still learning looks flat for a few
+    # epochs (docs/investigations/defaults.md)
+    patience_steps: int = 500
     select: str = "full"  # protocol whose validation NDCG@10 picks the checkpoint: full or uni100
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -68,12 +84,14 @@ class TrainConfig:
             raise DataError("select must be 'full' or 'uni100'", "--select")
         if self.precision not in PRECISIONS:
             raise DataError(f"precision must be one of {', '.join(PRECISIONS)}", "--set precision=...")
+        if self.lr_schedule not in SCHEDULES:
+            raise DataError(f"lr_schedule must be one of {', '.join(SCHEDULES)}", "--lr-schedule")
         if self.optimizer not in OPTIMIZERS:
             raise DataError(f"optimizer must be one of {', '.join(OPTIMIZERS)}", "--set optimizer=...")
         for name in ("epochs", "batch_size", "max_len", "patience", "lr_step"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be at least 1", setting_source(name))
-        for name in ("lr", "weight_decay", "threads"):  # lr 0 is allowed: a frozen model, a useful probe
+        for name in ("lr", "weight_decay", "threads", "patience_steps"):  # lr 0 is allowed: a frozen model, a probe
             if getattr(self, name) < 0:
                 raise DataError(f"{name} must not be negative", setting_source(name))
         if self.lr_gamma <= 0:
@@ -105,8 +123,8 @@ Layer = tuple[str, Mapping[str, Any]]  # (where it came from, e.g. a file name o
 
 def setting_source(name: str) -> str:
     """How a user sets `name` on the command line (for error messages)."""
-    flags = {"variant", "ablate", "dim", "epochs", "batch_size", "lr", "weight_decay", "lr_step", "lr_gamma",
-             "max_len", "patience", "select", "seed", "threads", "device"}
+    flags = {"variant", "ablate", "dim", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_step",
+             "lr_gamma", "max_len", "patience", "select", "seed", "threads", "device"}
     return f"--{name.replace('_', '-')}" if name in flags else f"--set {name}=..."
 
 
@@ -118,8 +136,8 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 
 
 def defaults(model: str) -> dict[str, Any]:
-    """Every declared default of `model` and of the trainer, as one flat dict."""
-    return asdict(model_class(model).Config()) | asdict(TrainConfig())
+    """Every default of `model` and of the trainer (with the model's own trainer defaults), as one flat dict."""
+    return asdict(model_class(model).Config()) | asdict(TrainConfig()) | MODEL_DEFAULTS.get(model, {})
 
 
 def preset_layer(preset: str | None, model: str) -> Layer:
@@ -136,7 +154,8 @@ def preset_layer(preset: str | None, model: str) -> Layer:
 def resolve(*layers: Layer, preset: str | None = None) -> RunSettings:
     """Merge the layers (later ones win; None means "not given") into a model config and a TrainConfig.
 
-    `preset` (a name in PRESETS) comes first, right above the declared defaults. Unknown keys and
+    `preset` (a name in PRESETS) comes first, right above the model's own defaults (MODEL_DEFAULTS), which are
+    right above the declared ones. Unknown keys and
     values of the wrong type are a DataError naming the layer they came from.
     """
     merged: dict[str, Any] = {}
@@ -149,10 +168,10 @@ def resolve(*layers: Layer, preset: str | None = None) -> RunSettings:
     if not isinstance(model, str):
         raise DataError(f"model must be a name, got {model!r}", origin.get("model"))
     model_class(model)  # an unknown model fails here, naming --model
-    where, values = preset_layer(preset, model)
-    for key, value in values.items():
-        if key not in merged:
-            merged[key], origin[key] = value, where
+    for where, values in (preset_layer(preset, model), (f"{model}'s defaults", MODEL_DEFAULTS.get(model, {}))):
+        for key, value in values.items():
+            if key not in merged:
+                merged[key], origin[key] = value, where
     config_class = model_class(model).Config
     own = model_keys(model)
     unknown = sorted(set(merged) - own - TRAIN_KEYS)

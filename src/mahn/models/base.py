@@ -45,6 +45,14 @@ class SequentialModel(nn.Module):
 
     Config: type  # the model's settings dataclass (`mahn models --settings` lists its fields)
     trainable: bool = True  # False: nothing to learn (popularity); the trainer scores it once and saves it
+    # settings that make a model that reads content its own ID-only twin (e.g. {"ablate": "vt"}); None: the model
+    # reads no content, or cannot do without it
+    id_only: dict | None = None
+
+    @property
+    def reads_content(self) -> bool:
+        """Whether the model reads items' image or text features (and so can place an item it never trained on)."""
+        return False
     n_items: int
     # bool (n_items,) on the model's device: items that must not be training candidates (the new items of a
     # new-item split, which arrive after training); set by the trainer, never saved
@@ -78,6 +86,13 @@ class SequentialModel(nn.Module):
 
     # --- learned ID vectors that may be left out (MAHN, MGT: an item_embedding and config.id_dropout) ---
 
+    def grow_ids(self, m: int) -> None:
+        """Make room for m new items (with_added): zero ID vectors, never trained, inserted before the pad row."""
+        weight = self.item_embedding.weight.detach()
+        self.item_embedding = nn.Embedding.from_pretrained(with_rows(weight, weight.new_zeros(m, weight.shape[1]),
+                                                                     self.n_items), freeze=True)
+        self.trained = with_rows(self.trained, self.trained.new_zeros(m, 1), self.n_items)
+
     def track_trained(self, trained: torch.Tensor | None) -> None:
         """Keep `trained` (bool, n_items; None: every item) as self.trained, a (n_items + 1, 1) buffer with the pad
         row False, not saved (it is rebuilt from the dataset); self.dropped holds a training batch's dropped IDs."""
@@ -85,9 +100,19 @@ class SequentialModel(nn.Module):
         self.register_buffer("trained", torch.cat([trained, trained.new_zeros(1)]).unsqueeze(1), persistent=False)
         self.dropped: torch.Tensor | None = None
 
-    def id_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """The learned ID vectors e of `ids`, zero where they do not count: for items never trained on (their
-        content speaks alone) and, while training with id_dropout, for this batch's dropped items: one draw per
+    def softmax_excluded(self) -> torch.Tensor | None:
+        """Items the training softmax leaves out: the trainer's `excluded` and, for a model that reads content and
+        whose config sets skip_untrained, every item never bought in training. Such an item is only ever a
+        negative there; for a model that places items by their content, pushing it down teaches the content
+        encoder that looking like an item nobody has bought yet is a reason to rank it low."""
+        if not (getattr(self.config, "skip_untrained", False) and self.reads_content):
+            return self.excluded
+        untrained = ~self.trained[: self.n_items, 0]
+        return untrained if self.excluded is None else self.excluded | untrained
+
+    def id_kept(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., 1) bool: whether each of `ids` has its learned ID vector. Not for items never trained on (their
+        content speaks alone) and, while training with id_dropout, not for this batch's dropped items: one draw per
         batch (reset self.dropped to None at the start of each loss), shared by the history and the candidates,
         so the model learns to rank items by content alone."""
         kept = self.trained[ids]
@@ -96,7 +121,11 @@ class SequentialModel(nn.Module):
             if self.dropped is None:
                 self.dropped = torch.rand(self.n_items + 1, 1, device=kept.device) < rate
             kept = kept & ~self.dropped[ids]
-        return self.item_embedding(ids) * kept
+        return kept
+
+    def id_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The learned ID vectors e of `ids`, zero where `id_kept` says they do not count."""
+        return self.item_embedding(ids) * self.id_kept(ids)
 
     def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(m, D) item-table rows (the space of `item_table()`) of m new items known only by their raw content
@@ -104,6 +133,12 @@ class SequentialModel(nn.Module):
         Models that read no content cannot place a new item."""
         raise DataError(f"{type(self).__name__} ranks items by their ID only: new items need a model with "
                         "image or text features")
+
+    def with_added(self, features: dict[str, torch.Tensor]) -> SequentialModel:
+        """A copy of this model that also knows m new items (ids n_items..n_items+m-1) by their raw content
+        `features` (as `content_vectors` takes them): it reads them in a history and scores them, and its pad id
+        moves to n_items + m. Models that cannot read an item they were not trained on in a history refuse."""
+        raise DataError(f"{type(self).__name__} cannot read items added after training in a history")
 
     def content_input(self, features: dict[str, torch.Tensor], modality: str, width: int | None) -> torch.Tensor:
         """features[modality] as float32 on the model's device, checked to be (m, width) (any width: None)."""
@@ -120,6 +155,11 @@ class SequentialModel(nn.Module):
         """(B, n_items) scores of every item; pass a precomputed `item_table()` to reuse it across batches."""
         table = self.item_table() if table is None else table
         return self.encode(histories, users) @ table.T
+
+
+def with_rows(table: torch.Tensor, rows: torch.Tensor, n_items: int) -> torch.Tensor:
+    """`table` (n_items + 1 rows, the pad row last) with `rows` inserted before the pad row."""
+    return torch.cat([table[:n_items], rows.to(table.device, table.dtype), table[n_items:]])
 
 
 def left_to_right_padded(ids: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,10 @@ embedding P_u is concatenated and item j scores y_j = W2_j · [z ⊕ P_u] + b2_j
 encode returns [z, P_u, 1], item_table returns [W2, b2]).
 
 Training (paper §3.4): sliding windows of L previous items predict the T next items with binary
-cross-entropy, -Σ_targets log σ(y) - Σ_negatives log(1 - σ(y)). The shared next-item losses
-(models/losses.py) are options: `loss="ce"` (a softmax over every item for each of the T targets, the loss
-RecBole trains its Caser with), `"sampled-ce"` and `"bpr"`; `"bce"` (the default) is the paper's.
+cross-entropy, -Σ_targets log σ(y) - Σ_negatives log(1 - σ(y)) (`loss="bce"`, `--preset paper`). Our
+default is the shared softmax over every item for each of the T targets (`loss="ce"`, models/losses.py,
+the loss RecBole trains its Caser with): four times the paper's loss on Office and far above it on Phones
+(docs/investigations/defaults.md). `"sampled-ce"` and `"bpr"` are options too.
 
 Defaults from the paper and the authors' PyTorch code: L = 5, T = 3, d = 50, n_v = 4, n_h = 16,
 dropout 0.5, ReLU for both the convolutions and the fully connected layer, 3 negatives per window.
@@ -46,7 +47,7 @@ class CaserConfig:
     horizontal: int = 16  # n_h, filters per height
     vertical: int = 4  # n_v
     dropout: float = 0.5
-    loss: str = "bce"  # the paper's; or a shared next-item loss (models/losses.py): ce (RecBole's), bpr, sampled-ce
+    loss: str = "ce"  # a shared next-item loss (models/losses.py): ce (ours, RecBole's), bpr, sampled-ce; bce (paper)
     negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
 
     def __post_init__(self) -> None:

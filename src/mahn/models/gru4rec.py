@@ -9,12 +9,12 @@ Loss (BPR-max, CIKM 2018): for the target i and the negatives j of a position,
     s_j = softmax_j(r_j),   L = -log Σ_j s_j σ(r_i - r_j) + λ Σ_j s_j r_j²
 The negatives are the batch's other targets (mini-batch sampling, i.e. popularity-proportional, as in
 both papers) plus the batch's uniform negatives (the CIKM 2018 paper's additional samples, here with
-α = 0: uniform). The CIKM 2018 paper proposes both BPR-max and TOP1-max; BPR-max is the default here
-(its score regulariser is the one the paper tunes), TOP1-max is available with `loss="top1-max"`:
+α = 0: uniform). The CIKM 2018 paper proposes both BPR-max and TOP1-max (`loss="bpr-max"`, the paper's
+and `--preset paper`'s; `loss="top1-max"`):
     L = Σ_j s_j (σ(r_j - r_i) + σ(r_j²)).
-The next-item losses the other sequential models share (models/losses.py) are available too: `loss="ce"`
-(softmax over every item, the loss RecBole trains its GRU4Rec with), `"sampled-ce"`, `"bpr"` and `"bce"`;
-they score the same [h, 1] · [W, b].
+Our default is the softmax over every item shared by the other sequential models (`loss="ce"`, the loss
+RecBole trains its GRU4Rec with), the strongest on our data (docs/investigations/defaults.md);
+`"sampled-ce"`, `"bpr"` and `"bce"` are there too. All score the same [h, 1] · [W, b].
 
 Defaults: one GRU layer of 100 hidden units (the ICLR 2016 setting), the item embedding the same
 size as the hidden state, dropout 0.25 on the embedding and the hidden output, λ (bpreg) = 1.0.
@@ -49,7 +49,7 @@ LOSSES = ("bpr-max", "top1-max", *SHARED_LOSSES)
 class GRU4RecConfig:
     dim: int = 100  # hidden units (and embedding size)
     dropout: float = 0.25
-    loss: str = "bpr-max"
+    loss: str = "ce"  # softmax over every item (our default); bpr-max (the paper's), top1-max, or a shared loss
     bpreg: float = 1.0  # λ, the score regulariser of BPR-max
     negatives: int = 100  # sampled items of loss="sampled-ce"
 

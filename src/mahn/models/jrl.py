@@ -85,6 +85,7 @@ class Decoder(nn.Module):
 
 class JRL(SequentialModel):
     Config = JRLConfig
+    reads_content = True
 
     def __init__(self, config: JRLConfig, n_items: int, n_users: int,
                  features: list[tuple[torch.Tensor, torch.Tensor]],

@@ -12,6 +12,7 @@ both dropped the model is two stacked LSTMs over ID embeddings.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel, left_to_right_padded, load_features
+from mahn.models.base import Batch, SequentialModel, left_to_right_padded, load_features, with_rows
 from mahn.models.losses import check_loss, next_item_loss
 
 VARIANTS = ("add-add", "add-cat", "cat-add", "cat-cat")
@@ -38,6 +39,7 @@ class MAHNConfig:
     negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
     feature_norm: str = "none"  # none (the paper's raw features) or l2 (each item's feature row scaled to norm 1)
     id_dropout: float = 0.0  # training only: share of items whose ID vector is zeroed per batch, as a new item's is
+    skip_untrained: bool = True  # the training softmax leaves out items never bought in training (base.py)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -81,6 +83,11 @@ class Modality(nn.Module):
 
 class MAHN(SequentialModel):
     Config = MAHNConfig
+    id_only = {"ablate": "vt"}
+
+    @property
+    def reads_content(self) -> bool:
+        return bool(self.modalities)
 
     def __init__(self, config: MAHNConfig, n_items: int, visual: torch.Tensor | None = None,
                  text: torch.Tensor | None = None, trained: torch.Tensor | None = None):
@@ -182,19 +189,36 @@ class MAHN(SequentialModel):
         ids = torch.arange(self.n_items, device=self.item_embedding.weight.device)
         return self.represent(*self.item_parts(ids))
 
-    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """r for new items from raw features: v = W x^v, t = E x^t, e = 0 (no learned ID vector, like an
-        item never seen in training; docs/model.md). An ablated modality is not read."""
+    def new_item_inputs(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """New items' raw (x^v, x^t) rows, checked and normalised as the model's own; None where ablated."""
         if not self.modalities:
             raise DataError("MAHN-V-T ranks items by their ID only: new items need a model with image or text features")
         v, t = (self.content_input(features, name, m.project.in_features) if m is not None else None
                 for name, m in ((VISUAL, self.visual), (TEXT, self.text)))
         if v is not None and t is not None and len(v) != len(t):
             raise DataError(f"MAHN: {len(v)} image rows but {len(t)} text rows for the new items")
-        v = self.visual.project(normalised(v, self.config.feature_norm)) if v is not None else None
-        t = self.text.project(normalised(t, self.config.feature_norm)) if t is not None else None
+        return normalised(v, self.config.feature_norm), normalised(t, self.config.feature_norm)
+
+    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """r for new items from raw features: v = W x^v, t = E x^t, e = 0 (no learned ID vector, like an
+        item never seen in training; docs/model.md). An ablated modality is not read."""
+        v, t = self.new_item_inputs(features)
+        v = self.visual.project(v) if v is not None else None
+        t = self.text.project(t) if t is not None else None
         some = v if v is not None else t
         return self.represent(v, some.new_zeros(len(some), self.config.dim), t)
+
+    def with_added(self, features: dict[str, torch.Tensor]) -> MAHN:
+        inputs = self.new_item_inputs(features)
+        m = len(next(x for x in inputs if x is not None))
+        grown = copy.deepcopy(self).eval()
+        grown.grow_ids(m)
+        for modality, x in zip((grown.visual, grown.text), inputs, strict=True):
+            if modality is not None:
+                modality.raw = with_rows(modality.raw, x, self.n_items)
+                modality.raw_norm2 = modality.raw.pow(2).sum(1)
+        grown.n_items += m
+        return grown
 
     def reconstruction(self, v, t, ids: torch.Tensor) -> torch.Tensor:
         """rec(i) per row: ||Wᵀ(v+t) − x^v||² + ||Eᵀ(v+t) − x^t||², over the modalities present."""
@@ -242,7 +266,7 @@ class MAHN(SequentialModel):
 
         ranking = next_item_loss(self.config.loss, out.data, positives, negatives, vectors,
                                  (lambda: table) if table is not None else self.item_table, self.n_items,
-                                 self.config.negatives, self.excluded)
+                                 self.config.negatives, self.softmax_excluded())
         if not self.modalities or self.config.rec_weight == 0:
             return ranking
         # rec depends only on the item: compute it once per distinct item, then look it up per position

@@ -1,33 +1,34 @@
-"""MGT, the modality-gated transformer: ours, not the paper's. MAHN's idea on SASRec's backbone.
+"""MGT, the modality-gated transformer: ours, not the paper's. SASRec with each item's image and text added
+to its ID vector, and MAHN's idea of letting the user's history decide how much each modality counts.
 
-MAHN lets the user's history decide how much each modality counts (its gates, docs/model.md). MGT
-keeps that idea and replaces MAHN's two LSTMs with a causal self-attention encoder, which our
-measurements found stronger on the rare items of these datasets:
-
-- each item has one vector per source m ∈ {id, image, text}: x_j^id = e_j (learned, zero for an
-  item never trained on), x_j^m = LN_m(W_m f_j^m) for a content feature row f_j^m (zero when the
-  item lacks it);
-- a history item enters as e_k + Σ_m x_k^m plus a position embedding, read by SASRec's blocks
-  into a state h_t;
-- the state gates each source: q_t^m = σ(G_m h_t + b_m) ⊙ P_m h_t, and item j scores
-  s_{t,j} = Σ_m q_t^m · x_j^m, one dot product between [q^id ; q^image ; q^text] and
-  [x^id ; x^image ; x^text];
+- each item j has a learned ID vector e_j (zero for an item never trained on) and, per content source
+  m ∈ {image, text}, a content vector c_j^m = LN_m(W_m f_j^m + b_m) of its fixed feature row f_j^m (zero
+  when the item lacks it); LN_m's gain starts at `content_scale`, so the IDs lead at first and the
+  content grows only as far as it helps;
+- a history item enters as e_k + Σ_m c_k^m (times √d) plus a position embedding, read by SASRec's
+  causal self-attention blocks into a state h_t;
+- item j scores s_{t,j} = h_t · e_j + Σ_m (g_m(h_t) ⊙ h_t) · c_j^m, with a gate per source and
+  dimension g_m(h) = 2σ(G_m h + b_m) that starts at 1: one dot product between
+  [h ; g_image ⊙ h ; g_text ⊙ h] and [e ; c^image ; c^text];
 - the loss is the softmax over all items (models/losses.py; `loss=` picks another).
 
-An item added after training has no ID vector, so its image and text alone place it. Training with
-`id_dropout=R` zeroes the ID vectors of a random share R of the items in each batch, so the model
-also learns to rank items by content alone (as DropoutNet does for cold-start).
+Without content (`modalities=none`) MGT is SASRec: the same blocks, scores and loss. An item added
+after training has no ID vector, so its content alone places it, in the history and in the ranking.
+Training with `id_dropout=R` zeroes the ID vectors of a random share R of the items in each batch, so
+the model also learns to rank and read items by content alone (as DropoutNet does for cold-start);
+`content_dropout=R` does the same to each source's content vectors, so no item leans on one source.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mahn.errors import DataError
-from mahn.models.base import MAX_LEN, Batch, SequentialModel, load_features
+from mahn.models.base import MAX_LEN, Batch, SequentialModel, load_features, with_rows
 from mahn.models.losses import check_loss, next_item_loss
 from mahn.models.sasrec import Block, causal_blocks
 
@@ -45,7 +46,12 @@ class MGTConfig:
     loss: str = "ce"  # next-item loss (models/losses.py): ce, sampled-ce, bce, bpr
     negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
     id_dropout: float = 0.0  # training only: share of items whose ID vector is zeroed per batch, as a new item's is
-    content_gain: float = 1.0  # initial gain of each content projection's LayerNorm (the ID rows start near 0.02)
+    content_dropout: float = 0.0  # training only: share of items whose content vector of a source is zeroed per batch
+    content_scale: float = 0.1  # initial gain of each content vector's LayerNorm
+    gates: bool = True  # per-user modality gates on the content scores (False: every gate fixed at 1)
+    skip_untrained: bool = True  # the training softmax leaves out items never bought in training (base.py)
+    impute_ids: bool = False  # an item without its ID vector gets one predicted from its content (else zero)
+    feature_dropout: float = 0.0  # training only: dropout on the raw feature rows, before their projection
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.blocks < 1 or self.heads < 1 or self.max_len < 1:
@@ -53,10 +59,11 @@ class MGTConfig:
                             "--dim / --max-len / --set blocks=... / --set heads=...")
         if self.dim % self.heads:
             raise DataError(f"MGT: dim {self.dim} is not divisible by heads {self.heads}", "--set heads=...")
-        if not self.content_gain > 0:
-            raise DataError("MGT: content_gain must be positive", "--set content_gain=...")
-        if not 0 <= self.dropout < 1 or not 0 <= self.id_dropout < 1:
-            raise DataError("MGT: dropout and id_dropout must be in [0, 1)", "--set dropout=... / id_dropout=...")
+        if not self.content_scale > 0:
+            raise DataError("MGT: content_scale must be positive", "--set content_scale=...")
+        for name in ("dropout", "id_dropout", "content_dropout", "feature_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise DataError(f"MGT: {name} must be in [0, 1)", f"--set {name}=...")
         if self.modalities not in ("auto", "none"):
             unknown = [m for m in self.modalities.split(",") if m not in SOURCES]
             if unknown or not self.modalities:
@@ -66,26 +73,34 @@ class MGTConfig:
 
 
 class Content(nn.Module):
-    """One modality's fixed feature rows and their learned projection x = LN(W f) (zero for a missing row)."""
+    """One source's fixed feature rows and their learned vectors c = LN(W f + b) (zero for a missing row)."""
 
-    def __init__(self, features: torch.Tensor, present: torch.Tensor, dim: int, gain: float = 1.0):
+    def __init__(self, features: torch.Tensor, present: torch.Tensor, dim: int, scale: float, dropout: float = 0.0):
         super().__init__()
+        self.input_dropout = nn.Dropout(dropout)
         # inputs, not parameters: rebuilt from the dataset's feature store, kept out of the checkpoint
         self.register_buffer("raw", torch.cat([features, features.new_zeros(1, features.shape[1])]), persistent=False)
         self.register_buffer("present", torch.cat([present, present.new_zeros(1)]).unsqueeze(1), persistent=False)
-        self.project = nn.Linear(features.shape[1], dim, bias=False)
+        self.project = nn.Linear(features.shape[1], dim)
         self.norm = nn.LayerNorm(dim)
-        nn.init.constant_(self.norm.weight, gain)
+        nn.init.constant_(self.norm.weight, scale)
+        self.dropped: torch.Tensor | None = None  # this batch's items whose vector is dropped (content_dropout)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.vectors(self.raw[ids]) * self.present[ids]
+        kept = self.present[ids] if self.dropped is None else self.present[ids] & ~self.dropped[ids]
+        return self.vectors(self.raw[ids]) * kept
 
     def vectors(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.project(rows))
+        return self.norm(self.project(self.input_dropout(rows)))
 
 
 class MGT(SequentialModel):
     Config = MGTConfig
+    id_only = {"modalities": "none"}
+
+    @property
+    def reads_content(self) -> bool:
+        return bool(self.sources)
 
     def __init__(self, config: MGTConfig, n_items: int, content: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  trained: torch.Tensor | None = None):
@@ -94,7 +109,8 @@ class MGT(SequentialModel):
         self.n_items = n_items
         d = config.dim
         self.sources = [m for m in SOURCES if m in content]
-        self.content = nn.ModuleDict({m: Content(*content[m], d, config.content_gain) for m in self.sources})
+        self.content = nn.ModuleDict({m: Content(*content[m], d, config.content_scale, config.feature_dropout)
+                                      for m in self.sources})
         self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=n_items)
         self.position_embedding = nn.Embedding(config.max_len, d)
         for embedding in (self.item_embedding, self.position_embedding):
@@ -105,9 +121,14 @@ class MGT(SequentialModel):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d, eps=1e-8)
-        n_parts = 1 + len(self.sources)
-        self.gates = nn.Linear(d, d * n_parts)  # G_m h + b_m, every source at once
-        self.queries = nn.Linear(d, d * n_parts, bias=False)  # P_m h
+        # the ID vector of an item that has none (new, or dropped this batch), predicted from its content vectors
+        self.imputed = nn.Linear(d * len(self.sources), d, bias=False) if self.sources and config.impute_ids else None
+        if self.imputed is not None:
+            nn.init.zeros_(self.imputed.weight)
+        self.gates = nn.Linear(d, d * len(self.sources)) if self.sources else None  # G_m h + b_m, every source
+        if self.gates is not None:  # 0 at the start: every gate 2σ(0) = 1
+            nn.init.zeros_(self.gates.weight)
+            nn.init.zeros_(self.gates.bias)
 
     @classmethod
     def from_dataset(cls, config: MGTConfig, dataset) -> MGT:
@@ -121,7 +142,16 @@ class MGT(SequentialModel):
         return cls(config, dataset.n_items, dict(zip(wanted, loaded, strict=True)), trained)
 
     def item_parts(self, ids: torch.Tensor) -> list[torch.Tensor]:
-        return [self.id_vectors(ids)] + [self.content[m](ids) for m in self.sources]
+        """[e, c^image, c^text] of `ids` (any shape), each (..., d)."""
+        content = [self.content[m](ids) for m in self.sources]
+        kept = self.id_kept(ids)
+        return [self.with_imputed(self.item_embedding(ids) * kept, kept, content)] + content
+
+    def with_imputed(self, ids: torch.Tensor, kept: torch.Tensor, content: list[torch.Tensor]) -> torch.Tensor:
+        """ID vectors where kept, and (with impute_ids) the content's prediction of one elsewhere."""
+        if self.imputed is None:
+            return ids
+        return torch.where(kept, ids, self.imputed(torch.cat(content, -1)))
 
     def hidden(self, histories: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded ids -> (B, L, d) states h_t; h_t sees only positions <= t (as SASRec)."""
@@ -132,12 +162,17 @@ class MGT(SequentialModel):
         x = torch.stack(self.item_parts(histories)).sum(0) * self.config.dim**0.5 + self.position_embedding(positions)
         return self.final_norm(causal_blocks(self.blocks, self.dropout(x), real, self.config.heads))
 
-    def gated(self, states: torch.Tensor) -> torch.Tensor:
-        """[q^id ; q^image ; q^text] = σ(G h + b) ⊙ P h for states (..., d)."""
-        return torch.sigmoid(self.gates(states)) * self.queries(states)
+    def query(self, states: torch.Tensor) -> torch.Tensor:
+        """[h ; g_image ⊙ h ; g_text ⊙ h] for states (..., d), g_m = 2σ(G_m h + b_m) (1 without gates)."""
+        if not self.sources:
+            return states
+        if not self.config.gates:
+            return states.repeat(*[1] * (states.ndim - 1), 1 + len(self.sources))
+        gates = 2 * torch.sigmoid(self.gates(states))
+        return torch.cat([states, gates * states.repeat(*[1] * (states.ndim - 1), len(self.sources))], -1)
 
     def encode(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        return self.gated(self.hidden(histories)[:, -1])
+        return self.query(self.hidden(histories)[:, -1])
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.item_parts(ids), -1)
@@ -145,23 +180,48 @@ class MGT(SequentialModel):
     def item_table(self) -> torch.Tensor:
         return self.item_vectors(torch.arange(self.n_items, device=self.item_embedding.weight.device))
 
-    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Item-table rows of new items from their raw features; the ID part is zero."""
+    def new_item_inputs(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """New items' raw feature rows, one (m, width) tensor per source, checked."""
         if not self.sources:
             raise DataError("MGT trained without modalities ranks items by their ID only: new items need image "
                             "or text features")
-        rows = [self.content[m].vectors(self.content_input(features, m, self.content[m].project.in_features))
-                for m in self.sources]
-        if len({len(r) for r in rows}) > 1:
-            raise DataError(f"MGT: the new items have {' and '.join(str(len(r)) for r in rows)} rows of "
+        inputs = [self.content_input(features, m, self.content[m].project.in_features) for m in self.sources]
+        if len({len(x) for x in inputs}) > 1:
+            raise DataError(f"MGT: the new items have {' and '.join(str(len(x)) for x in inputs)} rows of "
                             f"{' and '.join(self.sources)} features")
-        return torch.cat([rows[0].new_zeros(len(rows[0]), self.config.dim), *rows], -1)
+        return inputs
+
+    def content_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Item-table rows of new items from their raw features; the ID part is zero."""
+        rows = [self.content[m].vectors(x) for m, x in zip(self.sources, self.new_item_inputs(features), strict=True)]
+        none = rows[0].new_zeros(len(rows[0]), self.config.dim)
+        return torch.cat([self.with_imputed(none, none[:, :1].bool(), rows), *rows], -1)
+
+    def with_added(self, features: dict[str, torch.Tensor]) -> MGT:
+        inputs = self.new_item_inputs(features)
+        grown = copy.deepcopy(self).eval()
+        grown.grow_ids(len(inputs[0]))
+        for m, x in zip(self.sources, inputs, strict=True):
+            source = grown.content[m]
+            source.raw = with_rows(source.raw, x, self.n_items)
+            source.present = with_rows(source.present, source.present.new_ones(len(x), 1), self.n_items)
+        grown.n_items += len(inputs[0])
+        return grown
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self.dropped = None  # one draw of dropped IDs per batch, shared by the history and the candidates
-        states = self.hidden(batch.histories)
-        targets = batch.targets[:, -states.shape[1] :]
-        negatives = batch.negatives[:, -states.shape[1] :]
-        real = targets != self.pad
-        return next_item_loss(self.config.loss, self.gated(states[real]), targets[real], negatives[real],
-                              self.item_vectors, self.item_table, self.n_items, self.config.negatives, self.excluded)
+        # one draw of dropped IDs (and content) per batch, shared by the history and the candidates
+        self.dropped = None
+        for source in self.content.values():
+            rate = self.config.content_dropout
+            source.dropped = (torch.rand(self.n_items + 1, 1, device=source.raw.device) < rate) if rate else None
+        try:
+            states = self.hidden(batch.histories)
+            targets = batch.targets[:, -states.shape[1] :]
+            negatives = batch.negatives[:, -states.shape[1] :]
+            real = targets != self.pad
+            return next_item_loss(self.config.loss, self.query(states[real]), targets[real], negatives[real],
+                                  self.item_vectors, self.item_table, self.n_items, self.config.negatives,
+                                  self.softmax_excluded())
+        finally:
+            for source in self.content.values():
+                source.dropped = None

@@ -80,6 +80,7 @@ class View(nn.Module):
 
 class MVRNN(SequentialModel):
     Config = MVRNNConfig
+    reads_content = True
 
     def __init__(self, config: MVRNNConfig, n_items: int, features: list[tuple[torch.Tensor, torch.Tensor]]):
         super().__init__()

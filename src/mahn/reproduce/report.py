@@ -43,9 +43,12 @@ def write_report(results: dict, out: Path, command: str) -> Path:
     """REPORT/report.md with the tables and plots, REPORT/results.json with every raw number."""
     budget = results["budget"]
     lines = [f"# mahn reproduce: {results['dataset']}", "", f"Command: `{command}`", "",
-             f"Budget `{budget['name']}`: at most {budget['epochs']} epochs, early stopping after "
-             f"{budget['patience']} epochs without a better validation NDCG@10 (full ranking); "
-             f"{results['config']['seeds']} seed(s) per cell, batch size {results['config']['batch_size']}.",
+             f"Budget `{budget['name']}`: " + (
+                 f"at most {budget['epochs']} epochs, early stopping after {budget['patience']} epochs without a "
+                 "better validation NDCG@10 (full ranking); " if budget["epochs"] is not None else
+                 "each model's own epoch cap and patience (`mahn models --settings`), early stopping on validation "
+                 "NDCG@10 (full ranking); ")
+             + f"{results['config']['seeds']} seed(s) per cell, batch size {results['config']['batch_size']}.",
              f"Search space (chosen on validation, seed 0): {budget['search'] or 'none (the papers defaults)'}.",
              f"Settings preset: {results['config'].get('preset') or 'none (the declared defaults)'}.",
              f"Chosen settings: {results['chosen']}.",
@@ -67,6 +70,15 @@ def write_report(results: dict, out: Path, command: str) -> Path:
                       "| model | p (uni100) | p (full) |", "|---|---|---|"]
             lines += [f"| {name} | " + " | ".join(f"{tests[p]:.2g}" for p in PROTOCOLS) + " |"
                       for name, tests in results["paired_tests_mgt"].items()]
+        best = results.get("best_vs_best")
+        if best:
+            ours, theirs = best["multimodal"], best["id_only"]
+            lines += ["", f"Best model that reads content against the best that does not (each chosen by "
+                      f"{best['chosen_by']}): " + "; ".join(
+                          f"{p} NDCG@10 {ours} {best['test_ndcg10'][ours][p]:.4f}, {theirs} "
+                          f"{best['test_ndcg10'][theirs][p]:.4f}, "
+                          f"{ours if best['higher'][p] == 'multimodal' else theirs} higher, p = {best[p]:.2g}"
+                          for p in PROTOCOLS) + "."]
         lines += ["", "## Comparison, @20", "", metric_table(results["compare"], ("HR@20", "NDCG@20"))]
     if "variants" in results:
         lines += ["", "## Fusion variants (Tables 4-5)", "", metric_table(results["variants"], SHOWN)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +28,15 @@ from mahn.io import read_json, save_npy, write_json
 from mahn.models import MODELS, build_model, label, make_config, model_class
 from mahn.models.mahn import VARIANTS
 from mahn.reproduce.report import write_report
-from mahn.reproduce.stats import group_means, paired_tests
+from mahn.reproduce.stats import best_vs_best, group_means, paired_tests
 from mahn.settings import RunSettings, TrainConfig, defaults, preset_layer, resolve
 from mahn.training import load_run, train
 
 EXPERIMENTS = ("compare", "variants", "ablations", "dims", "groups", "cold")  # cold: not the paper's; opt in
 PAPER_EXPERIMENTS = EXPERIMENTS[:5]
 COLD_FRACTION = 0.1  # share of items that the new-item protocol holds out of training
-# models that can learn to rank by content alone (an `id_dropout` setting) get a second cold row trained with
-# this share of ID vectors dropped per batch: the setting to use when items will arrive after training
+# models that can learn to rank by content alone (an `id_dropout` setting) but do not by default get a second
+# cold row trained with this share of ID vectors dropped per batch
 COLD_ID_DROPOUT = 0.5
 ABLATIONS = {"MAHN": "", "MAHN-V": "v", "MAHN-T": "t", "MAHN-V-T": "vt"}
 DIMS = (10, 20, 30, 40, 50)
@@ -45,8 +45,8 @@ DIMS = (10, 20, 30, 40, 50)
 @dataclass(frozen=True)
 class Budget:
     name: str
-    epochs: int
-    patience: int
+    epochs: int | None  # None: each model's default
+    patience: int | None
     seeds: int  # default number of seeds
     search: dict[str, dict[str, list]] = field(default_factory=dict)  # model -> setting -> values tried
 
@@ -54,8 +54,8 @@ class Budget:
 BUDGETS = {
     # a smoke check: few epochs, one seed, no search (the papers' defaults)
     "quick": Budget("quick", epochs=3, patience=2, seeds=1),
-    # every model to convergence with its papers' defaults, no search: the budget of the runs in docs/
-    "standard": Budget("standard", epochs=50, patience=5, seeds=3),
+    # every model with its defaults (its epoch cap and patience included), no search: what `mahn train` gives
+    "standard": Budget("standard", epochs=None, patience=None, seeds=3),
     # the comparison the numbers in docs/ should come from: the same search for every model, chosen on
     # validation (seed 0): lr x weight decay x two settings of the model's own, 16 trials each, and an
     # epoch cap far enough above where models stop improving (patience 10)
@@ -64,7 +64,7 @@ BUDGETS = {
         "mahn": {"rec_weight": [1.0, 0.1], "loss": ["ce", "bpr"]},
         "sasrec": {"dropout": [0.2, 0.5], "loss": ["bce", "ce"]},
         "bert4rec": {"dropout": [0.1, 0.2], "mask_prob": [0.6, 0.2]},
-        "gru4rec": {"dropout": [0.25, 0.5], "loss": ["bpr-max", "top1-max"]},
+        "gru4rec": {"dropout": [0.25, 0.5], "loss": ["ce", "bpr-max"]},
         "caser": {"dropout": [0.5, 0.2], "targets": [3, 1]},
         "mvrnn": {"rec_weight": [1e-4, 1e-3], "corrupt": [0.0, 0.2]},
         "vbpr": {"dim": [10, 20], "visual_dim": [10, 20]},
@@ -177,6 +177,10 @@ class Reproduction:
             return False
         return True
 
+    def reads_content(self, model: str, settings: dict) -> bool:
+        """Whether `model` with `settings` reads image or text features on this dataset."""
+        return build_model(model, make_config(model, defaults(model) | settings), self.dataset).reads_content
+
     def choose(self, model: str, base: dict) -> dict:
         """Pick settings on validation NDCG@10 (seed 0) over the budget's search space."""
         space = {**self.budget.search.get("*", {}), **self.budget.search.get(model, {})}
@@ -218,15 +222,22 @@ class Reproduction:
         results["chosen"] = {"mahn": chosen_mahn}
         if "compare" in experiments or "groups" in experiments:
             models = self.config.models or tuple(MODELS)
-            compare = {}
+            compare, multimodal_cells = {}, []
             for model in models:
                 if model == "mahn":
-                    compare["MAHN"] = self.cell("mahn", chosen_mahn)
+                    settings = chosen_mahn
                 elif self.usable(model):
                     settings = self.choose(model, {})
                     results["chosen"][model] = settings
-                    compare[label(model)] = self.cell(model, settings)
-            results["compare"] = compare
+                else:
+                    continue
+                compare[label(model)] = self.cell(model, settings)
+                if self.reads_content(model, settings):
+                    multimodal_cells.append(label(model))
+                    twin = model_class(model).id_only
+                    if twin is not None:  # the same model without its content: what the content adds
+                        compare[id_only_label(model)] = self.cell(model, {**settings, **twin})
+            results["compare"], results["multimodal"] = compare, multimodal_cells
         if multimodal and "variants" in experiments:
             results["variants"] = {v: self.cell("mahn", {**chosen_mahn, "variant": v}) for v in VARIANTS}
         if "ablations" in experiments:
@@ -268,14 +279,15 @@ class Reproduction:
             else:
                 continue
             cells[label(model)] = sub.cell(model, settings)
-            if "id_dropout" in {f.name for f in fields(model_class(model).Config)}:
+            # a model that can learn to rank by content alone but does not by default: a second row that does
+            if (defaults(model) | settings).get("id_dropout") == 0:
                 cells[f"{label(model)}, id_dropout {COLD_ID_DROPOUT}"] = sub.cell(
                     model, {**settings, "id_dropout": COLD_ID_DROPOUT})
         return cells
 
     def groups(self, compare: dict) -> dict:
         """MAHN vs the strongest other sequential model, chosen by validation NDCG@10 (never by test)."""
-        not_rivals = ("MAHN", "Popularity", "VBPR", "JRL", label("mgt"))
+        not_rivals = ("MAHN", "Popularity", "VBPR", "JRL", label("mgt"), *(id_only_label(m) for m in MODELS))
         rivals = {name: np.mean([r["valid"]["full"]["NDCG@10"] for r in runs])
                   for name, runs in compare.items() if name not in not_rivals}
         if "MAHN" not in compare or not rivals:
@@ -283,6 +295,11 @@ class Reproduction:
         rival = max(rivals, key=rivals.get)
         return {"rival": rival, "by": "validation full NDCG@10",
                 "MAHN": group_means(compare["MAHN"]), rival: group_means(compare[rival])}
+
+
+def id_only_label(model: str) -> str:
+    """The row of a model's ID-only twin ("MGT (ours) ID-only")."""
+    return f"{label(model)} ID-only"
 
 
 def reproduce(dataset_dir: Path, config: ReproduceConfig, command: str = "mahn reproduce", say=print) -> dict:
@@ -293,6 +310,8 @@ def reproduce(dataset_dir: Path, config: ReproduceConfig, command: str = "mahn r
     results["paired_tests"] = paired_tests(config.out, results["compare"]) if "compare" in results else {}
     if label("mgt") in results.get("compare", {}):  # our model against every other, too
         results["paired_tests_mgt"] = paired_tests(config.out, results["compare"], reference=label("mgt"))
+    if results.get("multimodal"):
+        results["best_vs_best"] = best_vs_best(config.out, results["compare"], results["multimodal"])
     results["seconds"] = time.perf_counter() - started
     write_json(config.out / "results.json", results)
     report = write_report(results, config.out, command)

@@ -28,6 +28,23 @@ def per_user_ndcg(out: Path, runs: list[dict]) -> np.ndarray:
     return np.mean([load_npy(out / "runs" / r["budget_name"] / r["run"] / "test_ndcg10.npy") for r in runs], axis=0)
 
 
+def best_vs_best(out: Path, compare: dict, multimodal: list[str]) -> dict:
+    """The best model that reads content against the best that does not, each chosen by its mean validation full
+    NDCG@10 over seeds (never by test): the two-sided Wilcoxon p per protocol on per-user test NDCG@10, and which
+    side's mean test NDCG@10 is higher ("multimodal" or "id_only")."""
+    valid = {name: float(np.mean([r["valid"]["full"]["NDCG@10"] for r in runs])) for name, runs in compare.items()}
+    others = [name for name in compare if name not in multimodal]
+    if not multimodal or not others:
+        return {}
+    ours, theirs = max(multimodal, key=valid.get), max(others, key=valid.get)
+    tests = paired_tests(out, {ours: compare[ours], theirs: compare[theirs]}, reference=ours)[theirs]
+    means = {name: {p: float(np.mean([r["test"][p]["NDCG@10"] for r in compare[name]])) for p in PROTOCOLS}
+             for name in (ours, theirs)}
+    return {"multimodal": ours, "id_only": theirs, **tests,
+            "higher": {p: "multimodal" if means[ours][p] >= means[theirs][p] else "id_only" for p in PROTOCOLS},
+            "test_ndcg10": means, "chosen_by": "validation full NDCG@10"}
+
+
 def paired_tests(out: Path, compare: dict, reference: str = "MAHN") -> dict:
     """Wilcoxon signed-rank p-values, `reference` vs each model, on per-user test NDCG@10 (two-sided)."""
     from scipy.stats import wilcoxon

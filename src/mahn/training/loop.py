@@ -51,7 +51,7 @@ from mahn.training.distributed import (
 
 def make_optimizer(model: SequentialModel, config: TrainConfig):
     """Adam (or AdamW) with weight decay on weight matrices and, unless switched off, embedding tables; never
-    on biases and norms; StepLR on top (lr_gamma 1 keeps the rate constant)."""
+    on biases and norms; the rate schedule on top (TrainConfig.lr_schedule)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     decayed, plain = [], []
     for p in model.parameters():
@@ -63,7 +63,12 @@ def make_optimizer(model: SequentialModel, config: TrainConfig):
     # item table each step; on a 500k-item table the step took 4x less time: docs/performance.md)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     optimizer = adam(groups, lr=config.lr, fused=True if fused else None)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    if config.lr_schedule == "plateau":  # stepped with the validation score: lr_step bad epochs, then lr_gamma
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_gamma,
+                                                               patience=config.lr_step - 1, threshold=0.0)
+    else:
+        gamma = config.lr_gamma if config.lr_schedule == "step" else 1.0
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=gamma)
     return optimizer, scheduler
 
 
@@ -187,7 +192,7 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
         model.excluded[torch.from_numpy(candidates).to(device)] = False
     step = wrap(model, world, device) if world.distributed else None
     optimizer, scheduler = make_optimizer(model, config)
-    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
+    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_step": 0, "bad_epochs": 0, "history": [],
              "train_seconds": 0.0, "sequences": 0}
     if resume and checkpoint.exists():
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, rng)
@@ -200,11 +205,14 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
     if len(users) == 0:
         raise DataError("no user has two training items to learn from", dataset.root)
 
-    while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
+    def patience_spent() -> bool:  # as many epochs and as many steps without a better score as patience allows
+        return (state["bad_epochs"] >= config.patience
+                and state["step"] - state.get("best_step", 0) >= config.patience_steps)
+
+    while state["epoch"] < config.epochs and not patience_spent():
         epoch = state["epoch"] + 1
         done = train_epoch(model, optimizer, dataset, users, config, rng, desc=f"epoch {epoch}", world=world,
                            epoch=epoch, step=step)
-        scheduler.step()
         state["step"] += done["steps"]
         record = None
         if world.main:  # one evaluation, whose result every rank acts on
@@ -215,11 +223,15 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
         record = from_main(world, record)
         valid = record["valid"]
         score = valid[config.select]["NDCG@10"]
+        if config.lr_schedule == "plateau":
+            scheduler.step(score)
+        else:
+            scheduler.step()
         state["history"].append(record)
         state["epoch"], state["train_seconds"] = epoch, state["train_seconds"] + done["seconds"]
         state["sequences"] += done["sequences"]
         if state["best"] is None or score > state["best"]:
-            state.update(best=score, best_epoch=epoch, bad_epochs=0)
+            state.update(best=score, best_epoch=epoch, best_step=state["step"], bad_epochs=0)
             if world.main:
                 save_weights(run / "best.safetensors", model, {"epoch": str(epoch)})
         else:
@@ -236,7 +248,7 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
     best = state["history"][state["best_epoch"] - 1]
     summary = {"model": settings.model, "epochs": state["epoch"], "steps": state["step"],
                "sequences": state["sequences"], "train_seconds": state["train_seconds"],
-               "stopped_early": state["bad_epochs"] >= config.patience, "best_epoch": state["best_epoch"],
+               "stopped_early": patience_spent(), "best_epoch": state["best_epoch"],
                "select": f"valid {config.select} NDCG@10", "valid": best["valid"], "processes": world.size}
     if world.main:
         write_json(run / "summary.json", summary)

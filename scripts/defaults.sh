@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The runs behind docs/investigations/defaults.md. Every run is one `mahn train` (scripts/probe.sh: a finished run
+# is skipped, a cut one resumes); each lane uses one thread, so two lanes fill two cores.
+#   scripts/defaults.sh before DATASET...   # the old defaults: the same command at commit e46aee7 (a git worktree)
+#   scripts/defaults.sh after DATASET...    # today's defaults, the same command (Office, Instruments and H&M:
+#                                           # seed 0 of their reports stands in, scripts/before_after.py)
+#   scripts/defaults.sh probes DATASET...   # the probes of sections 1-5 (office, hm, instruments-cold)
+#   scripts/defaults.sh report DATASET [EXPERIMENTS]   # docs/reports/defaults/DATASET: 3 seeds, `standard` budget
+#                                           # (SEEDS=1 first: seed 0 of every model, kept when 3 are asked for)
+# Data: scripts/real_data.sh (runs/real/...); the demo's dataset: `mahn demo --out runs/real/demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-runs/real}
+M=.venv/bin/mahn
+BEFORE_COMMIT=e46aee7
+MODELS=mahn,mgt,sasrec,bert4rec,gru4rec,popularity
+
+data() { case $1 in demo) echo "$WORK/demo/data" ;; *) echo "$WORK/$1" ;; esac; }
+# MAHN on a dataset without images reads its text alone (MAHN-V), as `mahn reproduce` runs it
+mahn_flags() { case $1 in office) echo "--ablate v" ;; phones|clothing) echo "--ablate vt" ;; esac; }
+models_of() { case $1 in phones|clothing) echo "sasrec bert4rec" ;; *) echo "mahn mgt sasrec bert4rec gru4rec" ;; esac; }
+
+before() {  # the old code in a worktree of its own, on PYTHONPATH ahead of the installed mahn
+  local tree=runs/before-code
+  [ -d "$tree/src" ] || git worktree add --detach "$tree" "$BEFORE_COMMIT" >/dev/null
+  for dataset in "$@"; do
+    for model in $(models_of "$dataset"); do
+      flags=(--model "$model"); [ "$model" = mahn ] && flags+=($(mahn_flags "$dataset"))
+      PYTHONPATH="$PWD/$tree/src" scripts/probe.sh "$(data "$dataset")" "runs/before/$dataset" "$model" "${flags[@]}"
+    done
+  done
+}
+
+after() {
+  for dataset in "$@"; do
+    for model in $(models_of "$dataset"); do
+      flags=(--model "$model"); [ "$model" = mahn ] && flags+=($(mahn_flags "$dataset"))
+      scripts/probe.sh "$(data "$dataset")" "runs/after/$dataset" "$model" "${flags[@]}"
+    done
+  done
+}
+
+probe() { scripts/probe.sh "$(data "$1")" "runs/defaults/$1" "${@:2}"; }
+probes() {
+  for dataset in "$@"; do
+    case $dataset in
+      office)
+        probe office sasrec-ce --model sasrec --set patience_steps=0
+        probe office sasrec-bce --model sasrec --set loss=bce --set patience_steps=0
+        probe office sasrec-ce-wd0 --model sasrec --set weight_decay=0.0 --set patience_steps=0
+        probe office sasrec-ce-d0.5 --model sasrec --set dropout=0.5 --set patience_steps=0
+        probe office bert4rec-p30 --model bert4rec --set epochs=400 --set patience=30 --set patience_steps=0
+        probe office gru4rec-ce-p30 --model gru4rec --set epochs=400 --set patience=30 --set patience_steps=0
+        probe office gru4rec-p30 --model gru4rec --set loss=bpr-max --set epochs=400 --set patience=30 --set patience_steps=0
+        probe office caser-ce --model caser --set patience_steps=0
+        probe office caser --model caser --set loss=bce --set patience_steps=0
+        probe office mgt-none --model mgt --set modalities=none --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
+        probe office mgt-s1 --model mgt --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
+        probe office mgt-s0.1 --model mgt --set skip_untrained=false --set patience_steps=0
+        ;;
+      hm)
+        probe hm sasrec-ce --model sasrec --set patience_steps=0
+        probe hm sasrec-ce-s1 --model sasrec --set patience_steps=0 --set seed=1
+        probe hm sasrec-ce-ps500 --model sasrec --set epochs=400
+        probe hm mgt-none --model mgt --set modalities=none --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-none-ps500 --model mgt --set modalities=none --set skip_untrained=false --set epochs=400
+        probe hm mgt --model mgt --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-s0.1 --model mgt --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-s0.1-s1 --model mgt --set skip_untrained=false --set patience_steps=0 --set seed=1
+        probe hm mgt-s0.1-s2 --model mgt --set skip_untrained=false --set patience_steps=0 --set seed=2
+        probe hm mgt-s0.01 --model mgt --set content_scale=0.01 --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-skip-s0.1 --model mgt --set patience_steps=0
+        probe hm mgt-nogates --model mgt --set gates=false --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-d0.5 --model mgt --set dropout=0.5 --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-wd1e-3 --model mgt --set weight_decay=0.001 --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-cd0.5 --model mgt --set content_dropout=0.5 --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
+        ;;
+      instruments-cold)
+        probe instruments-cold mgt --model mgt --set id_dropout=0.0 --set epochs=200
+        probe instruments-cold mgt-id0.5 --model mgt --set id_dropout=0.5
+        ;;
+      *) echo "no probes for $dataset" >&2; exit 2 ;;
+    esac
+  done
+}
+
+report() {  # mahn reproduce keeps every finished run: a cut report resumes
+  local dataset=$1 experiments=${2:-compare,groups}
+  $M reproduce "$(data "$dataset")" --out "runs/reproduce/defaults/$dataset" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
+    --models $MODELS --experiments "$experiments"
+}
+
+case "${1:-}" in
+  before|after|probes) "$1" "${@:2}" ;;
+  report) report "${@:2}" ;;
+  *) echo "usage: $0 before|after|probes DATASET... | report DATASET [EXPERIMENTS]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,96 @@
+"""The probes of a folder (scripts/probe.sh) as one Markdown table: validation and test NDCG@10 under both
+protocols, the epochs, and, where the dataset has them, the test users whose target was never bought in
+training and the new items of a new-item split.
+
+Usage: python scripts/probe_table.py OUT [OUT ...] [--untrained]
+Rows: one per NAME.test.json in OUT. `--untrained` reloads each run to split its test users by whether their
+target was bought in training (full-ranking HR@10 of each part); it needs the dataset the run was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+# settings a run's config.json may lack, because it was trained before they existed, and the value that
+# reproduces what the code did then
+ABSENT = {"patience_steps": 0, "skip_untrained": False, "impute_ids": False, "feature_dropout": 0.0,
+          "content_dropout": 0.0, "gates": True}
+NOT_FLAGS = ("threads", "device", "progress")
+
+
+def flags(run: Path) -> str:
+    """`mahn train` flags that retrain `run` with today's code: every setting that differs from today's default."""
+    from mahn.settings import defaults
+
+    record = orjson.loads((run / "config.json").read_bytes())
+    model = record["model"]
+    saved = {**record["model_config"], **record["train"]}
+    if saved.get("lr_schedule") is None:  # before lr_schedule: StepLR, constant when lr_gamma was 1
+        saved["lr_schedule"] = "constant" if saved.get("lr_gamma") == 1 else "step"
+    today = defaults(model)
+    changed = []
+    for key, value in today.items():
+        then = saved.get(key, ABSENT.get(key, value))
+        then = ABSENT.get(key, then) if then is None else then
+        if key in NOT_FLAGS or then == value or (key in ("lr_step", "lr_gamma") and saved["lr_schedule"] == "constant"):
+            continue
+        text = str(then).lower() if isinstance(then, bool) else str(then)
+        changed.append(f"--set {key}={text}")
+    return " ".join([f"--model {model}", *changed])
+
+
+def untrained_split(run: Path) -> tuple[float, float, int]:
+    """Full-ranking test HR@10 of the users whose target was / was not bought in training, and how many were not."""
+    from mahn.evaluation import EvalConfig, rank_users
+    from mahn.training import load_run
+
+    model, dataset, record = load_run(run, device="cpu")
+    config = EvalConfig(split="test", max_len=record["train"]["max_len"], protocols=("full",))
+    scores = rank_users(model, dataset, config)
+    untrained = dataset.item_frequency()[dataset.eval_set("test").targets] == 0
+    hits = scores["full"]["HR@10"]
+    return float(hits[~untrained].mean()), float(hits[untrained].mean()) if untrained.any() else float("nan"), int(
+        untrained.sum())
+
+
+def table(folder: Path, untrained: bool) -> str:
+    header = ["run", "flags", "epochs (best)", "valid full", "valid uni100", "test full", "test uni100"]
+    rows = []
+    for path in sorted(folder.glob("*.test.json")):
+        name = path.name.removesuffix(".test.json")
+        test = orjson.loads(path.read_bytes())
+        summary = orjson.loads((folder / name / "summary.json").read_bytes())
+        row = [name, f"`{flags(folder / name)}`", f"{summary['epochs']} ({summary['best_epoch']})"]
+        row += [f"{summary['valid'][p]['NDCG@10']:.4f}" for p in ("full", "uni100")]
+        row += [f"{test[p]['NDCG@10']:.4f}" for p in ("full", "uni100")]
+        new = test.get("new_items")
+        if new:
+            row += [f"{new['full']['HR@10']:.4f}", f"{new['uni100']['HR@10']:.4f}"]
+        if untrained:
+            bought, unbought, count = untrained_split(folder / name)
+            row += [f"{bought:.4f}", f"{unbought:.4f}" if np.isfinite(unbought) else "–"]
+        rows.append(row)
+    if any(len(r) > len(header) + (2 if untrained else 0) for r in rows):
+        header += ["new items full HR@10", "new items uni100 HR@10"]
+    if untrained:
+        header += ["full HR@10, target bought in training", "never bought"]
+    lines = [f"{folder}:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r + [""] * (len(header) - len(r))) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("--untrained", action="store_true", help="split test users by whether their target was "
+                        "bought in training (reloads each run)")
+    args = parser.parse_args()
+    print("\n\n".join(table(folder, args.untrained) for folder in args.folders))
+
+
+if __name__ == "__main__":
+    main()
