@@ -41,43 +41,68 @@ after() {
 }
 
 probe() { scripts/probe.sh "$(data "$1")" "runs/defaults/$1" "${@:2}"; }
-probes() {
+probes() {  # each probe's flags are its settings that differ from today's defaults (scripts/probe_table.py)
   for dataset in "$@"; do
     case $dataset in
       office)
-        probe office sasrec-ce --model sasrec --set patience_steps=0
-        probe office sasrec-bce --model sasrec --set loss=bce --set patience_steps=0
-        probe office sasrec-ce-wd0 --model sasrec --set weight_decay=0.0 --set patience_steps=0
-        probe office sasrec-ce-d0.5 --model sasrec --set dropout=0.5 --set patience_steps=0
         probe office bert4rec-p30 --model bert4rec --set epochs=400 --set patience=30 --set patience_steps=0
+        probe office caser --model caser --set loss=bce --set epochs=200 --set patience_steps=0
+        probe office caser-ce --model caser --set epochs=200 --set patience_steps=0
         probe office gru4rec-ce-p30 --model gru4rec --set epochs=400 --set patience=30 --set patience_steps=0
         probe office gru4rec-p30 --model gru4rec --set loss=bpr-max --set epochs=400 --set patience=30 --set patience_steps=0
-        probe office caser-ce --model caser --set patience_steps=0
-        probe office caser --model caser --set loss=bce --set patience_steps=0
-        probe office mgt-none --model mgt --set modalities=none --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
-        probe office mgt-s1 --model mgt --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
-        probe office mgt-s0.1 --model mgt --set skip_untrained=false --set patience_steps=0
+        probe office mgt-final-id0.5 --model mgt --set id_dropout=0.5
+        probe office mgt-none --model mgt --set modalities=none --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe office mgt-s0.1 --model mgt --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe office mgt-s1 --model mgt --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe office sasrec-bce --model sasrec --set loss=bce --set epochs=200 --set patience_steps=0
+        probe office sasrec-ce --model sasrec --set epochs=200 --set patience_steps=0
+        probe office sasrec-ce-d0.5 --model sasrec --set dropout=0.5 --set epochs=200 --set patience_steps=0
+        probe office sasrec-ce-wd0 --model sasrec --set epochs=200 --set weight_decay=0.0 --set patience_steps=0
+        probe office sasrec-plateau --model sasrec --set epochs=200 --set lr_schedule=plateau --set lr_step=3 --set lr_gamma=0.3
         ;;
       hm)
-        probe hm sasrec-ce --model sasrec --set patience_steps=0
-        probe hm sasrec-ce-s1 --model sasrec --set patience_steps=0 --set seed=1
-        probe hm sasrec-ce-ps500 --model sasrec --set epochs=400
-        probe hm mgt-none --model mgt --set modalities=none --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
+        probe hm bert4rec-ps500 --model bert4rec --set epochs=400 --set patience=10
+        probe hm mahn --model mahn --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mahn-l2 --model mahn --set feature_norm=l2 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mahn-ps500 --model mahn --set skip_untrained=false --set epochs=400
+        probe hm mahn-skip --model mahn --set epochs=400
+        probe hm mahn-skip-id0.5 --model mahn --set id_dropout=0.5 --set epochs=400
+        probe hm mahn-vt --model mahn --set ablate=vt --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt --model mgt --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-cd0.5 --model mgt --set content_dropout=0.5 --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-d0.5 --model mgt --set dropout=0.5 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-final-id0.5 --model mgt --set id_dropout=0.5
+        probe hm mgt-final-id0.5-s1 --model mgt --set id_dropout=0.5 --set seed=1
+        probe hm mgt-id0.5 --model mgt --set id_dropout=0.5 --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-image --model mgt --set modalities=image --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-imp --model mgt --set impute_ids=true --set epochs=400
+        probe hm mgt-imp-id0.5 --model mgt --set id_dropout=0.5 --set impute_ids=true --set epochs=400
+        probe hm mgt-nogates --model mgt --set gates=false --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-none --model mgt --set modalities=none --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
         probe hm mgt-none-ps500 --model mgt --set modalities=none --set skip_untrained=false --set epochs=400
-        probe hm mgt --model mgt --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
-        probe hm mgt-s0.1 --model mgt --set skip_untrained=false --set patience_steps=0
-        probe hm mgt-s0.1-s1 --model mgt --set skip_untrained=false --set patience_steps=0 --set seed=1
-        probe hm mgt-s0.1-s2 --model mgt --set skip_untrained=false --set patience_steps=0 --set seed=2
-        probe hm mgt-s0.01 --model mgt --set content_scale=0.01 --set skip_untrained=false --set patience_steps=0
-        probe hm mgt-skip-s0.1 --model mgt --set patience_steps=0
-        probe hm mgt-nogates --model mgt --set gates=false --set skip_untrained=false --set patience_steps=0
-        probe hm mgt-d0.5 --model mgt --set dropout=0.5 --set skip_untrained=false --set patience_steps=0
-        probe hm mgt-wd1e-3 --model mgt --set weight_decay=0.001 --set skip_untrained=false --set patience_steps=0
-        probe hm mgt-cd0.5 --model mgt --set content_dropout=0.5 --set content_scale=1.0 --set skip_untrained=false --set patience_steps=0
+        probe hm mgt-none-s1 --model mgt --set modalities=none --set skip_untrained=false --set epochs=200 --set patience_steps=0 --set seed=1
+        probe hm mgt-ps500 --model mgt --set skip_untrained=false --set epochs=400
+        probe hm mgt-ps500-s1 --model mgt --set skip_untrained=false --set epochs=400 --set seed=1
+        probe hm mgt-s0.01 --model mgt --set content_scale=0.01 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-s0.1 --model mgt --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-s0.1-s1 --model mgt --set skip_untrained=false --set epochs=200 --set patience_steps=0 --set seed=1
+        probe hm mgt-s0.1-s2 --model mgt --set skip_untrained=false --set epochs=200 --set patience_steps=0 --set seed=2
+        probe hm mgt-skip --model mgt --set content_scale=1.0 --set epochs=200 --set patience_steps=0
+        probe hm mgt-skip-id0.5 --model mgt --set id_dropout=0.5 --set content_scale=1.0 --set epochs=200 --set patience_steps=0
+        probe hm mgt-skip-s0.1 --model mgt --set epochs=200 --set patience_steps=0
+        probe hm mgt-text --model mgt --set modalities=text --set content_scale=1.0 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe hm mgt-wd1e-3 --model mgt --set skip_untrained=false --set epochs=200 --set weight_decay=0.001 --set patience_steps=0
+        probe hm sasrec-ce --model sasrec --set epochs=200 --set patience_steps=0
+        probe hm sasrec-ce-ps500 --model sasrec --set epochs=400
+        probe hm sasrec-ce-s1 --model sasrec --set epochs=200 --set patience_steps=0 --set seed=1
         ;;
       instruments-cold)
-        probe instruments-cold mgt --model mgt --set id_dropout=0.0 --set epochs=200
-        probe instruments-cold mgt-id0.5 --model mgt --set id_dropout=0.5
+        probe instruments-cold mgt --model mgt --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe instruments-cold mgt-id0.5 --model mgt --set id_dropout=0.5 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe instruments-cold mgt-id0.5-plateau --model mgt --set id_dropout=0.5 --set epochs=200 --set lr_schedule=plateau --set lr_step=3 --set lr_gamma=0.3
+        probe instruments-cold mgt-id0.5-wd1e-3 --model mgt --set id_dropout=0.5 --set epochs=200 --set weight_decay=0.001
+        probe instruments-cold mgt-id0.8 --model mgt --set id_dropout=0.8 --set epochs=200
+        probe instruments-cold mgt-imp-id0.5 --model mgt --set id_dropout=0.5 --set impute_ids=true --set epochs=200 --set patience_steps=0
         ;;
       *) echo "no probes for $dataset" >&2; exit 2 ;;
     esac

@@ -231,7 +231,8 @@ def train(
                                        "score before one (plateau) [10]."),
     lr_gamma: float | None = typer.Option(None, help="Factor of each rate step [0.5]."),
     max_len: int | None = typer.Option(None, help="Histories cut to the last max_len items [50]."),
-    patience: int | None = typer.Option(None, help="Epochs without better validation NDCG@10 before stopping (and --set patience_steps=N steps) [10]."),
+    patience: int | None = typer.Option(None, help="Epochs without better validation NDCG@10 before stopping "
+                                        "(and --set patience_steps=N steps) [10]."),
     select: str | None = typer.Option(None, help="Validation protocol for early stopping: full|uni100 [full]."),
     seed: int | None = typer.Option(None, help="Seed of initialisation, shuffling and negatives [0]."),
     threads: int | None = typer.Option(None, help="Torch CPU threads (0: torch's default)."),
