@@ -31,4 +31,5 @@ def test_unknown_index_is_refused():
     with pytest.raises(DataError, match="unknown index 'ivf'"):
         check_index("ivf")
     result = CliRunner().invoke(app, ["serve", "no-such-run", "--index", "ivf"])
-    assert result.exit_code != 0
+    # refused for the index, before the (missing) run is looked at
+    assert result.exit_code != 0 and "unknown index 'ivf'" in str(result.exception), result.exception

@@ -101,10 +101,25 @@ def test_models_train_with_every_shared_loss(small, model, name):
     torch.manual_seed(0)
     net = build_model(model, settings.model_config, dataset)
     batch = make_batch(dataset, training_users(dataset), 6, np.random.default_rng(0))
-    value = net.loss(batch)
-    value.backward()
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    assert value.ndim == 0 and torch.isfinite(value) and grads and any(g.abs().sum() > 0 for g in grads)
+    before, rank_before = net.loss(batch).item(), target_rank(net, batch)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(40):  # fit one batch: the loss must teach the model to rank each target above the other items
+        optimizer.zero_grad()
+        value = net.loss(batch)
+        assert value.ndim == 0 and torch.isfinite(value)
+        value.backward()
+        optimizer.step()
+    assert net.loss(batch).item() < before and target_rank(net, batch) < 0.8 * rank_before, (before, rank_before)
+
+
+def target_rank(net, batch) -> float:
+    """Mean number of items scored above each row's last target, by the model's own full ranking."""
+    net.eval()
+    with torch.no_grad():
+        scores = net.scores(batch.histories, batch.users)
+    net.train()
+    target = scores.gather(1, batch.targets[:, -1:])
+    return float((scores > target).sum(1).float().mean())
 
 
 def test_caser_softmax_scores_each_window_against_every_item_once_per_target(small):

@@ -342,6 +342,8 @@ def test_generated_inputs_are_read_or_refused_clearly(name, tmp_path):
     finally:
         record("input", name, tried=counts["tried"], refused=counts["refused"], accepted=counts["accepted"],
                crashed=counts["crashed"])
+    # random bytes and broken syntax must meet the reader's refusal, not only pass through it
+    assert counts["refused"] > 0, counts
 
 
 # --- mutated real files ---

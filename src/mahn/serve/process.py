@@ -76,6 +76,7 @@ def run_server(run: Path, *, host: str, port: int, device: str, workers: int, th
     from mahn.index import check_index
     from mahn.serve.app import ENV, create_app
 
+    check_index(index)  # a bad flag is refused before any run is read
     os.environ["OMP_NUM_THREADS"] = str(threads)  # worker processes inherit it
     torch.set_num_threads(threads)
     if workers == 1:
@@ -87,7 +88,6 @@ def run_server(run: Path, *, host: str, port: int, device: str, workers: int, th
         if value is not None:
             os.environ[ENV[setting]] = str(value.resolve() if isinstance(value, Path) else value)
     resolve_device(device)
-    check_index(index)
     create_app(run, device="cpu", compare=compare, images_root=images_root)  # check that the runs load, then fork
     run_workers(host, port, workers)
 
