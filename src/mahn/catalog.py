@@ -31,6 +31,7 @@ import orjson
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.io import atomic_dir, load_npy, lock_folder, read_json, save_npy, sha256_file, write_bytes, write_json
+from mahn.paths import inside, is_url
 
 ADDED = "added"
 SCHEMA_VERSION = 1
@@ -125,7 +126,7 @@ def _check_value(record: _Record, field: str, value):
 
 def _image_path(record: _Record, value: str, root: Path | None, allow_urls: bool) -> str:
     """The image's real path inside `root` (or the URL); a DataError for anything that would leave it."""
-    if value.startswith(("http://", "https://")):
+    if is_url(value):
         if allow_urls:
             return value
         raise record.error("field 'image': URLs are not accepted here; give a path inside the images folder")
@@ -137,9 +138,8 @@ def _image_path(record: _Record, value: str, root: Path | None, allow_urls: bool
         raise record.error(f"field 'image': {value!r} is an absolute path; give it relative to the images folder")
     if ".." in PurePath(value.replace("\\", "/")).parts:
         raise record.error(f"field 'image': {value!r} leads out of the images folder ('..')")
-    base = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(base, value))
-    if os.path.commonpath([base, real]) != base:
+    real = os.path.realpath(os.path.join(root, value))
+    if not inside(real, root):
         raise record.error(f"field 'image': {value!r} leads out of the images folder (through a link)")
     if not os.path.isfile(real):
         raise record.error(f"field 'image': no image file {value!r} in {root}")

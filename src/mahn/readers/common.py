@@ -17,6 +17,7 @@ import orjson
 import polars as pl
 
 from mahn.errors import DataError
+from mahn.paths import inside, is_url
 from mahn.text import clean_text
 
 CHUNK_ROWS = 1_000_000
@@ -286,10 +287,6 @@ def read_items_jsonl(path: Path) -> pl.DataFrame:
     return items_frame(records)
 
 
-def is_url(value: str) -> bool:
-    return value.startswith(("http://", "https://"))
-
-
 def finish_items(table: pl.DataFrame | None, items_path: Path | None, options: ReaderOptions,
                  warnings: list[str]) -> pl.DataFrame | None:
     """Apply the image options to an items table: fill `image` from the pattern, then resolve paths.
@@ -308,7 +305,6 @@ def finish_items(table: pl.DataFrame | None, items_path: Path | None, options: R
     root = options.image_root if options.image_root is not None else (
         items_path.parent if items_path is not None else Path.cwd())
     confined = not options.images_anywhere and (items_path is not None or options.image_root is not None)
-    real_root = os.path.realpath(root)
     resolved, missing, first_missing = [], 0, None
     for key, value in zip(table["item"].to_list(), table["image"].to_list(), strict=True):
         if value is None or not value.strip() or is_url(value):
@@ -317,7 +313,7 @@ def finish_items(table: pl.DataFrame | None, items_path: Path | None, options: R
         if "\0" in value:
             raise DataError(f"item {key}: its image path contains a NUL character", items_path)
         local = os.path.abspath(os.path.join(root, os.path.expanduser(value)))
-        if confined and os.path.commonpath([real_root, os.path.realpath(local)]) != real_root:
+        if confined and not inside(local, root):
             raise DataError(f"item {key}: image {value[:200]!r} leads out of the image folder {root}; give paths "
                             "inside it, or pass --images-anywhere to allow others", items_path)
         if os.path.isfile(local):

@@ -38,6 +38,7 @@ from mahn.api import Recommender, UnknownItemError, load
 from mahn.errors import DataError
 from mahn.index import HNSWSettings
 from mahn.io import read_json
+from mahn.paths import inside, is_url
 from mahn.serve.limits import MAX_BODY, MAX_UPLOAD, BodyLimit
 from mahn.serve.schemas import (
     MAX_SEARCH,
@@ -84,10 +85,6 @@ def public_message(error: DataError) -> str:
     return message
 
 
-def is_url(value: str) -> bool:
-    return value.startswith(("http://", "https://"))
-
-
 def default_root(recommender: Recommender) -> Path | None:
     """The folder images are served from by default: the deepest folder holding every local image of the
     dataset (None when the dataset has none, or when they share only the filesystem root)."""
@@ -128,9 +125,8 @@ class Engine:
     def servable(self, path: str) -> bool:
         """Whether a local image path may be served: an image file type, really (links resolved) inside the root
         or the run's uploads folder."""
-        real = Path(os.path.realpath(path))
-        return real.suffix.lower() in IMAGE_SUFFIXES and any(
-            folder is not None and real.is_relative_to(folder) for folder in (self.root, self.uploads))
+        return Path(os.path.realpath(path)).suffix.lower() in IMAGE_SUFFIXES and any(
+            folder is not None and inside(path, folder) for folder in (self.root, self.uploads))
 
     def image_url(self, key: str, image: str | None) -> str | None:
         if not image:
