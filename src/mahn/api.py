@@ -175,13 +175,12 @@ class Recommender:
                     for m, v in added.features.items()}
         with self.lock:
             try:
+                self.model.require_content()
                 rows = self.model.content_vectors(features)
-            except DataError as error:
+            except DataError as error:  # an ID-only model, or features that do not fit it
                 return base, f"{len(added.keys)} added item(s) not served: {error}"
-            try:
-                reader = self.model.with_added(features)
-            except DataError:  # scored, but left out of the history window
-                reader = None
+            # a model that cannot read them in a history scores them but leaves them out of the window
+            reader = self.model.with_added(features) if self.model.reads_added_in_history else None
         keys = base.keys + list(added.keys)
         titles = base.titles + [t if t else k for t, k in zip(added.titles, added.keys, strict=True)]
         images = base.images + [s if s and s.strip() else None for s in added.images]

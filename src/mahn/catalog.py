@@ -329,8 +329,7 @@ def _add(run: str | Path, records: list[_Record], root: Path | None, allow_urls:
         raise DataError("not a training run (no config.json)", run)
     model, dataset = loaded or load_run(run, device="cpu")[:2]
     modalities = dataset.feature_modalities()
-    widths = {m: dataset.manifest["features"][m]["dim"] for m in modalities}
-    model.content_vectors({m: np.zeros((0, w), np.float32) for m, w in widths.items()})  # ID-only: DataError
+    model.require_content()
     with _locked(run):
         _recover(run)
         old = _read_added(run / ADDED) if (run / ADDED).exists() else None

@@ -53,6 +53,20 @@ class SequentialModel(nn.Module):
     def reads_content(self) -> bool:
         """Whether the model reads items' image or text features (and so can place an item it never trained on)."""
         return False
+
+    # whether with_added gives a copy that reads added items in a history (MAHN, MGT: when they read content)
+    reads_added_in_history: bool = False
+
+    @property
+    def name(self) -> str:
+        """The model's name in messages (an ablation names itself: MAHN-V-T)."""
+        return type(self).__name__
+
+    def require_content(self) -> None:
+        """A DataError unless the model reads content: the one refusal of every place that needs new items placed."""
+        if not self.reads_content:
+            raise DataError(f"{self.name} ranks items by their ID only: new items need a model with image or text "
+                            "features")
     n_items: int
     # bool (n_items,) on the model's device: items that must not be training candidates (the new items of a
     # new-item split, which arrive after training); set by the trainer, never saved
@@ -131,8 +145,8 @@ class SequentialModel(nn.Module):
         """(m, D) item-table rows (the space of `item_table()`) of m new items known only by their raw content
         features: modality ("image", "text") -> float (m, dim), the dataset's feature rows for those items.
         Models that read no content cannot place a new item."""
-        raise DataError(f"{type(self).__name__} ranks items by their ID only: new items need a model with "
-                        "image or text features")
+        self.require_content()
+        raise NotImplementedError(f"{self.name} reads content but does not place new items")
 
     def with_added(self, features: dict[str, torch.Tensor]) -> SequentialModel:
         """A copy of this model that also knows m new items (ids n_items..n_items+m-1) by their raw content

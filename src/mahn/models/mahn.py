@@ -89,6 +89,14 @@ class MAHN(SequentialModel):
     def reads_content(self) -> bool:
         return bool(self.modalities)
 
+    @property
+    def reads_added_in_history(self) -> bool:
+        return self.reads_content
+
+    @property
+    def name(self) -> str:
+        return "MAHN" + "".join(f"-{m.upper()}" for m in self.config.ablate)
+
     def __init__(self, config: MAHNConfig, n_items: int, visual: torch.Tensor | None = None,
                  text: torch.Tensor | None = None, trained: torch.Tensor | None = None):
         super().__init__()
@@ -191,8 +199,7 @@ class MAHN(SequentialModel):
 
     def new_item_inputs(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """New items' raw (x^v, x^t) rows, checked and normalised as the model's own; None where ablated."""
-        if not self.modalities:
-            raise DataError("MAHN-V-T ranks items by their ID only: new items need a model with image or text features")
+        self.require_content()
         v, t = (self.content_input(features, name, m.project.in_features) if m is not None else None
                 for name, m in ((VISUAL, self.visual), (TEXT, self.text)))
         if v is not None and t is not None and len(v) != len(t):

@@ -102,6 +102,10 @@ class MGT(SequentialModel):
     def reads_content(self) -> bool:
         return bool(self.sources)
 
+    @property
+    def reads_added_in_history(self) -> bool:
+        return self.reads_content
+
     def __init__(self, config: MGTConfig, n_items: int, content: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  trained: torch.Tensor | None = None):
         super().__init__()
@@ -182,9 +186,7 @@ class MGT(SequentialModel):
 
     def new_item_inputs(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """New items' raw feature rows, one (m, width) tensor per source, checked."""
-        if not self.sources:
-            raise DataError("MGT trained without modalities ranks items by their ID only: new items need image "
-                            "or text features")
+        self.require_content()
         inputs = [self.content_input(features, m, self.content[m].project.in_features) for m in self.sources]
         if len({len(x) for x in inputs}) > 1:
             raise DataError(f"MGT: the new items have {' and '.join(str(len(x)) for x in inputs)} rows of "

@@ -137,6 +137,13 @@ class Engine:
             return None
         return f"/images/{quote(key, safe='')}" + ("?run=compare" if self.name == "compare" else "")
 
+    def require_content(self) -> None:
+        """A 400 unless the run's model places new items by their content."""
+        try:
+            self.recommender.model.require_content()
+        except DataError as error:
+            raise HTTPException(400, f"the run's model: {error}") from error
+
     def item_out(self, item) -> ItemOut:
         return ItemOut(key=item.key, title=item.title, image_url=self.image_url(item.key, item.image), added=item.added)
 
@@ -154,18 +161,6 @@ def load_engine(name: str, run: Path, device: str, images_root: Path | None, ind
     root = Path(os.path.realpath(images_root)) if images_root is not None else default_root(recommender)
     recommender.warm()  # the item table (and index) computed now, not by the first request
     return Engine(name, Path(run), recommender, root, threading.Lock())
-
-
-def accepts_new_items(recommender: Recommender) -> bool:
-    """Whether the model places items known only by content: ask it for the rows of zero new items."""
-    dims = {m: r["dim"] for m, r in recommender.dataset.manifest.get("features", {}).items()}
-    model = recommender.model
-    try:
-        with torch.no_grad():
-            model.content_vectors({m: torch.zeros(0, d, device=model.device) for m, d in dims.items()})
-    except (DataError, NotImplementedError, AttributeError):
-        return False
-    return True
 
 
 def _printable(value):
@@ -258,9 +253,7 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
         """Add items after training (key, title, text, image, ...): the model places them by their content
         features, computed by the dataset's own encoders. Nothing is added when any item is bad."""
         recommender = served.recommender
-        if not accepts_new_items(recommender):
-            raise HTTPException(400, f"the run's model ({recommender.record['model']}) ranks items by their ID "
-                                     "only: new items need content features (a model that reads image or text)")
+        served.require_content()
         records = [r.model_dump(exclude_none=True) for r in body.items]
         with served.add_lock:
             report = catalog.add_item_records(served.run, records, served.root,
@@ -280,9 +273,7 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
         the server. The image is kept in the run (RUN/uploads/, named by its content); nothing is kept
         when the item is refused."""
         recommender = served.recommender
-        if not accepts_new_items(recommender):
-            raise HTTPException(400, f"the run's model ({recommender.record['model']}) ranks items by their ID "
-                                     "only: new items need content features (a model that reads image or text)")
+        served.require_content()
         with served.add_lock:
             name, created = store_upload(image.file.read(), served.uploads)
             record = {"key": key, "image": name, **{f: v for f, v in (("title", title), ("text", text),
@@ -354,7 +345,7 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
         return ModelInfo(
             run=served.name, name=recommender.record["model"], path=str(served.run), settings=recommender.record,
             dataset=str(recommender.dataset.root), device=str(recommender.model.device), items=len(recommender),
-            added_items=len(recommender) - recommender.n_trained, accepts_new_items=accepts_new_items(recommender),
+            added_items=len(recommender) - recommender.n_trained, accepts_new_items=recommender.model.reads_content,
             added_note=recommender.added_note, valid=_metrics(served.run / "summary.json", "valid"),
             test=_metrics(served.run / "test.json"), versions=Versions(mahn=mahn.__version__, torch=torch.__version__),
             compare="compare" in engines)
