@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from scipy.stats import wilcoxon
+
+from mahn.reproduce.stats import paired_p
 
 DATASETS = ("demo", "office", "instruments", "hm", "phones", "clothing")
 MODELS = ("mahn", "mgt", "sasrec", "bert4rec", "gru4rec")
@@ -93,7 +94,7 @@ def best_vs_best(models: dict) -> dict | None:
               "seeds": 1}
     for protocol, a in first.items():
         b = second[protocol]
-        result[protocol] = {"p": float(wilcoxon(a, b).pvalue) if np.any(a - b) else 1.0,
+        result[protocol] = {"p": paired_p(a, b),
                             "higher": LABELS[multimodal] if a.mean() >= b.mean() else LABELS[id_only],
                             "multimodal": float(a.mean()), "id_only": float(b.mean())}
     return result

@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import wilcoxon
 
 from mahn.evaluation import PROTOCOLS, EvalConfig, rank_users
+from mahn.reproduce.stats import paired_p
 from mahn.training import load_run
 
 
@@ -42,7 +42,7 @@ def main() -> None:
         cells = []
         for p in PROTOCOLS:
             same = run == args.runs[0] or not np.any(first[p] - scores[p])
-            cells += [f"{scores[p].mean():.4f}", "–" if same else f"{wilcoxon(first[p], scores[p]).pvalue:.2g}"]
+            cells += [f"{scores[p].mean():.4f}", "–" if same else f"{paired_p(first[p], scores[p]):.2g}"]
         print(f"| {run} | " + " | ".join(cells) + " |")
 
 

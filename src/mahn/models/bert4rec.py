@@ -63,6 +63,8 @@ class BERT4RecConfig:
 
 class BERT4Rec(SequentialModel):
     Config = BERT4RecConfig
+    search = {"dropout": [0.1, 0.2], "mask_prob": [0.6, 0.2]}
+    paper_rival = True
 
     def __init__(self, config: BERT4RecConfig, n_items: int):
         super().__init__()

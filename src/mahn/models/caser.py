@@ -61,6 +61,8 @@ class CaserConfig:
 
 class Caser(SequentialModel):
     Config = CaserConfig
+    search = {"dropout": [0.5, 0.2], "targets": [3, 1]}
+    paper_rival = True
 
     def __init__(self, config: CaserConfig, n_items: int, n_users: int):
         super().__init__()

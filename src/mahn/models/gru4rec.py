@@ -81,6 +81,8 @@ def top1_max(target_scores: torch.Tensor, negative_scores: torch.Tensor, valid: 
 
 class GRU4Rec(SequentialModel):
     Config = GRU4RecConfig
+    search = {"dropout": [0.25, 0.5], "loss": ["ce", "bpr-max"]}
+    paper_rival = True
 
     def __init__(self, config: GRU4RecConfig, n_items: int):
         super().__init__()

@@ -85,6 +85,7 @@ class Decoder(nn.Module):
 
 class JRL(SequentialModel):
     Config = JRLConfig
+    search = {"dim": [300, 100], "negatives": [5, 10]}
     reads_content = True
 
     def __init__(self, config: JRLConfig, n_items: int, n_users: int,

@@ -83,6 +83,7 @@ class Modality(nn.Module):
 
 class MAHN(SequentialModel):
     Config = MAHNConfig
+    search = {"rec_weight": [1.0, 0.1], "loss": ["ce", "bpr"]}
     id_only = {"ablate": "vt"}
 
     @property

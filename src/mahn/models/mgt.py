@@ -96,6 +96,7 @@ class Content(nn.Module):
 
 class MGT(SequentialModel):
     Config = MGTConfig
+    search = {"dropout": [0.2, 0.5], "id_dropout": [0.0, 0.3]}
     id_only = {"modalities": "none"}
 
     @property

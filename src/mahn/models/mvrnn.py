@@ -80,6 +80,8 @@ class View(nn.Module):
 
 class MVRNN(SequentialModel):
     Config = MVRNNConfig
+    search = {"rec_weight": [1e-4, 1e-3], "corrupt": [0.0, 0.2]}
+    paper_rival = True
     reads_content = True
 
     def __init__(self, config: MVRNNConfig, n_items: int, features: list[tuple[torch.Tensor, torch.Tensor]]):

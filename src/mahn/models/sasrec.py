@@ -90,6 +90,8 @@ def causal_blocks(blocks: nn.ModuleList, x: torch.Tensor, real: torch.Tensor, he
 
 class SASRec(SequentialModel):
     Config = SASRecConfig
+    search = {"dropout": [0.2, 0.5], "loss": ["bce", "ce"]}
+    paper_rival = True
 
     def __init__(self, config: SASRecConfig, n_items: int):
         super().__init__()

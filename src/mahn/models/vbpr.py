@@ -84,6 +84,7 @@ class VBPRConfig:
 
 class VBPR(SequentialModel):
     Config = VBPRConfig
+    search = {"dim": [10, 20], "visual_dim": [10, 20]}
     reads_content = True
 
     def __init__(self, config: VBPRConfig, n_items: int, n_users: int, features: torch.Tensor):

@@ -61,15 +61,7 @@ BUDGETS = {
     # epoch cap far enough above where models stop improving (patience 10)
     "full": Budget("full", epochs=200, patience=10, seeds=5, search={
         "*": {"lr": [1e-3, 3e-4], "weight_decay": [1e-4, 0.0]},
-        "mahn": {"rec_weight": [1.0, 0.1], "loss": ["ce", "bpr"]},
-        "sasrec": {"dropout": [0.2, 0.5], "loss": ["bce", "ce"]},
-        "bert4rec": {"dropout": [0.1, 0.2], "mask_prob": [0.6, 0.2]},
-        "gru4rec": {"dropout": [0.25, 0.5], "loss": ["ce", "bpr-max"]},
-        "caser": {"dropout": [0.5, 0.2], "targets": [3, 1]},
-        "mvrnn": {"rec_weight": [1e-4, 1e-3], "corrupt": [0.0, 0.2]},
-        "vbpr": {"dim": [10, 20], "visual_dim": [10, 20]},
-        "jrl": {"dim": [300, 100], "negatives": [5, 10]},
-        "mgt": {"dropout": [0.2, 0.5], "id_dropout": [0.0, 0.3]},
+        **{name: model.search for name, model in MODELS.items() if model.search},
     }),
 }
 
@@ -287,9 +279,9 @@ class Reproduction:
 
     def groups(self, compare: dict) -> dict:
         """MAHN vs the strongest other sequential model, chosen by validation NDCG@10 (never by test)."""
-        not_rivals = ("MAHN", "Popularity", "VBPR", "JRL", label("mgt"), *(id_only_label(m) for m in MODELS))
+        candidates = {label(name) for name, model in MODELS.items() if model.paper_rival}
         rivals = {name: np.mean([r["valid"]["full"]["NDCG@10"] for r in runs])
-                  for name, runs in compare.items() if name not in not_rivals}
+                  for name, runs in compare.items() if name in candidates}
         if "MAHN" not in compare or not rivals:
             return {}
         rival = max(rivals, key=rivals.get)

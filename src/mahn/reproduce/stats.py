@@ -45,10 +45,15 @@ def best_vs_best(out: Path, compare: dict, multimodal: list[str]) -> dict:
             "test_ndcg10": means, "chosen_by": "validation full NDCG@10"}
 
 
-def paired_tests(out: Path, compare: dict, reference: str = "MAHN") -> dict:
-    """Wilcoxon signed-rank p-values, `reference` vs each model, on per-user test NDCG@10 (two-sided)."""
+def paired_p(first: np.ndarray, second: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired per-user scores; 1.0 when every pair is equal (no test)."""
     from scipy.stats import wilcoxon
 
+    return float(wilcoxon(first, second).pvalue) if np.any(first - second) else 1.0
+
+
+def paired_tests(out: Path, compare: dict, reference: str = "MAHN") -> dict:
+    """Wilcoxon signed-rank p-values, `reference` vs each model, on per-user test NDCG@10 (two-sided)."""
     if reference not in compare:
         return {}
     ours = per_user_ndcg(out, compare[reference])
@@ -57,9 +62,5 @@ def paired_tests(out: Path, compare: dict, reference: str = "MAHN") -> dict:
         if label == reference:
             continue
         theirs = per_user_ndcg(out, runs)
-        tests[label] = {}
-        for index, protocol in enumerate(PROTOCOLS):
-            difference = ours[index] - theirs[index]
-            tests[label][protocol] = (1.0 if not np.any(difference) else
-                                      float(wilcoxon(ours[index], theirs[index]).pvalue))
+        tests[label] = {protocol: paired_p(ours[index], theirs[index]) for index, protocol in enumerate(PROTOCOLS)}
     return tests
