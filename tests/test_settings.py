@@ -138,7 +138,7 @@ def test_defaults_quoted_in_the_cli_help_are_the_declared_ones():
 
     import typer
 
-    from mahn.settings import DEFAULT_MODEL
+    from mahn.settings import DEFAULT_MODEL, TRAIN_FLAGS
 
     declared = defaults("mahn") | {"model": DEFAULT_MODEL}
     command = typer.main.get_command(app).commands["train"]
@@ -158,6 +158,12 @@ def test_defaults_quoted_in_the_cli_help_are_the_declared_ones():
         checked_names.append(name)
     assert {"batch_size", "lr", "weight_decay", "max_len", "patience", "epochs", "dim", "rec_weight"} <= set(
         checked_names)
+    # the flags the resolver and its error messages know are exactly the train command's setting options
+    options = {p.name: p.opts[0] if len(p.opts) == 1 and not p.secondary_opts else "/".join(p.opts + p.secondary_opts)
+               for p in command.params}
+    assert {name: options[name] for name in TRAIN_FLAGS} == TRAIN_FLAGS
+    not_settings = {"dataset", "out", "config", "preset", "set_", "resume", "force", "nproc"}
+    assert set(options) - not_settings == set(TRAIN_FLAGS)
     reproduce = typer.main.get_command(app).commands["reproduce"]
     batch = next(p for p in reproduce.params if p.name == "batch_size")
     assert f"[the trainer's: {TrainConfig.batch_size}]" in batch.help

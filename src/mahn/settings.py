@@ -121,11 +121,17 @@ class RunSettings:
 Layer = tuple[str, Mapping[str, Any]]  # (where it came from, e.g. a file name or "--set"; settings)
 
 
+# the settings `mahn train` takes as flags of their own (--lambda for rec_weight); every other one is --set KEY=VALUE
+TRAIN_FLAGS = {"model": "--model", "variant": "--variant", "ablate": "--ablate", "dim": "--dim",
+               "rec_weight": "--lambda", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+               "weight_decay": "--weight-decay", "lr_schedule": "--lr-schedule", "lr_step": "--lr-step",
+               "lr_gamma": "--lr-gamma", "max_len": "--max-len", "patience": "--patience", "select": "--select",
+               "seed": "--seed", "threads": "--threads", "device": "--device", "progress": "--progress/--no-progress"}
+
+
 def setting_source(name: str) -> str:
     """How a user sets `name` on the command line (for error messages)."""
-    flags = {"variant", "ablate", "dim", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_step",
-             "lr_gamma", "max_len", "patience", "select", "seed", "threads", "device"}
-    return f"--{name.replace('_', '-')}" if name in flags else f"--set {name}=..."
+    return TRAIN_FLAGS.get(name, f"--set {name}=...")
 
 
 def model_keys(model: str) -> set[str]:

@@ -1,0 +1,3 @@
+from mahn.cli import main
+
+main()

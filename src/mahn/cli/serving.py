@@ -1,0 +1,57 @@
+"""Commands that serve a run and grow its catalogue: serve, add-items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mahn.cli.common import DEVICE_HELP, app, fail
+
+
+@app.command()
+def serve(
+    run: Path = typer.Argument(..., help="Run directory written by `mahn train`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    workers: int = typer.Option(1, help="Server processes, each with its own copy of the model."),
+    threads: int = typer.Option(1, help="Torch threads per process (1: requests in parallel beat one request "
+                                "on two threads; see docs/serving.md)."),
+    compare: Path | None = typer.Option(None, help="A second run, asked with ?run=compare."),
+    images_root: Path | None = typer.Option(None, help="The only folder images are served from, and the one "
+                                            "new items' image paths are relative to (default: the folder "
+                                            "holding the dataset's images)."),
+    index: str = typer.Option("exact", help="exact (score every item) or hnsw (approximate top-k from an HNSW "
+                              "index, for catalogues of millions of items; needs faiss-cpu)."),
+    ef_search: int = typer.Option(256, help="hnsw: candidates kept per search (more: better recall, slower; "
+                                  "docs/serving.md#large-catalogues---index-hnsw)."),
+) -> None:
+    """Serve recommendations over HTTP (FastAPI + uvicorn); the API is described at /docs and /openapi.json."""
+    from mahn.serve.process import run_server
+
+    if workers < 1 or threads < 1 or ef_search < 1:
+        fail("--workers, --threads and --ef-search must be at least 1")
+    if not 0 <= port <= 65535:
+        fail(f"--port must be between 0 and 65535, got {port}")
+    run_server(run, host=host, port=port, device=device, workers=workers, threads=threads, compare=compare,
+               images_root=images_root, index=index, ef_search=ef_search)
+
+
+@app.command("add-items")
+def add_items_command(
+    run: Path = typer.Argument(..., help="Run directory written by `mahn train` (a model that reads content)."),
+    items: Path = typer.Option(..., "--items", help="CSV, TSV or JSONL: key, title, text, image (path) per item."),
+    images: Path | None = typer.Option(None, "--images", help="Folder image paths are relative to "
+                                                               "(default: the items file's folder)."),
+) -> None:
+    """Add new items to a trained run, encoded by the dataset's own feature encoders; no retraining."""
+    from mahn.catalog import add_items
+
+    report = add_items(run, items, images)
+    features = ", ".join(f"{m} {f['encoder']} {f['dim']}-d" + (f" ({f['missing']} without)" if f["missing"] else "")
+                         for m, f in report["features"].items())
+    typer.echo(f"added {report['added']} items to {run} ({report['total']} added in all); "
+               f"features: {features}; {report['seconds']:.1f} s")
+
+
