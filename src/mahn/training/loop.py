@@ -152,16 +152,10 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
         leave(world, finished)
 
 
-def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, force: bool, on_epoch_end, world: World,
-           device: torch.device) -> dict:
-    config = settings.train
-    checkpoint = run / "checkpoints" / "last.safetensors"
-    run_record = {"model": settings.model, "model_config": asdict(settings.model_config), "train": asdict(config),
-                  "device": str(device), "processes": world.size,
-                  "dataset": str(dataset.root.resolve()), "n_items": dataset.n_items,
-                  "dataset_sha256": dataset.fingerprint(),
-                  "torch": torch.__version__, "numpy": np.__version__}
-    if resume and checkpoint.exists():
+def check_run_dir(run: Path, run_record: dict, dataset: Dataset, resuming: bool, resume: bool, force: bool) -> None:
+    """A run resumes only with the settings and data it started with; an existing run is never overwritten
+    unless asked (--force), or it was killed before it wrote anything worth keeping."""
+    if resuming:
         saved = read_json(run / "config.json")
         for key in RUN_IDENTITY:
             if saved[key] != run_record[key]:
@@ -171,12 +165,26 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
           and not (resume and killed_before_first_checkpoint(run, run_record))):
         raise DataError("run directory exists (pass --resume to continue it or --force to overwrite)", run)
 
-    barrier(world)  # every rank has checked the run directory before rank 0 writes into it
 
+def set_threads(config: TrainConfig, world: World, device: torch.device) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     elif world.distributed and device.type == "cpu":  # the processes share the machine's cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+
+
+def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, force: bool, on_epoch_end, world: World,
+           device: torch.device) -> dict:
+    config = settings.train
+    checkpoint = run / "checkpoints" / "last.safetensors"
+    run_record = {"model": settings.model, "model_config": asdict(settings.model_config), "train": asdict(config),
+                  "device": str(device), "processes": world.size,
+                  "dataset": str(dataset.root.resolve()), "n_items": dataset.n_items,
+                  "dataset_sha256": dataset.fingerprint(),
+                  "torch": torch.__version__, "numpy": np.__version__}
+    check_run_dir(run, run_record, dataset, resume and checkpoint.exists(), resume, force)
+    barrier(world)  # every rank has checked the run directory before rank 0 writes into it
+    set_threads(config, world, device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = build_model(settings.model, settings.model_config, dataset).to(device)
