@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import mahn.catalog as catalog
+import mahn.catalog.store as added_store
 from mahn.catalog import add_item_records, add_items, load_added
 from mahn.cli import app
 from mahn.data import Dataset
@@ -238,7 +238,7 @@ def test_an_add_killed_while_writing_leaves_the_run_as_it_was(shop, run, tmp_pat
         built.extend(p.name for p in Path(path).parent.iterdir())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(catalog, "write_json", killed)
+    monkeypatch.setattr(added_store, "write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         add_items(run, write_jsonl(tmp_path / "b" / "items.jsonl", [new_item(tmp_path / "b", "new", latent[1], 1)]))
     assert {"items.jsonl", "image.npy", "text.npy"} <= set(built)  # it was killed after building the new folder

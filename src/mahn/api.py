@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mahn.catalog import load_added
+from mahn.catalog.store import stamp as added_stamp
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.evaluation import PROTOCOLS, EvalConfig, evaluate
@@ -134,7 +135,7 @@ class Recommender:
         if self.run is None:
             return None
         try:
-            stat = (self.run / "added" / "manifest.json").stat()
+            stat = added_stamp(self.run)
         except OSError:
             return None
         return stat.st_ino, stat.st_mtime_ns
