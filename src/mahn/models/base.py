@@ -59,7 +59,7 @@ class SequentialModel(nn.Module):
         """Whether the model reads items' image or text features (and so can place an item it never trained on)."""
         return False
 
-    # whether with_added gives a copy that reads added items in a history (MAHN, MGT: when they read content)
+    # whether with_added gives a copy that reads added items in a history (MAHN, MGT), when the model reads content
     reads_added_in_history: bool = False
 
     @property

@@ -85,14 +85,11 @@ class MAHN(SequentialModel):
     Config = MAHNConfig
     search = {"rec_weight": [1.0, 0.1], "loss": ["ce", "bpr"]}
     id_only = {"ablate": "vt"}
+    reads_added_in_history = True
 
     @property
     def reads_content(self) -> bool:
         return bool(self.modalities)
-
-    @property
-    def reads_added_in_history(self) -> bool:
-        return self.reads_content
 
     @property
     def name(self) -> str:

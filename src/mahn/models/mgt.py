@@ -98,14 +98,11 @@ class MGT(SequentialModel):
     Config = MGTConfig
     search = {"dropout": [0.2, 0.5], "id_dropout": [0.0, 0.3]}
     id_only = {"modalities": "none"}
+    reads_added_in_history = True
 
     @property
     def reads_content(self) -> bool:
         return bool(self.sources)
-
-    @property
-    def reads_added_in_history(self) -> bool:
-        return self.reads_content
 
     def __init__(self, config: MGTConfig, n_items: int, content: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  trained: torch.Tensor | None = None):
