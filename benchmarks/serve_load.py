@@ -211,7 +211,7 @@ def profile(run: Path, histories: list[list[str]], threads: tuple[int, ...] = (1
             began = time.perf_counter()
             recommender.recommend(history, K)
             parts["recommend"].append(time.perf_counter() - began)
-            window = [recommender.index[k] for k in history][-recommender.max_len :]
+            window = [recommender.ids[k] for k in history][-recommender.max_len :]
             with torch.no_grad():
                 began = time.perf_counter()
                 state = recommender.model.encode(torch.tensor([window]))

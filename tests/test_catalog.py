@@ -92,7 +92,7 @@ def opposite(attrs: dict) -> dict:
 
 def test_a_new_item_that_looks_and_reads_like_the_history_ranks_above_unrelated_new_items(shop, run, tmp_path):
     model, dataset, record = load_run(run, device="cpu")
-    keys = dataset.item_table["key"].to_list()
+    keys = dataset.item_metadata["key"].to_list()
     evalset = dataset.eval_set("test")
     users = range(0, len(evalset.users), max(1, len(evalset.users) // 60))[:60]
     records, histories = [], []
@@ -125,7 +125,7 @@ def test_a_new_item_that_looks_and_reads_like_the_history_ranks_above_unrelated_
     # the new items' features are the dataset encoders' own: a copy of an existing item's image and title
     # gets that item's feature rows back
     source = keys[0]
-    table = dataset.item_table.row(0, named=True)
+    table = dataset.item_metadata.row(0, named=True)
     add_item_records(run, [{"key": "copy", "title": table["title"], "image": os.path.basename(table["image"])}],
                      images=Path(table["image"]).parent)
     copy = load_added(run)
@@ -192,7 +192,7 @@ def added_run(shop, tmp_path_factory) -> Path:
 ])
 def test_bad_records_are_refused_and_nothing_is_written(shop, added_run, tmp_path, records, files, message):
     run = added_run
-    known = Dataset(shop["data"]).item_table["key"][0]
+    known = Dataset(shop["data"]).item_metadata["key"][0]
     folder = tmp_path / "new"
     (folder / "images").mkdir(parents=True)
     (tmp_path / "outside.png").write_bytes((shop["root"] / "raw" / "images" / f"{known}.png").read_bytes())
@@ -396,7 +396,7 @@ def test_an_uploaded_image_gets_the_dataset_encoders_features_and_bad_uploads_wr
 
     client = TestClient(create_app(run, device="cpu", max_upload=200_000))
     _, dataset, _ = load_run(run, device="cpu")
-    table = dataset.item_table.row(0, named=True)
+    table = dataset.item_metadata.row(0, named=True)
     before = snapshot(run)
     bomb = io.BytesIO()
     Image.new("1", (10_000, 5_000)).save(bomb, format="PNG")  # 50 Mpixel in a few kB: refused from its header

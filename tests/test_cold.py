@@ -47,7 +47,7 @@ def test_new_items_leave_training_and_validation_but_stay_as_test_targets(pair):
             assert len(history) == len(others) + (target not in new)
     assert cold.manifest["cold"]["new_item_targets"] == expected > 0
     assert int(np.isin(cold.eval_set("test").targets, new).sum()) == expected
-    assert cold.item_table.equals(source.item_table)
+    assert cold.item_metadata.equals(source.item_metadata)
     negatives = cold.negatives("test")
     for row, user in enumerate(cold.eval_set("test").users[:50]):
         assert not np.isin(negatives[user], cold.history(user)).any(), row
@@ -117,9 +117,10 @@ def test_new_items_are_never_training_candidates(pair):
     targets = torch.tensor([i for i in range(cold.n_items) if not excluded[i]][:5])
     allowed = ~excluded
     by_hand = F.cross_entropy((states @ table[allowed].T), torch.searchsorted(allowed.nonzero().squeeze(1), targets))
-    got = next_item_loss("ce", states, targets, targets, lambda i: table[i], lambda: table, cold.n_items, 8, excluded)
+    got = next_item_loss("ce", states, targets, negatives=targets, items=lambda i: table[i], table=lambda: table,
+                         n_items=cold.n_items, n_sampled=8, excluded=excluded)
     assert torch.allclose(got, by_hand)
     torch.manual_seed(0)
-    sampled_loss = next_item_loss("sampled-ce", states, targets, targets, lambda i: table[i], lambda: table,
-                                  cold.n_items, 2000, excluded)
+    sampled_loss = next_item_loss("sampled-ce", states, targets, negatives=targets, items=lambda i: table[i],
+                                  table=lambda: table, n_items=cold.n_items, n_sampled=2000, excluded=excluded)
     assert torch.isfinite(sampled_loss)

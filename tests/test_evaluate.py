@@ -125,7 +125,7 @@ def test_cli_train_evaluate_recommend(tiny, tmp_path):
     assert table.exit_code == 0
     row = next(line for line in table.output.splitlines() if " NDCG@10 " in line)
     assert f"{valid['uni100']['NDCG@10']:.4f}" in row and f"{valid['full']['NDCG@10']:.4f}" in row
-    keys = Dataset(tiny).item_table["key"].to_list()
+    keys = Dataset(tiny).item_metadata["key"].to_list()
     result = runner.invoke(app, ["recommend", str(run), "--history", f"{keys[0]} {keys[3]}", "-k", "3"])
     assert result.exit_code == 0, result.output
     lines = [line.strip() for line in result.output.strip().splitlines()]

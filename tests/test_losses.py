@@ -29,8 +29,8 @@ def parts():
 
 
 def loss(name, table, states, targets, negatives, n_sampled=4):
-    return next_item_loss(name, states, targets, negatives, lambda ids: table[ids], lambda: table, N_ITEMS,
-                          n_sampled)
+    return next_item_loss(name, states, targets, negatives=negatives, items=lambda ids: table[ids],
+                          table=lambda: table, n_items=N_ITEMS, n_sampled=n_sampled)
 
 
 def test_pairwise_losses_follow_their_formulas(parts):

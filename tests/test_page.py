@@ -183,7 +183,7 @@ def test_an_item_without_an_image_gets_a_placeholder(page, base, shop):
 
 def test_a_users_training_history_is_picked_and_its_held_out_items_named(page, base, shop):
     dataset = Dataset(shop["data"])
-    keys = dataset.item_table["key"].to_list()
+    keys = dataset.item_metadata["key"].to_list()
     users = httpx.get(f"{base}/users", params={"query": "USER", "limit": 1000}).json()["users"]
     assert len(users) == dataset.n_users
     user = next(u for u, entry in enumerate(users) if entry["train_items"] >= 3 and dataset.evaluated[u])

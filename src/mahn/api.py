@@ -66,7 +66,7 @@ class _Items:
     keys: list[str]
     titles: list[str]
     images: list[str | None]
-    index: dict[str, int]
+    ids: dict[str, int]  # key -> item id
     folded: list[str]  # casefolded titles, for search
     added_rows: torch.Tensor | None  # (added, D) item-table rows of the added items, on the model's device
     table: torch.Tensor | None = None  # (items, D) the full item table, computed on first use
@@ -97,7 +97,7 @@ class Recommender:
     # --- the items -------------------------------------------------------------------------------
 
     def _base_items(self) -> _Items:
-        table = self.dataset.item_table
+        table = self.dataset.item_metadata
         keys = table["key"].to_list()
         titles = self.dataset.titles()
         images = ([s if s and s.strip() else None for s in table["image"].to_list()]
@@ -124,8 +124,9 @@ class Recommender:
         return self._current().images
 
     @property
-    def index(self) -> dict[str, int]:
-        return self._current().index
+    def ids(self) -> dict[str, int]:
+        """Each item's key -> its item id (the row of the item table)."""
+        return self._current().ids
 
     def __len__(self) -> int:
         return len(self._current().keys)
@@ -169,7 +170,7 @@ class Recommender:
 
     def _with_added(self, added) -> tuple[_Items, str | None]:
         base = self._base
-        clash = [k for k in added.keys if k in base.index]
+        clash = [k for k in added.keys if k in base.ids]
         if clash:
             raise DataError(f"added item key(s) already in the dataset: {', '.join(clash[:SHOWN_KEYS])}", self.run)
         features = {m: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.model.device)
@@ -220,10 +221,10 @@ class Recommender:
         return self._ids(self._current(), keys)
 
     def _ids(self, items: _Items, keys: Sequence[str]) -> list[int]:
-        unknown = list(dict.fromkeys(k for k in keys if k not in items.index))
+        unknown = list(dict.fromkeys(k for k in keys if k not in items.ids))
         if unknown:
             raise UnknownItemError(unknown, self.dataset.root / "items.parquet")
-        return [items.index[k] for k in keys]
+        return [items.ids[k] for k in keys]
 
     def item(self, key: str) -> Item:
         """One item by key; an UnknownItemError (a DataError) when there is none."""

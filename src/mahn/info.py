@@ -15,7 +15,7 @@ PERCENTILES = (25, 50, 75, 90, 99)
 def summarize(dataset: Dataset) -> dict:
     manifest = dataset.manifest
     lengths = dataset.lengths
-    items = dataset.item_table
+    items = dataset.item_metadata
     coverage = {}
     for column in ("title", "text", "image"):
         if column in items.columns:

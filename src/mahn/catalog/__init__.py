@@ -49,7 +49,7 @@ def _add(run: str | Path, records: list[ItemRecord], root: Path | None, allow_ur
         old = read_added(run / ADDED) if (run / ADDED).exists() else None
         if old is not None:
             check_features(dataset.manifest, old[0], run / ADDED)
-        taken = set(dataset.item_table["key"].to_list()) | {r["key"] for r in (old[1] if old else [])}
+        taken = set(dataset.item_metadata["key"].to_list()) | {r["key"] for r in (old[1] if old else [])}
         records = check_records(records, taken, root, allow_urls, check_image)
         encoded = {m: encode_items(dataset, m, records) for m in modalities}
         import torch

@@ -96,13 +96,15 @@ class Dataset:
         return load_npy(path)
 
     @cached_property
-    def item_table(self) -> pl.DataFrame:
+    def item_metadata(self) -> pl.DataFrame:
+        """items.parquet: each item's key and what is known of it (title, image, text, ...), in id order; the
+        models' item_table() is the other thing, the items' vectors."""
         import polars as pl
 
         return pl.read_parquet(self.root / "items.parquet")
 
     def titles(self) -> list[str]:
-        table = self.item_table
+        table = self.item_metadata
         column = "title" if "title" in table.columns else "key"
         return [t if t is not None else k for t, k in zip(table[column].to_list(), table["key"].to_list(), strict=True)]
 

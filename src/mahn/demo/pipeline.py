@@ -113,7 +113,7 @@ def print_examples(run: Path, console, users: int = 2, k: int = 5) -> None:
         keys = [recommender.keys[i] for i in history]
         console.print(f"\n[bold]user {user}[/bold], last items bought:")
         for key in keys[-3:]:
-            console.print(f"  - {recommender.titles[recommender.index[key]]}")
+            console.print(f"  - {recommender.titles[recommender.ids[key]]}")
         console.print(f"  actually bought next: [green]{recommender.titles[evalset.targets[row]]}[/green]")
         console.print(f"  MAHN recommends (top {k}):")
         for rank, rec in enumerate(recommender.recommend(keys, k), start=1):

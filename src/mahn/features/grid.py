@@ -32,7 +32,7 @@ def neighbour_grid(root: str | Path, out: str | Path, modality: str = "image", n
     """Write the grid to `out`; returns the item ids drawn, one row per query ([query, neighbours...])."""
     dataset = Dataset(root)
     _, mask = dataset.features(modality)
-    table = dataset.item_table
+    table = dataset.item_metadata
     images = table["image"].to_list() if "image" in table.columns else [None] * dataset.n_items
     titles = dataset.titles()
     if items is None:

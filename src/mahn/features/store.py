@@ -79,7 +79,7 @@ class ModalityReport:
 
 def _inputs(dataset: Dataset, modality: str, config: FeatureConfig, encoder) -> tuple[list, list]:
     """(input per item, None = the item lacks the modality; error per item found while reading inputs)."""
-    table = dataset.item_table
+    table = dataset.item_metadata
     n = dataset.n_items
     if table.height != n or ("item" in table.columns and table["item"].to_list() != list(range(n))):
         raise DataError(f"items.parquet must hold items 0..{n - 1} in order (manifest counts {n} items)",

@@ -132,8 +132,9 @@ class Caser(SequentialModel):
         real = targets != self.pad
         if self.config.loss != "bce":  # each real (window, target) pair is a position of the shared loss
             states = state.expand(-1, targets.shape[1], -1)[real]
-            return next_item_loss(self.config.loss, states, targets[real], negatives[real], lambda ids: table[ids],
-                                  lambda: table, self.n_items, self.config.negatives, self.excluded)
+            return next_item_loss(self.config.loss, states, targets[real], negatives=negatives[real],
+                                  items=lambda ids: table[ids], table=lambda: table, n_items=self.n_items,
+                                  n_sampled=self.config.negatives, excluded=self.excluded)
         positive = (state * table[targets.clamp(max=self.n_items - 1)]).sum(-1)
         negative = (state * table[negatives.clamp(max=self.n_items - 1)]).sum(-1)
         per_target = -(F.logsigmoid(positive) + F.logsigmoid(-negative))

@@ -129,8 +129,9 @@ class GRU4Rec(SequentialModel):
         states, targets, sampled = states[real], targets[real], sampled[real]
         states = torch.cat([states, states.new_ones(len(states), 1)], dim=1)  # [h, 1] against [W, b]
         if self.config.loss in SHARED_LOSSES:
-            return next_item_loss(self.config.loss, states, targets, sampled, self.item_vectors,
-                                  self.item_table, self.n_items, self.config.negatives, self.excluded)
+            return next_item_loss(self.config.loss, states, targets, negatives=sampled, items=self.item_vectors,
+                                  table=self.item_table, n_items=self.n_items, n_sampled=self.config.negatives,
+                                  excluded=self.excluded)
         candidates = torch.cat([targets, sampled])  # in-batch targets, then the uniform extra samples
         table = self.item_vectors(candidates)
         scores = states @ table.T  # (P, 2P)

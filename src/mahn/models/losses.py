@@ -91,7 +91,7 @@ def softmax_cross_entropy(states: torch.Tensor, table: torch.Tensor, targets: to
     return BlockedSoftmaxCE.apply(states, table, targets, excluded, rows)
 
 
-def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+def next_item_loss(name: str, states: torch.Tensor, targets: torch.Tensor, *, negatives: torch.Tensor,
                    items: Callable[[torch.Tensor], torch.Tensor], table: Callable[[], torch.Tensor],
                    n_items: int, n_sampled: int, excluded: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss over positions. `items(ids)` gives (len(ids), D) item vectors, `table()` all (n_items, D).

@@ -269,9 +269,10 @@ class MAHN(SequentialModel):
             return self.represent(v_unique[pick] if v_unique is not None else None, self.id_vectors(candidates),
                                   t_unique[pick] if t_unique is not None else None)
 
-        ranking = next_item_loss(self.config.loss, out.data, positives, negatives, vectors,
-                                 (lambda: table) if table is not None else self.item_table, self.n_items,
-                                 self.config.negatives, self.softmax_excluded())
+        ranking = next_item_loss(self.config.loss, out.data, positives, negatives=negatives, items=vectors,
+                                 table=(lambda: table) if table is not None else self.item_table,
+                                 n_items=self.n_items, n_sampled=self.config.negatives,
+                                 excluded=self.softmax_excluded())
         if not self.modalities or self.config.rec_weight == 0:
             return ranking
         # rec depends only on the item: compute it once per distinct item, then look it up per position

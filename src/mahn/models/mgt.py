@@ -219,9 +219,10 @@ class MGT(SequentialModel):
             targets = batch.targets[:, -states.shape[1] :]
             negatives = batch.negatives[:, -states.shape[1] :]
             real = targets != self.pad
-            return next_item_loss(self.config.loss, self.query(states[real]), targets[real], negatives[real],
-                                  self.item_vectors, self.item_table, self.n_items, self.config.negatives,
-                                  self.softmax_excluded())
+            return next_item_loss(self.config.loss, self.query(states[real]), targets[real],
+                                  negatives=negatives[real], items=self.item_vectors, table=self.item_table,
+                                  n_items=self.n_items, n_sampled=self.config.negatives,
+                                  excluded=self.softmax_excluded())
         finally:
             for source in self.content.values():
                 source.dropped = None

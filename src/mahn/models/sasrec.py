@@ -128,5 +128,6 @@ class SASRec(SequentialModel):
         targets = batch.targets[:, -states.shape[1] :]
         negatives = batch.negatives[:, -states.shape[1] :]
         real = targets != self.pad
-        return next_item_loss(self.config.loss, states[real], targets[real], negatives[real], self.item_embedding,
-                              self.item_table, self.n_items, self.config.negatives, self.excluded)
+        return next_item_loss(self.config.loss, states[real], targets[real], negatives=negatives[real],
+                              items=self.item_embedding, table=self.item_table, n_items=self.n_items,
+                              n_sampled=self.config.negatives, excluded=self.excluded)

@@ -45,5 +45,5 @@ def read_sequences(path: Path, items: Path | None = None, options: ReaderOptions
 
     files = [path] + ([items] if items else [])
     warnings: list[str] = []
-    item_table = finish_items(read_items_jsonl(items) if items else None, items, options, warnings)
-    return Source(chunked(rows(), INTERACTION_SCHEMA), item_table, files, has_time=False, warnings=warnings)
+    items_frame = finish_items(read_items_jsonl(items) if items else None, items, options, warnings)
+    return Source(chunked(rows(), INTERACTION_SCHEMA), items_frame, files, has_time=False, warnings=warnings)

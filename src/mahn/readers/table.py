@@ -184,12 +184,12 @@ def read_csv(path: Path, items: Path | None = None, options: ReaderOptions | Non
     if options.user_col == options.item_col:
         raise DataError(f"the user and item columns are both '{options.user_col}'", path)
     warnings: list[str] = []
-    table = finish_items(read_item_table(items, options) if items else None, items, options, warnings)
+    table = finish_items(read_item_metadata(items, options) if items else None, items, options, warnings)
     chunks = table_chunks(frame, path, options.user_col, options.item_col, options.time_col, options.time_format)
     return Source(chunks, table, [path] + ([items] if items else []), options.time_col is not None, warnings)
 
 
-def read_item_table(path: Path, options: ReaderOptions) -> pl.DataFrame:
+def read_item_metadata(path: Path, options: ReaderOptions) -> pl.DataFrame:
     """The items table of the csv format: key, title, text (joined columns), image, other columns as extras."""
     frame, columns = scan_table(path)
     key = options.item_key_col or options.item_col

@@ -23,7 +23,7 @@ class UserIndex:
         table = pq.read_table(dataset.root / "users.parquet", columns=["user", "key"])
         ids, keys = table["user"].to_numpy(), table["key"].to_pylist()
         self.keys: list[str] = [keys[i] for i in np.argsort(ids, kind="stable")]
-        self.index = {k: u for u, k in enumerate(self.keys)}
+        self.ids = {k: u for u, k in enumerate(self.keys)}
         self.folded = [k.casefold() for k in self.keys]
         self.train_counts = dataset.train_ends - dataset.offsets[:-1]
 
@@ -41,7 +41,7 @@ class UserIndex:
 
     def history(self, key: str) -> tuple[list[int], list[int]]:
         """(training item ids, held-out item ids) of one user; 404 for an unknown key."""
-        user = self.index.get(key)
+        user = self.ids.get(key)
         if user is None:
             shown = key if len(key) <= KEY_CHARS else key[:KEY_CHARS] + "..."
             raise HTTPException(404, f"unknown user key: {shown}")
