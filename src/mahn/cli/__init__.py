@@ -3,7 +3,6 @@ one module per kind of work (data, runs, serving, experiments), all on one Typer
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
@@ -12,8 +11,9 @@ from mahn.cli.common import app
 from mahn.errors import DataError, disk_full
 
 # each module adds its commands to `app`; their order is the order of `mahn --help`
-for _commands in ("data", "runs", "serving", "experiments"):
-    importlib.import_module(f"mahn.cli.{_commands}")
+# isort: off
+from mahn.cli import data, runs, serving, experiments  # noqa: F401
+# isort: on
 
 __all__ = ["app", "main"]
 
