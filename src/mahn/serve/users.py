@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from fastapi import HTTPException
 
-from mahn.api import KEY_CHARS, Recommender
+from mahn.api import Recommender
+from mahn.items import KEY_CHARS
 from mahn.serve.schemas import UserOut
 
 

@@ -1,0 +1,116 @@
+"""Scoring histories against a snapshot of the items: the trained items' rows of the item table computed once
+and kept, the added items' rows after them; a request is one `encode` of the windows, one matrix product and a
+top-k per history, or, with the `hnsw` index, a search of the trained rows plus an exact pass over the added
+ones. Every torch call runs under the Recommender's lock."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from mahn.errors import DataError
+from mahn.index import HNSWIndex, HNSWSettings
+from mahn.items import Snapshot
+from mahn.models.base import SequentialModel
+
+
+@dataclass
+class Recommendation:
+    key: str
+    title: str
+    score: float
+    image: str | None = None  # the item's image (a local path or a URL), when it has one
+
+
+class Scorer:
+    def __init__(self, model: SequentialModel, name: str, n_trained: int, lock: threading.RLock,
+                 index_kind: str, hnsw: HNSWSettings):
+        self.model, self.name, self.n_trained, self.lock = model, name, n_trained, lock
+        self.index_kind, self.hnsw_settings = index_kind, hnsw
+        self._hnsw: HNSWIndex | None = None  # over the trained items' rows, built on first use (index "hnsw")
+        self._table: torch.Tensor | None = None  # the trained items' rows, computed on first use
+
+    @torch.no_grad()
+    def table(self, items: Snapshot) -> torch.Tensor:
+        """(items, D) every item's vector (trained, then added), on the model's device; computed once."""
+        with self.lock:
+            if items.table is None:
+                if self._table is None:  # the trained items' rows: kept across refreshes
+                    self._table = self.model.item_table().detach()
+                items.table = self._table if items.added_rows is None else torch.cat(
+                    [self._table, items.added_rows.to(self._table.dtype)])
+            return items.table
+
+    def ann(self, items: Snapshot) -> HNSWIndex:
+        """The HNSW index over the trained items (mahn.index), built on first use."""
+        with self.lock:
+            if self._hnsw is None:
+                self.table(items)
+                self._hnsw = HNSWIndex(self._table.float().cpu().numpy(), self.hnsw_settings)
+            return self._hnsw
+
+    @torch.no_grad()
+    def top_k(self, items: Snapshot, reader: SequentialModel, windows: list[list[int]], known: list[list[int]],
+              ks: list[int], excludes: list[bool], pools: list[list[int] | None]) -> list[list[Recommendation]]:
+        """Per history: its top-k, reading `windows` (ids the reader knows), leaving out `known` (every item of
+        the history) where `excludes` says so, among `pools` where one is given."""
+        width = max(len(w) for w in windows)
+        batch = torch.tensor([[reader.pad] * (width - len(w)) + w for w in windows], device=self.model.device)
+        table = self.table(items)
+        approximate = self.index_kind == "hnsw"
+        with self.lock:
+            try:
+                states = reader.encode(batch)
+            except ValueError as error:  # a model that needs a user id (Caser) cannot serve anonymous histories
+                raise DataError(f"{self.name} cannot recommend for a history alone: {error}") from error
+            scores = None if approximate else (states @ table.T).float()
+        approximated = {}  # row -> its top-k from the index (rows with candidates are ranked exactly)
+        if approximate:
+            rows = [r for r, pool in enumerate(pools) if pool is None]
+            approximated = self._approximate_tops(states, items, rows, [set(known[r]) if excludes[r] else set()
+                                                                        for r in rows], [ks[r] for r in rows])
+        results = []
+        for r, (ids, count, exclude, pool) in enumerate(zip(known, ks, excludes, pools, strict=True)):
+            if approximated.get(r) is not None:
+                results.append(approximated[r])
+                continue
+            row = scores[r] if scores is not None else (states[r] @ table.T).float()
+            if pool is not None:
+                allowed = torch.tensor(pool, dtype=torch.long, device=row.device)
+                masked = torch.full_like(row, -torch.inf)
+                masked[allowed] = row[allowed]
+                row = masked
+            if exclude:  # every item of the history, as full-ranking evaluation masks them, not only the window
+                row[ids] = -torch.inf
+            top = torch.topk(row, min(count, int(torch.isfinite(row).sum())))
+            results.append([Recommendation(items.keys[i], items.titles[i], float(s), items.images[i])
+                            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
+        return results
+
+    def _approximate_tops(self, states: torch.Tensor, items: Snapshot, rows: list[int], excluded: list[set[int]],
+                          counts: list[int]) -> dict[int, list[Recommendation] | None]:
+        """For each of `rows` of `states`: the top `count` from the HNSW index over the trained items and an exact
+        pass over the added ones, leaving out that row's `excluded`; None where the index found too few (the
+        caller then ranks that row exactly). One index search and one product for all the rows."""
+        if not rows:
+            return {}
+        queries = states[rows].float()
+        want = max(count + sum(i < self.n_trained for i in skip) for count, skip in zip(counts, excluded, strict=True))
+        with self.lock:
+            scores, ids = self.ann(items).search(queries.cpu().numpy(), want)
+        added = None
+        if items.added_rows is not None:
+            added = (queries.to(items.added_rows.dtype) @ items.added_rows.T).float().cpu().tolist()
+        tops = {}
+        for n, (row, skip, count) in enumerate(zip(rows, excluded, counts, strict=True)):
+            found = [(float(s), int(i)) for s, i in zip(scores[n], ids[n], strict=True) if i >= 0 and i not in skip]
+            if added is not None:
+                found += [(s, self.n_trained + j) for j, s in enumerate(added[n]) if self.n_trained + j not in skip]
+            if len(found) < min(count, len(items.keys) - len(skip)):
+                tops[row] = None
+                continue
+            found.sort(key=lambda pair: -pair[0])
+            tops[row] = [Recommendation(items.keys[i], items.titles[i], s, items.images[i]) for s, i in found[:count]]
+        return tops
