@@ -47,9 +47,11 @@ import torch
 
 import mahn
 from mahn.io import write_json
-from mahn.serve.process import mahn_serve, serving
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # tests/servers.py: `mahn serve` as a child process
+from servers import mahn_serve, serving  # noqa: E402
+
 CLOTHING = REPO.parent / "shared" / "data" / "amazon2014-clothing" / "user_sequence.txt"
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 K = 10

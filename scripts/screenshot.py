@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
-from mahn.serve.process import mahn_serve, serving
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/servers.py: a child `mahn serve`
+from servers import mahn_serve, serving  # noqa: E402
 
 
 def get(url: str) -> dict:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from mahn.data import Dataset
-from mahn.serve.process import mahn_serve, serving
+from servers import mahn_serve, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():

@@ -18,9 +18,9 @@ from mahn.catalog import add_item_records
 from mahn.errors import DataError
 from mahn.serve import create_app
 from mahn.serve.limits import MAX_BODY
-from mahn.serve.process import mahn_serve, serving
 from mahn.settings import resolve
 from mahn.training import train
+from servers import free_port, mahn_serve, serving
 
 CLUSTERS = 3
 ITEMS = 30
@@ -423,7 +423,7 @@ def test_mahn_serve_workers_answer_through_a_tcp_socket_with_nodelay(shop, monke
 
     import uvicorn.supervisors
 
-    from mahn.serve.process import free_port, run_workers
+    from mahn.serve.process import run_workers
 
     handed = {}
 

@@ -142,7 +142,7 @@ def test_a_server_killed_while_adding_items_restarts_with_the_run_as_it_was_or_w
 
     import httpx
 
-    from mahn.serve.process import free_port
+    from servers import free_port
 
     run_dir = tmp_path / "run"
     items = [{"key": "new0", "title": "red lamp", "image": "images/item0001.png"},
