@@ -139,10 +139,9 @@ class LiveItems:
         features = {m: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.model.device)
                     for m, v in added.features.items()}
         with self.lock:
-            try:
-                self.model.require_content()
+            try:  # content_vectors refuses an ID-only model, and features that do not fit
                 rows = self.model.content_vectors(features)
-            except DataError as error:  # an ID-only model, or features that do not fit it
+            except DataError as error:
                 return base, f"{len(added.keys)} added item(s) not served: {error}"
             # a model that cannot read them in a history scores them but leaves them out of the window
             reader = self.model.with_added(features) if self.model.reads_added_in_history else None

@@ -8,6 +8,7 @@ share the same code. `loss` is the model's own training objective on a `Batch`.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 
@@ -157,7 +158,15 @@ class SequentialModel(nn.Module):
         """A copy of this model that also knows m new items (ids n_items..n_items+m-1) by their raw content
         `features` (as `content_vectors` takes them): it reads them in a history and scores them, and its pad id
         moves to n_items + m. Models that cannot read an item they were not trained on in a history refuse."""
-        raise DataError(f"{type(self).__name__} cannot read items added after training in a history")
+        raise DataError(f"{self.name} cannot read items added after training in a history")
+
+    def grown_copy(self, m: int) -> SequentialModel:
+        """An eval-mode copy with m more items (ids n_items..n_items+m-1) whose ID vectors are zero; the caller
+        inserts their content rows before the pad row (with_rows at this model's n_items)."""
+        grown = copy.deepcopy(self).eval()
+        grown.grow_ids(m)
+        grown.n_items += m
+        return grown
 
     def content_input(self, features: dict[str, torch.Tensor], modality: str, width: int | None) -> torch.Tensor:
         """features[modality] as float32 on the model's device, checked to be (m, width) (any width: None)."""

@@ -12,7 +12,6 @@ both dropped the model is two stacked LSTMs over ID embeddings.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -215,14 +214,11 @@ class MAHN(SequentialModel):
 
     def with_added(self, features: dict[str, torch.Tensor]) -> MAHN:
         inputs = self.new_item_inputs(features)
-        m = len(next(x for x in inputs if x is not None))
-        grown = copy.deepcopy(self).eval()
-        grown.grow_ids(m)
+        grown = self.grown_copy(len(next(x for x in inputs if x is not None)))
         for modality, x in zip((grown.visual, grown.text), inputs, strict=True):
             if modality is not None:
                 modality.raw = with_rows(modality.raw, x, self.n_items)
                 modality.raw_norm2 = modality.raw.pow(2).sum(1)
-        grown.n_items += m
         return grown
 
     def reconstruction(self, v, t, ids: torch.Tensor) -> torch.Tensor:

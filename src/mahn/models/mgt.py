@@ -21,7 +21,6 @@ the model also learns to rank and read items by content alone (as DropoutNet doe
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -199,13 +198,11 @@ class MGT(SequentialModel):
 
     def with_added(self, features: dict[str, torch.Tensor]) -> MGT:
         inputs = self.new_item_inputs(features)
-        grown = copy.deepcopy(self).eval()
-        grown.grow_ids(len(inputs[0]))
+        grown = self.grown_copy(len(inputs[0]))
         for m, x in zip(self.sources, inputs, strict=True):
             source = grown.content[m]
             source.raw = with_rows(source.raw, x, self.n_items)
             source.present = with_rows(source.present, source.present.new_ones(len(x), 1), self.n_items)
-        grown.n_items += len(inputs[0])
         return grown
 
     def loss(self, batch: Batch) -> torch.Tensor:
