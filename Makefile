@@ -6,8 +6,9 @@ STAMP := $(VENV)/.setup-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_DIR ?= demo
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint browser demo bench clean
 
 setup: $(STAMP)
 
@@ -22,7 +23,15 @@ $(STAMP): pyproject.toml Makefile
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 
-test: setup lint
+# The page test drives Debian's Chromium: installed here when this user can, else one line says how.
+# MAHN_NO_BROWSER=1 make test runs everything else.
+browser:
+	@[ -x $(CHROMIUM) ] || [ "$$MAHN_NO_BROWSER" = 1 ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  { echo "make test needs Chromium for the page test: sudo apt-get install chromium (or MAHN_NO_BROWSER=1 make test to skip it)" >&2; exit 2; }
+
+test: setup lint browser
 	$(BIN)/python -m pytest
 
 demo: setup

@@ -95,14 +95,17 @@ def build_shop(root: Path) -> dict:
     return {"root": root, "images": images, "runs": runs}
 
 
-def make_app(shop: dict):
-    """The app over a fresh copy of the MAHN run (POST /items writes into it), with SASRec as ?run=compare."""
+def make_app(shop: dict, access=None):
+    """The app over a fresh copy of the MAHN run (POST /items writes into it), with SASRec as ?run=compare;
+    `access`: a token and what it protects (mahn.serve.access.Access; default: none, writes open)."""
     from mahn.serve import create_app
+    from mahn.serve.access import Access
 
     run = shop["root"] / "served"
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(shop["runs"]["mahn"], run)
-    return create_app(run, device="cpu", compare=shop["runs"]["sasrec"], images_root=shop["images"])
+    return create_app(run, device="cpu", compare=shop["runs"]["sasrec"], images_root=shop["images"],
+                      access=access or Access())
 
 
 def describe(case) -> dict:
@@ -143,13 +146,18 @@ def _fuzz_one(operation, mode, examples: int, seed: int, report: dict, count: Co
     return one
 
 
-def fuzz(app, examples: int, seed: int = 0, log=None) -> dict:
+def fuzz(app, examples: int, seed: int = 0, log=None, token: str | None = None) -> dict:
     """Fuzz every operation of the app's schema, positive and negative, `examples` cases each (fewer when the
-    operation has fewer distinct inputs). Failures are collected, not raised, so every case is counted."""
+    operation has fewer distinct inputs). Failures are collected, not raised, so every case is counted.
+
+    `token`: sent as the bearer token the schema declares; Schemathesis's `ignored_auth` check then also sends
+    each guarded operation without it and with a wrong one, and fails when either is let through."""
     from fastapi.testclient import TestClient
 
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=schemathesis.Config.from_dict(CONFIG))
-    replay = TestClient(app, raise_server_exceptions=True)
+    config = {**CONFIG, "auth": {"openapi": {"token": {"bearer": token}}}} if token else CONFIG
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=schemathesis.Config.from_dict(config))
+    replay = TestClient(app, raise_server_exceptions=True,
+                        headers={"Authorization": f"Bearer {token}"} if token else None)
     report = {"operations": [], "cases": 0, "statuses": Counter(), "failures": []}
     for result in schema.get_all_operations():
         operation = result.ok()

@@ -74,12 +74,17 @@ CASES = [
     case(["serve", "no-such-run"], ["no-such-run/config.json: file not found"]),
     case(["serve", "run", "--port", "70000"], ["--port must be between 0 and 65535, got 70000"]),
     case(["serve", "run", "--index", "ivf"], ["--index: unknown index 'ivf'"]),
+    case(["serve", "run", "--host", "0.0.0.0"], ["--host: 0.0.0.0 is reachable", "--token-file", "--read-only"]),
+    case(["serve", "run", "--protect", "everything"], ["--protect: must be writes or all"]),
+    case(["serve", "run", "--protect", "all"], ["--protect: --protect all needs a token"]),
+    case(["serve", "run", "--token-file", "notes.txt"], ["notes.txt: the token must be at least 16"]),
     case(["add-items", "run", "--items", "items-badcol.csv"], ["items-badcol.csv:1: unknown column 'kee'"]),
     case(["add-items", "run", "--items", "items-extra.csv"], ["items-extra.csv:2: more values than columns"]),
     case(["add-items", "run", "--items", "missing.csv"], ["missing.csv: items file not found"]),
     case(["add-items", "run", "--items", "notes.txt"], ["notes.txt: unknown items file type '.txt'"]),
     case(["demo", "--out", "mine"], ["mine: not empty and not a demo folder (it holds keep.txt)"]),
     case(["demo", "--out", "demo-out", "--epochs", "0"], ["--epochs must be at least 1, got 0"]),
+    case(["demo", "--out", "tiny", "--users", "10"], ["--users: a shop of 10 users", "give more --users"]),
     case(["reproduce", "data", "--out", "report", "--experiments", "bogus"],
          ["--experiments: unknown experiment(s) bogus"]),
     case(["reproduce", "data", "--out", "report", "--models", "mahn,nosuch"], ["--models: unknown model(s) nosuch"]),
@@ -107,6 +112,7 @@ def mahn(monkeypatch, capsys, args: list[str]) -> tuple[int | str | None, str, s
 @pytest.fixture
 def in_root(root, monkeypatch):
     """Run from `root`; `serve` must never take a port; what the commands change in os.environ is put back."""
+    monkeypatch.delenv("MAHN_SERVE_TOKEN", raising=False)
     import uvicorn
 
     from mahn.serve import process
@@ -149,3 +155,26 @@ def test_unknown_option_is_a_usage_error(in_root, monkeypatch, capsys, args, fra
     assert "Usage: " in err and f" {args[0]} [OPTIONS]" in err  # the program name is how pytest was started
     for fragment in fragments:
         assert fragment in err
+
+
+def test_help_shows_each_default_in_brackets():
+    """Rich markup once ate "[mahn]" and "[half the cores]" from the help (read as style tags)."""
+    from typer.testing import CliRunner
+
+    def help_of(command: str) -> str:
+        return " ".join(CliRunner().invoke(app, [command, "--help"], terminal_width=200).output.split())
+
+    assert "Model name (`mahn models` lists them) [mahn]." in help_of("train")
+    assert "Image-decoding threads [half the cores]." in help_of("features")
+
+
+def test_features_grid_says_how_many_neighbours_it_drew(root, tmp_path, monkeypatch, capsys):
+    code, out, err = mahn(monkeypatch, capsys, ["features-grid", str(root / "data"), "--out",
+                                                str(tmp_path / "grid.png"), "--k", "50", "--queries", "2"])
+    assert code in (0, None), err
+    assert "2 queries x 19 neighbours by image (asked for 50; only 19 other items have image features)" in out
+    from PIL import Image
+
+    from mahn.features.grid import THUMB_W
+
+    assert Image.open(tmp_path / "grid.png").width == (1 + 19) * THUMB_W  # the query and 19 neighbours, no blanks

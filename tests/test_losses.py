@@ -176,5 +176,7 @@ def test_the_paper_preset_pins_the_papers_settings_under_any_defaults():
         if loss is not None:
             assert (ours.model_config.loss, theirs.model_config.loss) == ("ce", loss)
     assert resolve(("x", {"model": "bert4rec"})).train.patience == 20
+    assert resolve(("x", {"model": "bert4rec"})).train.epochs == 2000
+    assert resolve(("x", {"model": "bert4rec", "epochs": 3})).train.epochs == 3  # a flag still wins
     with pytest.raises(DataError, match="unknown preset 'best'"):
         resolve(("x", {}), preset="best")

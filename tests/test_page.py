@@ -1,7 +1,8 @@
 """The page of `mahn serve` (GET /) in a real browser: the real server (`mahn serve RUN --compare RUN2`) on a
 loopback port, driven by headless Chromium through Playwright. What the page shows is checked against the API.
 
-Skipped only when Chromium (/usr/bin/chromium) or the playwright package is missing; CI installs both.
+Skipped only when Chromium (/usr/bin/chromium) or the playwright package is missing: `make test` installs
+Chromium first or stops with one line saying how (MAHN_NO_BROWSER=1 skips it on purpose).
 """
 
 from __future__ import annotations
@@ -239,3 +240,37 @@ def test_the_page_is_served_by_the_app_itself(base):
         assert "http://" not in asset.text and "https://" not in asset.text  # nothing fetched from elsewhere
     assert "http" not in page.text
     assert "/" not in httpx.get(f"{base}/openapi.json").json()["paths"]  # the page is not part of the API
+
+
+def test_a_server_that_guards_its_reads_asks_for_the_token_once(browser, shop, tmp_path):
+    """`mahn serve --protect all`: the page asks for the token on its first refused call, then every call and
+    every image carries it; the recommendations are the API's."""
+    token = "page-token-page-token-0123"
+    (tmp_path / "token").write_text(token)
+    headers = {"Authorization": f"Bearer {token}"}
+    run = str(shop["runs"]["mahn"])
+    with serving(lambda port: mahn_serve(run, "--port", str(port), "--device", "cpu", "--token-file",
+                                         str(tmp_path / "token"), "--protect", "all")) as served:
+        assert httpx.get(f"{served.url}/items").status_code == 401
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        asked, errors = [], []
+        page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept(token)))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        open_page(page, served.url)
+        found = httpx.get(f"{served.url}/items", params={"limit": 2}, headers=headers).json()["items"]
+        page.fill("#query", found[0]["title"])
+        page.locator("#found li button").nth(0).click()
+        recommend(page, 5)
+        expected = httpx.post(f"{served.url}/recommend?run=main", json={"history": [found[0]["key"]], "k": 5},
+                              headers=headers).json()["items"]
+        cards = page.locator(".column[data-run=main] ol .card")
+        assert [c.get_attribute("data-key") for c in cards.all()] == [item["key"] for item in expected]
+        with_image = [(card, item) for card, item in zip(cards.all(), expected, strict=True) if item["image_url"]]
+        assert with_image
+        for card, _ in with_image:  # fetched with the token, shown from memory
+            card.locator("img").evaluate("i => i.complete || new Promise(r => i.onload = r)")
+            assert card.locator("img").evaluate("i => i.naturalWidth") > 0
+        assert len(asked) == 1 and "token" in asked[0] and not errors
+        context.close()

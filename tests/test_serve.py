@@ -246,7 +246,7 @@ def test_openapi_lists_every_endpoint_with_typed_schemas(client):
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
     assert set(paths) == {"/recommend", "/recommend/batch", "/items", "/items/upload", "/items/{key}", "/images/{key}",
-                          "/health", "/model", "/users", "/users/{key}/history"}
+                          "/health", "/model", "/users", "/users/{key}/history", "/admin/reload"}
     components = schema["components"]["schemas"]
 
     def ref(content: dict) -> str:

@@ -13,13 +13,15 @@ file and line (or record index) and the field.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
 from mahn.catalog.encode import encode_items
 from mahn.catalog.store import ADDED, AddedItems, check_features, load_added, locked, read_added, recover, write_added
 from mahn.errors import DataError
-from mahn.paths import is_url
+from mahn.paths import inside, is_url
 from mahn.readers.new_items import ItemRecord, check_records, read_item_file
 
 
@@ -99,5 +101,67 @@ def add_item_records(run: str | Path, records: list[dict], images: str | Path | 
                 loaded=loaded)
 
 
-__all__ = ["AddedItems", "add_item_records", "add_items", "load_added"]
+def carry_added(source: str | Path, run: str | Path, loaded: tuple | None = None) -> dict:
+    """Add the items added to run `source` to `run` too (a server that switches runs keeps serving them).
+
+    Items whose key `run` already has (its dataset's or added) are skipped: a retrained run may know them.
+    When both runs' datasets have the same features (the same sha256), the stored rows are copied as they are;
+    otherwise each item is encoded again by `run`'s dataset encoders from its stored fields and image. Images
+    uploaded to `source` (RUN/uploads/) are copied into `run`'s uploads. Returns {"carried", "skipped"}.
+    """
+    from mahn.training import load_run
+
+    source, run = Path(source), Path(run)
+    if not (source / ADDED).exists():
+        return {"carried": 0, "skipped": []}
+    manifest, items, features = read_added(source / ADDED)
+    model, dataset = loaded or load_run(run, device="cpu")[:2]
+    with locked(run):
+        recover(run)
+        old = read_added(run / ADDED) if (run / ADDED).exists() else None
+        taken = set(dataset.item_metadata["key"].to_list()) | {r["key"] for r in (old[1] if old else [])}
+        keep = [i for i, r in enumerate(items) if r["key"] not in taken]
+        skipped = [r["key"] for r in items if r["key"] in taken]
+        if not keep:
+            return {"carried": 0, "skipped": skipped}
+        model.require_content()
+        records = [_moved_upload(dict(items[i]), source, run) for i in keep]
+        current = dataset.manifest.get("features", {})
+        if set(manifest["features"]) == set(current) and all(
+                entry.get("dataset_sha256") == current[m].get("sha256") for m, entry in manifest["features"].items()):
+            import torch
+
+            encoded = {m: (features[m][keep], manifest["features"][m]) for m in manifest["features"]}
+            with torch.no_grad():
+                rows = model.content_vectors({m: torch.from_numpy(f) for m, (f, _) in encoded.items()})
+            if not torch.isfinite(rows).all():
+                raise DataError("the model gives the carried items non-finite vectors", run)
+            write_added(run, (old[1] if old else []) + records, (old[0]["batches"] if old else []) + [len(records)],
+                        encoded, dataset.root, dataset.manifest["features"], old)
+            return {"carried": len(records), "skipped": skipped}
+    for record in records:  # other features: encoded again; stored image paths are absolute, given from "/"
+        if record.get("image") and not is_url(record["image"]):
+            record["image"] = os.path.relpath(record["image"], "/")
+    where = str(source / ADDED / "items.jsonl")
+    _add(run, [ItemRecord(r, where, n + 1) for n, r in enumerate(records)], Path("/"), allow_urls=True,
+         loaded=(model, dataset))
+    return {"carried": len(records), "skipped": skipped}
+
+
+def _moved_upload(record: dict, source: Path, run: Path) -> dict:
+    """A record whose image was uploaded to `source` (RUN/uploads/NAME), pointing at a copy in `run`'s uploads."""
+    image = record.get("image")
+    uploads = Path(os.path.realpath(source)) / "uploads"
+    if image and not is_url(image) and inside(image, uploads) and os.path.isfile(image):
+        target = Path(os.path.realpath(run)) / "uploads" / os.path.basename(image)
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(image, tmp)
+            os.replace(tmp, target)
+        record["image"] = str(target)
+    return record
+
+
+__all__ = ["AddedItems", "add_item_records", "add_items", "carry_added", "load_added"]
 

@@ -4,6 +4,7 @@ here and refused when it differs from the one that made the dataset's rows."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,34 @@ RECORD_ENCODER = ("name", "weights_sha256", "input_size", "normalisation", "pool
                   "sha256")  # what must match between the dataset's encoder and the one rebuilt here
 
 
+_REBUILT: dict[tuple, tuple] = {}  # (record path, its mtime and size) -> rebuild_encoder's answer
+_REBUILT_LOCK = threading.Lock()
+_ENCODING = threading.Lock()
+KEEP_ENCODERS = 4  # a server that adds items all day builds each encoder once, not once per add
+
+
 def rebuild_encoder(dataset: Dataset, modality: str):
-    """(encoder rebuilt from the dataset's record of `modality`, that record)."""
+    """(encoder rebuilt from the dataset's record of `modality`, its config, that record), kept for the next
+    call while the record file is unchanged: loading the weights for every add costs time and, in a long-running
+    server, memory that the allocator does not give back."""
+    path = dataset.root / "features" / f"{modality}.json"
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = None
+    with _REBUILT_LOCK:
+        if key is not None and key in _REBUILT:
+            return _REBUILT[key]
+        built = _rebuild(dataset, modality)
+        if key is not None:
+            while len(_REBUILT) >= KEEP_ENCODERS:
+                _REBUILT.pop(next(iter(_REBUILT)))
+            _REBUILT[key] = built
+        return built
+
+
+def _rebuild(dataset: Dataset, modality: str):
     from mahn.features import FeatureConfig
     from mahn.features.encoders import make_encoder, onnx_available
 
@@ -74,7 +101,8 @@ def encode_items(dataset: Dataset, modality: str, records: list[ItemRecord]) -> 
     missing = len(records) - len(present)
     if present:
         run = encoder.lookup if isinstance(encoder, LookupEncoder) else encoder.encode
-        out, errs = run([inputs[i] for i in present])
+        with _ENCODING:  # the kept encoders are shared by the threads of a server
+            out, errs = run([inputs[i] for i in present])
         for i, row, error in zip(present, out, errs, strict=True):
             if error == "missing":  # blank codes, or a key the precomputed file lacks: a zero row, as the store does
                 missing += 1

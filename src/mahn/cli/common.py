@@ -6,7 +6,7 @@ import typer
 
 DEVICE_HELP = "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Multimodal sequential recommendation: prepare data, extract features, train, evaluate.")
 
 

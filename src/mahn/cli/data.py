@@ -166,6 +166,8 @@ def features_grid_command(
 
     at_least_one(("--queries", queries), ("--k", k))
     rows = neighbour_grid(dataset, out, modality, queries, k, seed, list(item) or None)
-    typer.echo(f"wrote {out}: {len(rows)} queries x {k} neighbours by {modality}")
+    shown = max(len(row) for row in rows) - 1
+    fewer = f" (asked for {k}; only {shown} other items have {modality} features)" if shown < k else ""
+    typer.echo(f"wrote {out}: {len(rows)} queries x {shown} neighbours by {modality}{fewer}")
 
 

@@ -39,7 +39,7 @@ def models_command(
 def train(
     dataset: Path = typer.Argument(..., help="Prepared dataset directory (with features unless ablated)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
-    model: str | None = typer.Option(None, help="Model name [mahn]."),
+    model: str | None = typer.Option(None, help="Model name (`mahn models` lists them) [mahn]."),
     variant: str | None = typer.Option(None, help="MAHN fusion op1-op2: add-add|add-cat|cat-add|cat-cat [cat-cat]."),
     ablate: str | None = typer.Option(None, help="MAHN ablation: v (MAHN-V), t (MAHN-T), vt (MAHN-V-T)."),
     dim: int | None = typer.Option(None, help="Embedding size d [50]."),

@@ -26,16 +26,28 @@ def serve(
                               "index, for catalogues of millions of items; needs faiss-cpu)."),
     ef_search: int = typer.Option(256, help="hnsw: candidates kept per search (more: better recall, slower; "
                                   "docs/serving.md#large-catalogues---index-hnsw)."),
+    token_file: Path | None = typer.Option(None, help="A file holding the token that every write (adding items, "
+                                           "swapping the model) must send as `Authorization: Bearer TOKEN` "
+                                           "(default: $MAHN_SERVE_TOKEN; none: writes are open, loopback only)."),
+    protect: str = typer.Option("writes", help="What the token protects: writes, or all (reads too; the page "
+                                "asks for it)."),
+    read_only: bool = typer.Option(False, "--read-only", help="Refuse every write (403): nothing is added to "
+                                   "the run. Needed on a public --host without a token."),
 ) -> None:
-    """Serve recommendations over HTTP (FastAPI + uvicorn); the API is described at /docs and /openapi.json."""
+    """Serve recommendations over HTTP (FastAPI + uvicorn); the API is described at /docs and /openapi.json.
+
+    SIGHUP (or POST /admin/reload) reloads the run without dropping a request; SIGTERM lets the requests in
+    flight finish."""
+    from mahn.serve.access import Access, read_token
     from mahn.serve.process import run_server
 
     if workers < 1 or threads < 1 or ef_search < 1:
         fail("--workers, --threads and --ef-search must be at least 1")
     if not 0 <= port <= 65535:
         fail(f"--port must be between 0 and 65535, got {port}")
+    access = Access(read_token(token_file), protect, read_only)
     run_server(run, host=host, port=port, device=device, workers=workers, threads=threads, compare=compare,
-               images_root=images_root, index=index, ef_search=ef_search)
+               images_root=images_root, index=index, ef_search=ef_search, access=access)
 
 
 @app.command("add-items")

@@ -32,6 +32,10 @@ def draw_negatives(root: Path, count: int, seed: int) -> dict:
         os.close(lock)
 
 
+class TooFewItems(DataError):
+    """Some evaluated user has fewer never-seen items than the negatives to draw."""
+
+
 def _draw(root: Path, dataset: Dataset, count: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     record = {"seed": seed, "count": count, "sampler": "uniform without replacement, never-interacted items",
@@ -43,8 +47,10 @@ def _draw(root: Path, dataset: Dataset, count: int, seed: int) -> dict:
     unseen = n - np.diff(np.searchsorted(seen_keys, np.arange(dataset.n_users + 1) * n))
     short = users[unseen[users] < count]
     if len(short):
-        raise DataError(f"user {short[0]} has only {unseen[short[0]]} unseen items of {n} to draw {count} "
-                        "negatives from; lower --negatives")
+        error = TooFewItems(f"user {short[0]} has only {unseen[short[0]]} unseen items of {n} to draw {count} "
+                            "negatives from; lower --negatives")
+        error.items = n
+        raise error
     for split in SPLITS:
         negatives = np.full((dataset.n_users, count), -1, dtype=np.int32)
         for block in np.array_split(users, max(1, len(users) // 8192)):  # bounded memory

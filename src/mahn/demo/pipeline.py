@@ -7,10 +7,12 @@ output is already there, so an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mahn.errors import DataError
 from mahn.evaluation import PROTOCOLS, SHOWN, seed_stats
 from mahn.io import read_json, write_json
 
@@ -31,19 +33,30 @@ class DemoConfig:
 
 
 def build_dataset(config: DemoConfig, say=print) -> Path:
+    from mahn.data.negatives import TooFewItems
     from mahn.data.prepare import PrepareConfig, prepare
     from mahn.demo.shop import generate_demo
     from mahn.features import FeatureConfig, extract_features
     from mahn.readers import ReaderOptions
 
     raw, data = config.out / "raw", config.out / "data"
+    made = [] if config.out.exists() else [config.out]
     if not (raw / "interactions.csv").exists():
         say(f"[1/4] generating the demo shop in {raw}")
+        made += [] if raw.exists() else [raw]
         generate_demo(raw, users=config.users, items=config.items, seed=config.data_seed, force=raw.exists())
     if not (data / "manifest.json").exists():
         say(f"[2/4] preparing {data}")
-        prepare(raw / "interactions.csv", "csv", data, PrepareConfig(seed=config.data_seed, force=data.exists()),
-                items=raw / "items.csv", options=ReaderOptions(time_col="timestamp"))
+        try:
+            prepare(raw / "interactions.csv", "csv", data, PrepareConfig(seed=config.data_seed, force=data.exists()),
+                    items=raw / "items.csv", options=ReaderOptions(time_col="timestamp"))
+        except TooFewItems as error:
+            for folder in reversed(made):  # a shop too small for the protocol leaves nothing behind
+                shutil.rmtree(folder, ignore_errors=True)
+            raise DataError(f"a shop of {config.users} users and {config.items} items is too small for the "
+                            f"protocol, which ranks each test item against {PrepareConfig().num_negatives} items "
+                            f"its user never saw, and {error.items} items are left after the 5-core filter: "
+                            "give more --users (30 or more)", "--users") from error
     if not {"image", "text"} <= set(read_json(data / "manifest.json").get("features", {})):
         say("[3/4] extracting image (EfficientNet-Lite0) and text (MiniLM) features")
         for report in extract_features(data, FeatureConfig(progress=config.progress)):

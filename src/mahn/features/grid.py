@@ -35,6 +35,9 @@ def neighbour_grid(root: str | Path, out: str | Path, modality: str = "image", n
     table = dataset.item_metadata
     images = table["image"].to_list() if "image" in table.columns else [None] * dataset.n_items
     titles = dataset.titles()
+    k = min(k, int(mask.sum()) - 1)  # no more neighbours than the other items with this feature
+    if k < 1:
+        raise DataError(f"fewer than 2 items have a {modality} feature: no neighbours to show", root)
     if items is None:
         candidates = np.flatnonzero(mask)
         if not len(candidates):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,23 +31,17 @@ import mahn
 from mahn.api import UnknownItemError
 from mahn.errors import DataError
 from mahn.index import HNSWSettings
-from mahn.serve.engine import load_engine
+from mahn.serve.access import TOKEN_ENV, Access, may_read, may_write
+from mahn.serve.engine import errors, load_engine, public_message
 from mahn.serve.limits import MAX_BODY, MAX_UPLOAD, BodyLimit
-from mahn.serve.routes import ROUTERS
+from mahn.serve.routes import OPEN, READS, WRITES
 from mahn.serve.routes.about import STATIC
+from mahn.serve.swap import Swapper, map_large_allocations
 
 # how `mahn serve --workers N` hands settings to each worker
 ENV = {"run": "MAHN_SERVE_RUN", "device": "MAHN_SERVE_DEVICE", "compare": "MAHN_SERVE_COMPARE",
-       "images_root": "MAHN_SERVE_IMAGES_ROOT", "index": "MAHN_SERVE_INDEX", "ef_search": "MAHN_SERVE_EF_SEARCH"}
-
-
-def public_message(error: DataError) -> str:
-    """The error's message without a server-side file path in front (field names such as 'k' stay)."""
-    message = str(error)
-    if error.where and os.path.isabs(error.where):
-        message = message.removeprefix(f"{error.where}:{error.line}: " if error.line is not None
-                                       else f"{error.where}: ")
-    return message
+       "images_root": "MAHN_SERVE_IMAGES_ROOT", "index": "MAHN_SERVE_INDEX", "ef_search": "MAHN_SERVE_EF_SEARCH",
+       "protect": "MAHN_SERVE_PROTECT", "read_only": "MAHN_SERVE_READ_ONLY", "workers": "MAHN_SERVE_WORKERS"}
 
 
 def _printable(value):
@@ -63,13 +57,15 @@ def _printable(value):
 
 def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, images_root: Path | None = None,
                max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD, index: str = "exact",
-               ef_search: int = HNSWSettings.ef_search) -> FastAPI:
+               ef_search: int = HNSWSettings.ef_search, access: Access = Access(), workers: int = 1) -> FastAPI:
     """The HTTP application of a trained run (and, with `compare`, a second one beside it).
 
     `images_root`: the only folder item images are served from, and the folder that the image paths of
     new items (POST /items) are relative to; default: the folder holding the dataset's images.
     `index`: exact, or hnsw (approximate top-k over the trained items, for very large catalogues), searched
     with `ef_search` candidates (more: better recall, slower).
+    `access`: the token, what it protects and whether the server is read-only (mahn.serve.access).
+    `workers`: the server's worker processes (a swap over HTTP needs one; SIGHUP replaces many).
     """
     engines = {"main": load_engine("main", Path(run), device, images_root, index, ef_search)}
     if compare is not None:
@@ -80,6 +76,8 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
                               "`?run=compare` to ask the second run (`mahn serve RUN --compare RUN2`).")
     app.add_middleware(BodyLimit, limit=max_body, larger={"/items/upload": max_upload})
     app.state.engines = engines
+    app.state.access = access
+    app.state.swapper = Swapper(engines, device, images_root, index, ef_search, workers)
 
     @app.exception_handler(DataError)
     async def data_error(request: Request, error: DataError) -> JSONResponse:
@@ -91,17 +89,28 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
         """FastAPI's 422, but safe for bodies that are not text (its own handler fails on them with a 500)."""
         return JSONResponse({"detail": jsonable_encoder([_printable(e) for e in error.errors()])}, status_code=422)
 
-    for router in ROUTERS:
+    guarded = errors(401, 403) if access.token is not None else {}
+    reads = [Depends(may_read)] if access.protect == "all" else []
+    writes = [Depends(may_write)] if access.token is not None or access.read_only else []
+    for router in OPEN:
         app.include_router(router)
+    for router in READS:
+        app.include_router(router, dependencies=reads, responses=guarded if reads else {})
+    for router in WRITES:
+        app.include_router(router, dependencies=writes, responses={**guarded, **(errors(403) if writes else {})})
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
 def app_from_env() -> FastAPI:
     """The application of a `mahn serve --workers N` worker: its settings come in environment variables."""
+    map_large_allocations()
     compare, images_root = os.environ.get(ENV["compare"]), os.environ.get(ENV["images_root"])
+    access = Access(os.environ.get(TOKEN_ENV) or None, os.environ.get(ENV["protect"], "writes"),
+                    os.environ.get(ENV["read_only"]) == "1")
     return create_app(Path(os.environ[ENV["run"]]), device=os.environ.get(ENV["device"], "auto"),
                       compare=Path(compare) if compare else None,
                       images_root=Path(images_root) if images_root else None,
                       index=os.environ.get(ENV["index"], "exact"),
-                      ef_search=int(os.environ.get(ENV["ef_search"], HNSWSettings.ef_search)))
+                      ef_search=int(os.environ.get(ENV["ef_search"], HNSWSettings.ef_search)), access=access,
+                      workers=int(os.environ.get(ENV["workers"], "1")))

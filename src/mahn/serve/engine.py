@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -13,6 +15,7 @@ from fastapi import HTTPException, Query, Request
 from mahn.api import Recommender, load
 from mahn.errors import DataError
 from mahn.index import HNSWSettings
+from mahn.io import sha256_file
 from mahn.paths import inside, is_url
 from mahn.serve.schemas import ErrorResponse, ItemOut, RecommendedItem, RecommendResponse, RunName
 from mahn.serve.users import UserIndex
@@ -22,9 +25,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 
 def errors(*codes: int) -> dict:
     text = {400: "Bad input: unknown item keys, empty history, k above the number of items, ...",
-            404: "No such item, or no image to serve.", 413: "The request body is over the size limit."}
+            401: "No token: this endpoint needs `Authorization: Bearer TOKEN`.",
+            403: "A wrong token, or a write to a read-only server.",
+            404: "No such item, or no image to serve.",
+            409: "Refused: the swap would stop serving items added through the service, or needs a signal.",
+            413: "The request body is over the size limit."}
     return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}
 
+
+
+def public_message(error: DataError) -> str:
+    """The error's message without a server-side file path in front (field names such as 'k' stay)."""
+    message = str(error)
+    if error.where and os.path.isabs(error.where):
+        message = message.removeprefix(f"{error.where}:{error.line}: " if error.line is not None
+                                       else f"{error.where}: ")
+    return message
 
 
 def default_root(recommender: Recommender) -> Path | None:
@@ -47,6 +63,9 @@ class Engine:
     recommender: Recommender
     root: Path | None  # images are served from inside this folder only; new items' image paths are relative to it
     add_lock: threading.Lock
+    version: str = ""  # the first 12 hex digits of the sha256 of the run's weights and settings
+    loaded_at: float = 0.0  # Unix time
+    retired: bool = False  # swapped out: requests that hold it finish, adds go to its successor
     _users: UserIndex | None = None
     _users_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -102,7 +121,16 @@ def load_engine(name: str, run: Path, device: str, images_root: Path | None, ind
         raise DataError("images folder not found", images_root)
     root = Path(os.path.realpath(images_root)) if images_root is not None else default_root(recommender)
     recommender.warm()  # the item table (and index) computed now, not by the first request
-    return Engine(name, Path(run), recommender, root, threading.Lock())
+    return Engine(name, Path(run), recommender, root, threading.Lock(), run_version(Path(run)), time.time())
+
+
+def run_version(run: Path) -> str:
+    """What identifies a run's model: its weights and its settings, hashed."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "best.safetensors"):
+        if (run / name).exists():
+            digest.update(sha256_file(run / name).encode())
+    return digest.hexdigest()[:12]
 
 
 

@@ -140,6 +140,27 @@ class ModelInfo(BaseModel):
     test: dict[str, Any] | None = Field(description="Test metrics (test.json), when the run has them.")
     versions: Versions
     compare: bool = Field(description="Whether a second run is loaded (?run=compare).")
+    version: str = Field(description="The run's version: the first 12 hex digits of a sha256 of its weights and "
+                                     "settings (changes when a swap serves different weights).")
+    loaded_at: float = Field(description="When this run was loaded (Unix time).")
+    swaps: int = Field(description="Swaps this server process has made (POST /admin/reload or SIGHUP).")
+
+
+class SwapRequest(Request):
+    run: str | None = Field(None, min_length=1, max_length=4096,
+                            description="The run directory to serve, as a path on the server; null: the served one "
+                                        "again (its path read anew, so a link repointed to a new run is followed).")
+    drop_added: bool = Field(False, description="Swap even when the new model cannot serve the items added "
+                                                "through the service (they stay in the old run's folder).")
+
+
+class SwapResponse(BaseModel):
+    run: str = Field(description="The run directory now served.")
+    version: str = Field(description="The new run's version (a hash of its weights and settings).")
+    previous_version: str
+    carried: int = Field(description="Items added to the old run through the service, now added to the new one.")
+    skipped: list[str] = Field(description="Added items not carried because the new run already has their key.")
+    seconds: float = Field(description="Time to load, check and swap.")
 
 
 class UserOut(BaseModel):

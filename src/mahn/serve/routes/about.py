@@ -14,6 +14,7 @@ from mahn.serve.engine import Engine, engine, errors
 from mahn.serve.schemas import Health, ModelInfo, Versions
 
 router = APIRouter()
+open_router = APIRouter()  # the page and the health check: open even under `--protect all`
 
 
 STATIC = Path(__file__).resolve().parent.parent / "static"  # the page: index.html, page.js, page.css
@@ -27,12 +28,12 @@ def _metrics(path: Path, key: str | None = None) -> dict | None:
     return {k: v for k, v in record.items() if k != "groups"} if isinstance(record, dict) else None
 
 
-@router.get("/", include_in_schema=False)
+@open_router.get("/", include_in_schema=False)
 def page() -> FileResponse:
     """The page: search items, build a history, see the top-k of each run."""
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
-@router.get("/health", response_model=Health)
+@open_router.get("/health", response_model=Health)
 async def health(request: Request) -> Health:
     """Whether the server answers, and how many items the main run serves."""
     recommender = request.app.state.engines["main"].recommender
@@ -49,4 +50,5 @@ def model(request: Request, served: Engine = Depends(engine)) -> ModelInfo:
         added_items=len(recommender) - recommender.n_trained, accepts_new_items=recommender.model.reads_content,
         added_note=recommender.added_note, valid=_metrics(served.run / "summary.json", "valid"),
         test=_metrics(served.run / "test.json"), versions=Versions(mahn=mahn.__version__, torch=torch.__version__),
-        compare="compare" in request.app.state.engines)
+        compare="compare" in request.app.state.engines, version=served.version, loaded_at=served.loaded_at,
+        swaps=request.app.state.swapper.swaps)

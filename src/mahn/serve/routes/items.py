@@ -5,7 +5,7 @@ from __future__ import annotations
 import mimetypes
 import os
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from mahn import catalog
@@ -13,9 +13,11 @@ from mahn.errors import DataError
 from mahn.paths import is_url
 from mahn.serve.engine import Engine, engine, errors
 from mahn.serve.schemas import MAX_SEARCH, AddItemsRequest, AddItemsResponse, ItemOut, SearchResponse
+from mahn.serve.swap import writable
 from mahn.serve.uploads import store_upload
 
 router = APIRouter()
+writes = APIRouter()  # the endpoints that change state: behind the token (mahn.serve.access)
 
 
 @router.get("/items", response_model=SearchResponse, responses=errors(400))
@@ -31,22 +33,22 @@ async def item(key: str, served: Engine = Depends(engine)) -> ItemOut:
     """One item: title, image URL, whether it was added after training."""
     return served.item_out(served.recommender.item(key))
 
-@router.post("/items", response_model=AddItemsResponse, responses=errors(400, 413))
-def add_items(body: AddItemsRequest, served: Engine = Depends(engine)) -> AddItemsResponse:
+@writes.post("/items", response_model=AddItemsResponse, responses=errors(400, 413))
+def add_items(body: AddItemsRequest, request: Request, served: Engine = Depends(engine)) -> AddItemsResponse:
     """Add items after training (key, title, text, image, ...): the model places them by their content
     features, computed by the dataset's own encoders. Nothing is added when any item is bad."""
-    recommender = served.recommender
-    served.require_content()
     records = [r.model_dump(exclude_none=True) for r in body.items]
-    with served.add_lock:
+    with writable(request.app.state.engines, served.name) as served:
+        served.require_content()
+        recommender = served.recommender
         report = catalog.add_item_records(served.run, records, served.root,
                                           loaded=(recommender.model, recommender.dataset))
         recommender.refresh()
     return AddItemsResponse(added=[r["key"] for r in records], items=len(recommender),
                             catalog={k: v for k, v in report.items() if k != "run"})
 
-@router.post("/items/upload", response_model=AddItemsResponse, responses=errors(400, 413))
-def upload_item(key: str = Form(min_length=1, max_length=1000, description="The new item's key."),
+@writes.post("/items/upload", response_model=AddItemsResponse, responses=errors(400, 413))
+def upload_item(request: Request, key: str = Form(min_length=1, max_length=1000, description="The new item's key."),
                 image: UploadFile = File(description="The item's image file (JPEG, PNG, GIF, WebP or BMP)."),
                 title: str | None = Form(None, max_length=10_000),
                 text: str | None = Form(None, max_length=100_000, description="Description text."),
@@ -55,9 +57,9 @@ def upload_item(key: str = Form(min_length=1, max_length=1000, description="The 
     """Add one item with its image file (multipart/form-data), as POST /items does for an image already on
     the server. The image is kept in the run (RUN/uploads/, named by its content); nothing is kept
     when the item is refused."""
-    recommender = served.recommender
-    served.require_content()
-    with served.add_lock:
+    with writable(request.app.state.engines, served.name) as served:
+        served.require_content()
+        recommender = served.recommender
         name, created = store_upload(image.file.read(), served.uploads)
         record = {"key": key, "image": name, **{f: v for f, v in (("title", title), ("text", text),
                                                                    ("brand", brand)) if v is not None}}

@@ -14,12 +14,29 @@ const state = {
 
 // --- talking to the API ---------------------------------------------------------------------------
 
-async function api(path, options) {
+// A server started with `--protect all` wants its token for reads too: asked for once, on its first 401 or 403,
+// and kept for this tab only (sessionStorage).
+const TOKEN_KEY = "mahn-token";
+
+function withToken(options) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return options || {};
+  return { ...(options || {}), headers: { ...((options || {}).headers || {}), Authorization: `Bearer ${token}` } };
+}
+
+async function api(path, options, asked = false) {
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, withToken(options));
   } catch {
     throw new Error("the server did not answer (is `mahn serve` still running?)");
+  }
+  if ((response.status === 401 || response.status === 403) && !asked) {
+    const token = window.prompt("This server needs its token (mahn serve --token-file):");
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token.trim());
+      return api(path, options, true);
+    }
   }
   const body = await response.json().catch(() => null);
   if (!response.ok) throw new Error(describe(body, response));
@@ -55,8 +72,15 @@ function el(tag, props = {}, ...children) {
 function picture(item) {
   const blank = el("div", { className: "placeholder", textContent: "no image" });
   if (!item.image_url) return blank;
-  const image = el("img", { src: item.image_url, alt: item.title });
+  const image = el("img", { alt: item.title });
   image.addEventListener("error", () => image.replaceWith(blank));
+  if (sessionStorage.getItem(TOKEN_KEY) && !/^https?:/.test(item.image_url)) {
+    // an <img> cannot send the token: the image is fetched with it and shown from memory
+    fetch(item.image_url, withToken()).then((r) => (r.ok ? r.blob() : Promise.reject(r)))
+      .then((blob) => { image.src = URL.createObjectURL(blob); }, () => image.replaceWith(blank));
+  } else {
+    image.src = item.image_url;
+  }
   return image;
 }
 
