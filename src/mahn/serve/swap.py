@@ -111,8 +111,7 @@ def map_large_allocations() -> None:
 
 def give_back_memory() -> None:
     """Collect what a swapped-out run held and hand the freed heap back to the system. glibc's allocator keeps
-    freed memory for reuse, so without this a server that swaps runs grows by about a model at each swap
-    (measured: 433 MiB steady over six swaps of H&M's MGT and MAHN with it, 469 to 579 MiB without)."""
+    freed memory for reuse, so without this a server that swaps runs keeps the old run's pages."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
