@@ -145,18 +145,25 @@ class Soak:
                                  "load": os.getloadavg()[0]})
 
 
-def per_minute(soak: Soak, minutes: int) -> list[dict]:
+def per_minute(soak: Soak, minutes: int, first: int = 0) -> list[dict]:
+    """One row per minute from `first` to `minutes` - 1 (traffic only: adds and swaps are counted in the totals);
+    the requests are read once, sorted into their minutes."""
+    with soak.lock:
+        requests, samples = list(soak.requests), list(soak.samples)
+    by_minute: dict[int, list] = {m: [] for m in range(first, minutes)}
+    for r in requests:
+        if r[1] in dict(MIX) and int(r[0] // 60) in by_minute:
+            by_minute[int(r[0] // 60)].append(r)
     rows = []
-    for minute in range(minutes):
-        inside = [r for r in soak.requests if minute * 60 <= r[0] < (minute + 1) * 60 and r[1] in dict(MIX)]
+    for minute, inside in by_minute.items():
         ms = np.array([r[3] for r in inside if r[2] == 200] or [np.nan])
-        samples = [s for s in soak.samples if minute * 60 <= s["t_s"] < (minute + 1) * 60]
+        taken = [s for s in samples if int(s["t_s"] // 60) == minute]
         rows.append({"minute": minute + 1, "requests": len(inside),
                      "errors_5xx": sum(1 for r in inside if r[2] is not None and r[2] >= 500),
                      "failed": sum(1 for r in inside if r[2] is None or r[2] >= 400),
                      "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-                     "rss_mib": max((s["rss_mib"] for s in samples), default=None),
-                     "load": round(float(np.mean([s["load"] for s in samples])), 2) if samples else None})
+                     "rss_mib": max((s["rss_mib"] for s in taken), default=None),
+                     "load": round(float(np.mean([s["load"] for s in taken])), 2) if taken else None})
     return rows
 
 
@@ -259,7 +266,8 @@ def main() -> None:
                 thread.start()
             while time.perf_counter() - soak.started < seconds:
                 time.sleep(min(60.0, seconds - (time.perf_counter() - soak.started)))
-                done = per_minute(soak, int((time.perf_counter() - soak.started) // 60))
+                finished = int((time.perf_counter() - soak.started) // 60)
+                done = per_minute(soak, finished, first=max(0, finished - 1))  # the minute just ended
                 if done:
                     print(f"minute {done[-1]['minute']}: {done[-1]}", flush=True)
             soak.stop.set()

@@ -19,7 +19,17 @@ import time
 from pathlib import Path
 
 from mahn.catalog.encode import encode_items
-from mahn.catalog.store import ADDED, AddedItems, check_features, load_added, locked, read_added, recover, write_added
+from mahn.catalog.store import (
+    ADDED,
+    AddedItems,
+    check_features,
+    load_added,
+    locked,
+    read_added,
+    recover,
+    same_features,
+    write_added,
+)
 from mahn.errors import DataError
 from mahn.paths import inside, is_url
 from mahn.readers.new_items import ItemRecord, check_records, read_item_file
@@ -51,22 +61,34 @@ def _add(run: str | Path, records: list[ItemRecord], root: Path | None, allow_ur
         old = read_added(run / ADDED) if (run / ADDED).exists() else None
         if old is not None:
             check_features(dataset.manifest, old[0], run / ADDED)
-        taken = set(dataset.item_metadata["key"].to_list()) | {r["key"] for r in (old[1] if old else [])}
-        records = check_records(records, taken, root, allow_urls, check_image)
+        records = check_records(records, _taken(dataset, old), root, allow_urls, check_image)
         encoded = {m: encode_items(dataset, m, records) for m in modalities}
-        import torch
-
-        with torch.no_grad():
-            rows = model.content_vectors({m: torch.from_numpy(f) for m, (f, _) in encoded.items()})
-        if not torch.isfinite(rows).all():
-            raise DataError("the model gives the new items non-finite vectors", run)
-        items = (old[1] if old else []) + [{k: v for k, v in r.values.items() if v is not None} for r in records]
-        batches = (old[0]["batches"] if old else []) + [len(records)]
-        write_added(run, items, batches, encoded, dataset.root, dataset.manifest["features"], old)
-    return {"run": str(run), "added": len(records), "total": len(items),
+        total = _store(run, model, dataset, old, [{k: v for k, v in r.values.items() if v is not None}
+                                                  for r in records], encoded)
+    return {"run": str(run), "added": len(records), "total": total,
             "features": {m: {"dim": info["dim"], "encoder": info["encoder"], "missing": info["missing"]}
                          for m, (_, info) in encoded.items()},
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _taken(dataset, old: tuple | None) -> set[str]:
+    """The keys a run already serves: its dataset's and those added before."""
+    return set(dataset.item_metadata["key"].to_list()) | {r["key"] for r in (old[1] if old else [])}
+
+
+def _store(run: Path, model, dataset, old: tuple | None, items: list[dict], encoded: dict) -> int:
+    """Append `items` and their raw features (`encoded`: modality -> (rows, info)) to the run's `added/`, once the
+    model gives them finite vectors; returns how many items the run has added in all. Under the run's lock."""
+    import torch
+
+    with torch.no_grad():
+        rows = model.content_vectors({m: torch.from_numpy(f) for m, (f, _) in encoded.items()})
+    if not torch.isfinite(rows).all():
+        raise DataError("the model gives the new items non-finite vectors", run)
+    batches = (old[0]["batches"] if old else []) + [len(items)]
+    items = (old[1] if old else []) + items
+    write_added(run, items, batches, encoded, dataset.root, dataset.manifest["features"], old)
+    return len(items)
 
 
 def add_items(run: str | Path, items: str | Path, images: str | Path | None = None) -> dict:
@@ -119,25 +141,16 @@ def carry_added(source: str | Path, run: str | Path, loaded: tuple | None = None
     with locked(run):
         recover(run)
         old = read_added(run / ADDED) if (run / ADDED).exists() else None
-        taken = set(dataset.item_metadata["key"].to_list()) | {r["key"] for r in (old[1] if old else [])}
+        taken = _taken(dataset, old)
         keep = [i for i, r in enumerate(items) if r["key"] not in taken]
         skipped = [r["key"] for r in items if r["key"] in taken]
         if not keep:
             return {"carried": 0, "skipped": skipped}
         model.require_content()
         records = [_moved_upload(dict(items[i]), source, run) for i in keep]
-        current = dataset.manifest.get("features", {})
-        if set(manifest["features"]) == set(current) and all(
-                entry.get("dataset_sha256") == current[m].get("sha256") for m, entry in manifest["features"].items()):
-            import torch
-
-            encoded = {m: (features[m][keep], manifest["features"][m]) for m in manifest["features"]}
-            with torch.no_grad():
-                rows = model.content_vectors({m: torch.from_numpy(f) for m, (f, _) in encoded.items()})
-            if not torch.isfinite(rows).all():
-                raise DataError("the model gives the carried items non-finite vectors", run)
-            write_added(run, (old[1] if old else []) + records, (old[0]["batches"] if old else []) + [len(records)],
-                        encoded, dataset.root, dataset.manifest["features"], old)
+        if same_features(dataset.manifest, manifest):  # the stored rows are valid for this run's dataset too
+            _store(run, model, dataset, old, records, {m: (features[m][keep], manifest["features"][m])
+                                                       for m in manifest["features"]})
             return {"carried": len(records), "skipped": skipped}
     for record in records:  # other features: encoded again; stored image paths are absolute, given from "/"
         if record.get("image") and not is_url(record["image"]):

@@ -30,20 +30,16 @@ def rebuild_encoder(dataset: Dataset, modality: str):
     call while the record file is unchanged: loading the weights for every add costs time and, in a long-running
     server, memory that the allocator does not give back."""
     path = dataset.root / "features" / f"{modality}.json"
-    try:
+    with _REBUILT_LOCK:
+        if not path.exists():
+            return _rebuild(dataset, modality)  # refuses, naming the missing record
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        key = None
-    with _REBUILT_LOCK:
-        if key is not None and key in _REBUILT:
-            return _REBUILT[key]
-        built = _rebuild(dataset, modality)
-        if key is not None:
+        if key not in _REBUILT:
             while len(_REBUILT) >= KEEP_ENCODERS:
                 _REBUILT.pop(next(iter(_REBUILT)))
-            _REBUILT[key] = built
-        return built
+            _REBUILT[key] = _rebuild(dataset, modality)
+        return _REBUILT[key]
 
 
 def _rebuild(dataset: Dataset, modality: str):

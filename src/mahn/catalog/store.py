@@ -37,11 +37,16 @@ class AddedItems:
     features: dict[str, np.ndarray]  # modality ("image"/"text") -> float32 (len(keys), dim), rows of added items
 
 
+def same_features(dataset_manifest: dict, manifest: dict) -> bool:
+    """Whether added rows (an `added/` manifest) were encoded for exactly these dataset features."""
+    current = dataset_manifest.get("features", {})
+    return set(manifest["features"]) == set(current) and all(
+        entry.get("dataset_sha256") == current[m].get("sha256") for m, entry in manifest["features"].items())
+
+
 def check_features(dataset_manifest: dict, manifest: dict, where: Path) -> None:
     """The added rows are only valid beside the dataset features they were encoded for."""
-    current = dataset_manifest.get("features", {})
-    if set(manifest["features"]) != set(current) or any(
-            entry.get("dataset_sha256") != current[m].get("sha256") for m, entry in manifest["features"].items()):
+    if not same_features(dataset_manifest, manifest):
         raise DataError("the dataset's features changed after items were added to this run: delete the folder "
                         "and add the items again", where)
 

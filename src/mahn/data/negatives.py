@@ -33,7 +33,11 @@ def draw_negatives(root: Path, count: int, seed: int) -> dict:
 
 
 class TooFewItems(DataError):
-    """Some evaluated user has fewer never-seen items than the negatives to draw."""
+    """Some evaluated user has fewer never-seen items than the negatives to draw; `items`: the dataset's items."""
+
+    def __init__(self, message: str, items: int):
+        super().__init__(message)
+        self.items = items
 
 
 def _draw(root: Path, dataset: Dataset, count: int, seed: int) -> dict:
@@ -47,10 +51,8 @@ def _draw(root: Path, dataset: Dataset, count: int, seed: int) -> dict:
     unseen = n - np.diff(np.searchsorted(seen_keys, np.arange(dataset.n_users + 1) * n))
     short = users[unseen[users] < count]
     if len(short):
-        error = TooFewItems(f"user {short[0]} has only {unseen[short[0]]} unseen items of {n} to draw {count} "
-                            "negatives from; lower --negatives")
-        error.items = n
-        raise error
+        raise TooFewItems(f"user {short[0]} has only {unseen[short[0]]} unseen items of {n} to draw {count} "
+                          "negatives from; lower --negatives", n)
     for split in SPLITS:
         negatives = np.full((dataset.n_users, count), -1, dtype=np.int32)
         for block in np.array_split(users, max(1, len(users) // 8192)):  # bounded memory

@@ -19,6 +19,7 @@ item in the path 404, a request body over the limit 413, a body that does not ma
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -70,6 +71,8 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
     engines = {"main": load_engine("main", Path(run), device, images_root, index, ef_search)}
     if compare is not None:
         engines["compare"] = load_engine("compare", Path(compare), device, images_root, index, ef_search)
+    main_loader = partial(load_engine, "main", device=device, images_root=images_root, index=index,
+                          ef_search=ef_search)
 
     app = FastAPI(title="mahn", version=mahn.__version__,
                   description="Next-item recommendations of a trained mahn run. Every endpoint takes "
@@ -77,7 +80,7 @@ def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, 
     app.add_middleware(BodyLimit, limit=max_body, larger={"/items/upload": max_upload})
     app.state.engines = engines
     app.state.access = access
-    app.state.swapper = Swapper(engines, device, images_root, index, ef_search, workers)
+    app.state.swapper = Swapper(engines, main_loader, workers)
 
     @app.exception_handler(DataError)
     async def data_error(request: Request, error: DataError) -> JSONResponse:

@@ -22,15 +22,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mahn.catalog import carry_added
 from mahn.errors import DataError
-from mahn.serve.engine import Engine, load_engine
+from mahn.serve.engine import Engine
 
 
 class SwapRefused(Exception):
@@ -39,13 +41,11 @@ class SwapRefused(Exception):
 
 @dataclass
 class Swapper:
-    """Swaps the engine named "main" of an app's `engines` dict; one swap at a time."""
+    """Swaps the engine named "main" of an app's `engines` dict; one swap at a time. `load(run)` loads an engine
+    with the server's settings (device, images root, index)."""
 
     engines: dict[str, Engine]
-    device: str
-    images_root: Path | None
-    index: str
-    ef_search: int
+    load: Callable[[Path], Engine]
     workers: int = 1
     swaps: int = 0
 
@@ -64,7 +64,7 @@ class Swapper:
             if not (target / "config.json").is_file():
                 raise DataError("not a training run (no config.json)", target)
             same = os.path.realpath(target) == os.path.realpath(old.run)
-            new = load_engine("main", target, self.device, self.images_root, self.index, self.ef_search)
+            new = self.load(target)
             check_answers(new)
             with old.add_lock:  # no add lands on the old run from here on
                 carried = {"carried": 0, "skipped": []}
@@ -123,7 +123,7 @@ def check_answers(engine: Engine) -> None:
     if len(recommender) < 2:
         raise DataError("the run serves fewer than 2 items", engine.run)
     answer = recommender.recommend([recommender.keys[0]], k=1)
-    if not answer or answer[0].score != answer[0].score or abs(answer[0].score) == float("inf"):
+    if not answer or not math.isfinite(answer[0].score):
         raise DataError("the run does not give finite scores", engine.run)
 
 

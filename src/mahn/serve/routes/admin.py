@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 
 from mahn.errors import DataError
 from mahn.serve.engine import errors, public_message
@@ -16,14 +15,13 @@ writes = APIRouter()
 
 
 @writes.post("/admin/reload", response_model=SwapResponse, responses=errors(400, 409))
-async def reload(body: SwapRequest, request: Request) -> SwapResponse:
+def reload(body: SwapRequest, request: Request) -> SwapResponse:  # a plain function: loading runs in the pool
     """Load a run (the served one again when `run` is null, e.g. after retraining into it or repointing a link)
     beside the served one, check that it recommends, and swap it in; requests in flight finish on the old one.
     A run that does not load leaves the old one serving (400, saying why)."""
     swapper = request.app.state.swapper
     try:
-        return SwapResponse(**await run_in_threadpool(swapper.swap, Path(body.run) if body.run else None,
-                                                      body.drop_added))
+        return SwapResponse(**swapper.swap(Path(body.run) if body.run else None, body.drop_added))
     except SwapRefused as error:
         raise HTTPException(409, str(error)) from error
     except Exception as error:  # a broken run: whatever it raised, the old run goes on serving
