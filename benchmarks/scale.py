@@ -1,7 +1,8 @@
-"""How mahn's costs grow with the data: synthetic interaction logs of 1M, 3M and 10M interactions, each
+"""How mahn's costs grow with the data: synthetic interaction logs of 1M, 3M, 10M and 30M interactions, each
 prepared, trained for one MAHN-V-T epoch and scored by full ranking, with wall time and peak memory.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 1000000 3000000 10000000] [--work /tmp/mahn-scale]
+    .venv/bin/python benchmarks/scale.py [--sizes 1000000 3000000 10000000 30000000] [--work /tmp/mahn-scale]
+                                         [--optimizer lazy-adam]
 
 The logs are made to look like real ones: item popularity follows a Zipf law (exponent 1.1, the long tail
 of shop catalogues), history lengths a log-normal with a median of 12 and a long tail (at least 5 items a
@@ -9,14 +10,21 @@ user, as after a 5-core filter), one item per 20 interactions. Each stage runs a
 command a user would run, so its peak RSS is that command's alone:
 
 - prepare: `mahn prepare LOG.parquet --format csv --time-col t` (no k-core: the log is made 5-core-like);
-- train: `mahn train DATA --model mahn --ablate vt --set loss=sampled-ce --epochs 1` (MAHN-V-T, the model
-  that needs no features, with the sampled softmax: the full softmax costs items x positions per batch, which
-  at 500k items is the wrong loss; one epoch, then the validation pass with both protocols);
-- evaluate: `mahn evaluate RUN --split test` (both protocols over every test user).
+- train: `mahn train DATA --model mahn --ablate vt --set loss=sampled-ce --set optimizer=lazy-adam --epochs 1`
+  (MAHN-V-T, the model that needs no features, with the sampled softmax: the full softmax costs items x
+  positions per batch, which at 500k items is the wrong loss; lazy Adam: a step updates only the item rows the
+  batch looked up, so the epoch does not grow with items x steps; one epoch, then the validation pass with
+  both protocols);
+- evaluate: `mahn evaluate RUN --split test` (both protocols over every test user);
+- full ranking alone: `mahn evaluate RUN --split test --protocols full`, against its FLOP floor: test users x
+  items x dim x 2 floating-point operations (the score matrix, nothing else) over the machine's matmul
+  ceiling measured in the same run at the same threads (`eval_floor_ratio`: the stage's seconds, process start
+  and loading included, over the floor's).
 
 Prints a table and writes benchmarks/results/scale.json (rows of sizes not rerun are kept), with the load average
 before and after each size.
-The project's target: each stage of the 10M log under 8 GiB peak RSS, and costs that grow linearly.
+The project's targets: the 10M epoch at most 12x the 1M epoch, every stage of the 30M log under 12 GiB peak
+RSS, and full ranking at 10M within 3x of its floor.
 """
 
 from __future__ import annotations
@@ -77,6 +85,33 @@ def run_stage(command: list[str]) -> dict:
     return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
 
 
+def eval_floor(work: Path, threads: int) -> dict:
+    """The full-ranking evaluation's floor: test users x items x dim x 2 FLOPs at the fp32 matmul ceiling (best
+    of 5 products of 2048 x 2048, at the evaluation's threads)."""
+    import torch
+
+    from mahn.data import Dataset
+
+    if threads:
+        torch.set_num_threads(threads)
+    dataset = Dataset(work / "data")
+    dim = orjson.loads((work / "run" / "config.json").read_bytes())["model_config"]["dim"]
+    users = len(dataset.eval_set("test").users)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(5))
+    ceiling = 2 * 2048**3 / best
+    flops = users * dataset.n_items * dim * 2
+    return {"users": users, "items": dataset.n_items, "dim": dim, "gflop": flops / 1e9,
+            "ceiling_gflops": ceiling / 1e9, "seconds": flops / ceiling}
+
+
+def timed(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
 def print_table(results: list[dict]) -> None:
     """The measured rows, with the seconds of each stage per million interactions and the training epoch alone."""
     print("| interactions | users | items | stage | seconds | s per 1M interactions | peak RSS MiB | "
@@ -90,6 +125,9 @@ def print_table(results: list[dict]) -> None:
             if stage.startswith("train"):
                 stages.append(("(of which the training epoch)", {"seconds": round(row["train_seconds"], 1),
                                                                    "peak_rss_mib": None}))
+            if stage.endswith("full ranking alone)") and "eval_floor" in row:
+                stages.append((f"(its floor; ratio {row['eval_floor_ratio']:.1f})",
+                               {"seconds": round(row["eval_floor"]["seconds"], 1), "peak_rss_mib": None}))
         for stage, measured in stages:
             peak = f"{measured['peak_rss_mib']:,}" if measured["peak_rss_mib"] is not None else ""
             per_million = measured["seconds"] / row["interactions"] * 1e6
@@ -99,7 +137,9 @@ def print_table(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000, 30_000_000])
+    parser.add_argument("--optimizer", default="lazy-adam", help="The training stage's --set optimizer= "
+                                                                 "[lazy-adam].")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mahn-scale"))
     parser.add_argument("--threads", type=int, default=0, help="Torch threads of train and evaluate (0: default).")
     parser.add_argument("--seed", type=int, default=0)
@@ -125,12 +165,15 @@ def main() -> None:
             "prepare": [*mahn, "prepare", str(work / "log.parquet"), "--format", "csv", "--time-col", "t",
                         "--out", str(work / "data")],
             "train one epoch + validation": [*mahn, "train", str(work / "data"), "--model", "mahn", "--ablate", "vt",
-                                             "--set", "loss=sampled-ce", "--epochs", "1", "--out",
+                                             "--set", "loss=sampled-ce", "--set", f"optimizer={args.optimizer}",
+                                             "--epochs", "1", "--out",
                                              str(work / "run"), "--no-progress", "--threads", str(args.threads)],
             "evaluate (test, both protocols)": [*mahn, "evaluate", str(work / "run"), "--device", "cpu", "--json"],
+            "evaluate (test, full ranking alone)": [*mahn, "evaluate", str(work / "run"), "--device", "cpu",
+                                                    "--json", "--protocols", "full"],
         }
-        row = {"size": size, **counts, "stages": {}, "threads": args.threads, "loadavg_before": load,
-               "date": datetime.now(UTC).isoformat(timespec="seconds")}
+        row = {"size": size, **counts, "stages": {}, "threads": args.threads, "optimizer": args.optimizer,
+               "loadavg_before": load, "date": datetime.now(UTC).isoformat(timespec="seconds")}
         for stage, command in stages.items():
             measured = run_stage(command)
             row["stages"][stage] = measured
@@ -139,6 +182,9 @@ def main() -> None:
                   f"{measured['seconds'] / counts['interactions'] * 1e6:.1f} |", flush=True)
         metrics = orjson.loads((work / "run" / "metrics.jsonl").read_bytes().splitlines()[0])
         row["train_seconds"] = metrics["train_seconds"]
+        row["eval_floor"] = eval_floor(work, args.threads)
+        row["eval_floor_ratio"] = row["stages"]["evaluate (test, full ranking alone)"]["seconds"] / (
+            row["eval_floor"]["seconds"])
         row["loadavg_after"] = os.getloadavg()
         results = sorted([*results, row], key=lambda r: r["size"])
         shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,9 @@
 """Load on `mahn serve`: latency percentiles and requests/s of POST /recommend (k = 10) under 1, 8 and 32
-concurrent clients, over the demo shop and a Clothing-sized catalogue (Amazon 2014 Clothing, 23,033 items).
+concurrent clients, over the demo shop, a 24,000-item shop with images and titles served by the default
+multimodal model, and a Clothing-sized ID-only catalogue (Amazon 2014 Clothing, 23,033 items).
 
     .venv/bin/python benchmarks/serve_load.py [--requests 400] [--clients 1 8 32] [--workers 1 2]
+                                              [--catalogues demo shop clothing]
 
 The server is the real command (`python -m mahn serve RUN --port P --device cpu --workers W`) on a free
 loopback port; clients are threads, each with its own keep-alive httpx.Client, in this process (so they share
@@ -15,14 +17,18 @@ where one request's time goes.
 
 Catalogues:
 - demo: demo/runs/mahn-seed0 (made by `mahn demo --out demo` when it is absent: about a minute);
+- shop: `mahn demo --out WORK/shop --items 24000 --users 24000 --epochs 1`: 24,000 rendered items with images and
+  titles, EfficientNet-Lite0 and MiniLM features, and MAHN (`mahn train`'s default model) reading both, one
+  epoch (the latency does not depend on how well it learned); kept in --work for reruns (about half an hour
+  to make on 2 cores);
 - clothing: ../shared/data/amazon2014-clothing/user_sequence.txt prepared (`mahn prepare --format
   sequences`) and trained for 1 epoch as MAHN-V-T (`mahn train --model mahn --ablate vt --epochs 1`: MAHN
   without its image and text parts, as the dataset has no item content), kept in --work for reruns;
   skipped with a message when ../shared/data is absent.
 
 Prints a table and writes benchmarks/results/serve_load.json, with the load average before and after each
-level: on a machine where other jobs run, latencies are those of a shared CPU. The issue's target:
-p99 < 20 ms at 8 concurrent clients for k = 10 over 23k items on a 2-core machine.
+level: on a machine where other jobs run, latencies are those of a shared CPU. The targets: p99 < 20 ms at 8
+concurrent clients for k = 10 over the shop's 24k multimodal items and over Clothing's 23k, on 2 cores.
 """
 
 from __future__ import annotations
@@ -68,6 +74,15 @@ def demo_run(log) -> Path:
     if not (run / "best.safetensors").exists():
         log(f"{run} is absent: making it with `mahn demo --out demo` (about a minute)")
         subprocess.run(mahn_command("demo", "--out", str(REPO / "demo")), check=True, cwd=REPO)
+    return run
+
+
+def shop_run(work: Path, log) -> Path:
+    run = work / "shop" / "runs" / "mahn-seed0"
+    if not (run / "best.safetensors").exists():
+        log(f"{run} is absent: making it with `mahn demo --items 24000 --users 24000 --epochs 1` (half an hour)")
+        subprocess.run(mahn_command("demo", "--out", str(work / "shop"), "--items", "24000", "--users", "24000",
+                                    "--epochs", "1", "--no-progress"), check=True)
     return run
 
 
@@ -273,7 +288,8 @@ def main() -> None:
     parser.add_argument("--server-threads", type=int, nargs="+", default=[0, 1],
                         help="OMP_NUM_THREADS of the server: torch's intra-op threads (0: torch's default, one per "
                              "core) [0 1].")
-    parser.add_argument("--catalogues", nargs="+", default=["demo", "clothing"], choices=["demo", "clothing"])
+    parser.add_argument("--catalogues", nargs="+", default=["demo", "shop", "clothing"],
+                        choices=["demo", "shop", "clothing"])
     parser.add_argument("--time-cap", type=float, default=60.0, help="Seconds at most per level [60].")
     parser.add_argument("--sample", type=int, default=50, help="Responses checked against the Python API per level.")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mahn-serve-load",
@@ -293,6 +309,8 @@ def main() -> None:
     runs = {}
     if "demo" in args.catalogues:
         runs["demo"] = demo_run(log)
+    if "shop" in args.catalogues:
+        runs["shop"] = shop_run(args.work, log)
     if "clothing" in args.catalogues and (run := clothing_run(args.work, log)) is not None:
         runs["clothing"] = run
     rng = np.random.default_rng(args.seed)
@@ -302,7 +320,8 @@ def main() -> None:
         record = recommender.record
         models[name] = {"run": str(run), "model": record["model"], "model_config": record["model_config"],
                         "max_len": recommender.max_len, "items": len(recommender),
-                        "users": recommender.dataset.n_users}
+                        "users": recommender.dataset.n_users, "index": recommender.index_kind,
+                        "modalities": model_modalities(recommender.model)}
         histories = test_histories(recommender, 2000, args.seed)
         bodies = [orjson.dumps({"history": h, "k": K}) for h in histories]
         lengths = [min(len(h), recommender.max_len) for h in histories]
@@ -333,11 +352,13 @@ def main() -> None:
                     print(format_row(row), flush=True)
     ended_load = loadavg()
     busy = max(started_load[0], *(r["loadavg_before"][0] for r in results)) if results else started_load[0]
-    clothing8 = [r for r in results if r["catalogue"] == "clothing" and r["endpoint"] == "recommend"
-                 and r["clients"] == 8]
-    target = {"p99_ms_limit": TARGET_MS, "clients": 8, "k": K, "catalogue": "clothing",
-              "measured": {label(r): round(r["p99_ms"], 2) for r in clothing8},
-              "met_by": [label(r) for r in clothing8 if r["p99_ms"] < TARGET_MS]}
+    targets = {}
+    for name in ("shop", "clothing"):
+        at8 = [r for r in results if r["catalogue"] == name and r["endpoint"] == "recommend" and r["clients"] == 8]
+        if at8:
+            targets[name] = {"p99_ms_limit": TARGET_MS, "clients": 8, "k": K,
+                             "measured": {label(r): round(r["p99_ms"], 2) for r in at8},
+                             "met_by": [label(r) for r in at8 if r["p99_ms"] < TARGET_MS]}
     report = {
         "benchmark": "serve_load", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
@@ -350,16 +371,24 @@ def main() -> None:
                  "the load average stayed at or below 1 before every level: no other job was running"),
         "k": K, "requests_per_level": args.requests, "time_cap_s": args.time_cap, "sample_checked": args.sample,
         "clients": "threads in the benchmark process, one keep-alive httpx.Client each, on the same machine",
-        "models": models, "target": target, "profile_ms": profiles, "results": results, "log": notes,
+        "models": models, "targets": targets, "profile_ms": profiles, "results": results, "log": notes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, report)
     print()
     print(table(results))
-    print(f"\ntarget p99 < {TARGET_MS:.0f} ms at 8 clients over Clothing: {target['measured']} -> "
-          f"{'met by ' + ', '.join(target['met_by']) if target['met_by'] else 'missed by every setting'}")
+    for name, target in targets.items():
+        print(f"target p99 < {TARGET_MS:.0f} ms at 8 clients over {name}: {target['measured']} -> "
+              f"{'met by ' + ', '.join(target['met_by']) if target['met_by'] else 'missed by every setting'}")
     print(f"load average: start {started_load}, end {ended_load}; {report['note']}")
     print(f"wrote {args.out}")
+
+
+def model_modalities(model) -> list[str]:
+    """The content a model reads: image and/or text (none for an ID-only model): MAHN's branches, MGT's sources."""
+    if hasattr(model, "sources"):
+        return list(model.sources)
+    return [name for name, part in (("image", "visual"), ("text", "text")) if getattr(model, part, None) is not None]
 
 
 def label(row: dict) -> str:

@@ -3,6 +3,9 @@ ceiling that training reaches.
 
     .venv/bin/python benchmarks/train_speed.py [--runs mahn:ce mahn:bpr sasrec:ce] [--threads 2] [--batch-size 256]
     .venv/bin/python benchmarks/train_speed.py --profile --runs sasrec:ce      # where the time goes
+    .venv/bin/python benchmarks/train_speed.py --device cuda --precision bf16  # on a GPU (benchmarks/gpu.sh)
+
+Phones is read from ../shared/data beside the checkout, or from $MAHN_PHONES (its user_sequence.txt).
 
 Each run is MODEL:LOSS: MAHN cat-cat (d 50, max_len 50) with random 4096-d visual (as VGG16 fc7) and 768-d text
 (as BERT) features, or SASRec (d 50, 2 blocks, 1 head, max_len 50). Features are random: only the timing
@@ -12,8 +15,9 @@ does), full ranking alone and uni100 alone.
 
 FLOP/s ratio: the epoch's floating-point work, counted on real batches (torch's FlopCounterMode for matrix
 products and attention, plus 3 x the forward cost of each LSTM/GRU, which the counter does not see) divided
-by the epoch's seconds, over the machine's fp32 matmul ceiling (a 2048 x 2048 product at the same threads,
-best of 5). Prints a table and writes benchmarks/results/train_speed.json.
+by the epoch's seconds, over the machine's matmul ceiling (the best of 5 products: fp32 2048 x 2048 on a CPU at
+the same threads, 8192 x 8192 in the run's precision on a GPU). Prints a table and writes
+benchmarks/results/train_speed.json (--out).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-PHONES = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014-phones" / "user_sequence.txt"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
+PHONES = Path(os.environ.get("MAHN_PHONES", SHARED / "amazon2014-phones" / "user_sequence.txt"))
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 MODELS = {"mahn": {"model": "mahn", "dim": 50, "variant": "cat-cat", "max_len": 50},
           "sasrec": {"model": "sasrec", "dim": 50, "blocks": 2, "heads": 1, "max_len": 50}}
@@ -58,18 +63,24 @@ def prepare_phones(out: Path) -> None:
     write_json(out / "manifest.json", manifest)
 
 
-def matmul_ceiling(threads: int, size: int = 2048) -> float:
-    """GFLOP/s of the best of 5 fp32 (size x size) products."""
+def matmul_ceiling(threads: int, device: str = "cpu", precision: str = "fp32") -> float:
+    """GFLOP/s of the best of 5 (size x size) products: fp32 on a CPU (2048), fp32 or bf16 on a GPU (8192)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size = 2048 if device == "cpu" else 8192
+    dtype = torch.bfloat16 if precision == "bf16" and device != "cpu" else torch.float32
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     best = min(timed(lambda: a @ b) for _ in range(5))
     return 2 * size**3 / best / 1e9
 
 
 def timed(work) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     started = time.perf_counter()
     work()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
@@ -103,7 +114,7 @@ def epoch_flops(model, dataset, users: np.ndarray, settings) -> float:
     counted, sequences = 0, 0
     recurrent, handles = recurrent_flops(model)
     for lo in range(0, min(len(order), FLOP_BATCHES * size), size):
-        batch = make_batch(dataset, order[lo : lo + size], settings.train.max_len, rng)
+        batch = make_batch(dataset, order[lo : lo + size], settings.train.max_len, rng).to(model.device)
         with FlopCounterMode(display=False) as counter:
             model.loss(batch).backward()
         counted += counter.get_total_flops()
@@ -114,9 +125,11 @@ def epoch_flops(model, dataset, users: np.ndarray, settings) -> float:
     return (counted + sum(recurrent)) / sequences * len(users)
 
 
-def fresh_model(root: Path, model_name: str, loss: str, batch_size: int, threads: int):
-    """(dataset, settings, model) of one run, seeded, with the given torch threads."""
+def fresh_model(root: Path, model_name: str, loss: str, batch_size: int, threads: int, device: str = "cpu",
+                precision: str = "fp32"):
+    """(dataset, settings, model on `device`) of one run, seeded, with the given torch threads."""
     from mahn.data import Dataset
+    from mahn.device import resolve_device
     from mahn.models import build_model
     from mahn.settings import resolve
 
@@ -124,16 +137,19 @@ def fresh_model(root: Path, model_name: str, loss: str, batch_size: int, threads
     torch.manual_seed(0)
     dataset = Dataset(root)
     settings = resolve(("benchmark", {**MODELS[model_name], "loss": loss, "batch_size": batch_size,
-                                      "progress": False}))
-    return dataset, settings, build_model(model_name, settings.model_config, dataset)
+                                      "progress": False, "device": device, "precision": precision}))
+    model = build_model(model_name, settings.model_config, dataset).to(resolve_device(device))
+    return dataset, settings, model
 
 
-def one_run(root: Path, model_name: str, loss: str, batch_size: int, threads: int, ceiling: float) -> dict:
-    """In a fresh process: one epoch of MODEL with LOSS, then the three evaluations; its own peak RSS."""
+def one_run(root: Path, model_name: str, loss: str, batch_size: int, threads: int, ceiling: float,
+            device: str = "cpu", precision: str = "fp32") -> dict:
+    """In a fresh process: one epoch of MODEL with LOSS, then the three evaluations; its own peak RSS (and, on a
+    GPU, its peak GPU memory)."""
     from mahn.evaluation import EvalConfig, evaluate
     from mahn.training import make_optimizer, train_epoch, training_users
 
-    dataset, settings, model = fresh_model(root, model_name, loss, batch_size, threads)
+    dataset, settings, model = fresh_model(root, model_name, loss, batch_size, threads, device, precision)
     users = training_users(dataset)
     flops = epoch_flops(model, dataset, users, settings)
     optimizer, _ = make_optimizer(model, settings.train)
@@ -148,8 +164,9 @@ def one_run(root: Path, model_name: str, loss: str, batch_size: int, threads: in
             "epoch_seconds": epoch["seconds"], "sequences": epoch["sequences"],
             "sequences_per_second": epoch["sequences"] / epoch["seconds"], "epoch_tflop": flops / 1e12,
             "achieved_gflops": achieved, "ceiling_ratio": achieved / ceiling,
-            "eval_seconds": evaluations, "eval_users": int(dataset.evaluated.sum()),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "eval_seconds": evaluations, "eval_users": int(dataset.evaluated.sum()), "device": device,
+            "precision": precision, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if model.device.type == "cuda" else None}
 
 
 def profile_run(root: Path, model_name: str, loss: str, batch_size: int, threads: int) -> str:
@@ -194,6 +211,9 @@ def main() -> None:
                         help="MODEL:LOSS pairs (models: mahn, sasrec).")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu.sh) [cpu].")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: the forward pass under bfloat16 autocast, and the ceiling in bf16 [fp32].")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true",
                         help="Instead of timing: print torch.profiler's top operators for 20 training batches and "
@@ -206,7 +226,7 @@ def main() -> None:
         raise SystemExit(f"--runs: each is MODEL:LOSS with MODEL one of {', '.join(MODELS)}")
     spawn = multiprocessing.get_context("spawn")
     load_before = os.getloadavg()
-    ceiling = matmul_ceiling(args.threads)
+    ceiling = matmul_ceiling(args.threads, args.device, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "phones"
         child = spawn.Process(target=prepare_phones, args=(root,))
@@ -225,9 +245,10 @@ def main() -> None:
         for model_name, loss in runs:
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                 results.append(pool.submit(one_run, root, model_name, loss, args.batch_size, args.threads,
-                                           ceiling).result())
+                                           ceiling, args.device, args.precision).result())
     report = {"dataset": "amazon2014-phones", **counts, "features": "random 4096-d visual, 768-d text (float16)",
-              "models": MODELS, "threads": args.threads, "torch": torch.__version__,
+              "models": MODELS, "threads": args.threads, "device": args.device, "precision": args.precision,
+              "gpu": torch.cuda.get_device_name() if args.device != "cpu" else None, "torch": torch.__version__,
               "matmul_ceiling_gflops": ceiling, "runs": results, "loadavg_before": load_before,
               "loadavg_after": os.getloadavg(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "date": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -73,7 +73,7 @@ CASES = [
     case(["recommend", "run", "--history", "i001", "-k", "0"], ["k must be between 1 and", "got 0"]),
     case(["serve", "no-such-run"], ["no-such-run/config.json: file not found"]),
     case(["serve", "run", "--port", "70000"], ["--port must be between 0 and 65535, got 70000"]),
-    case(["serve", "run", "--index", "ivf"], ["--index: unknown index 'ivf'"]),
+    case(["serve", "run", "--index", "annoy"], ["--index: unknown index 'annoy'"]),
     case(["serve", "run", "--host", "0.0.0.0"], ["--host: 0.0.0.0 is reachable", "--token-file", "--read-only"]),
     case(["serve", "run", "--protect", "everything"], ["--protect: must be writes or all"]),
     case(["serve", "run", "--protect", "all"], ["--protect: --protect all needs a token"]),

@@ -11,7 +11,7 @@ import pytest
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.evaluation import PROTOCOLS, SHOWN
-from mahn.io import read_json
+from mahn.io import read_json, write_json
 from mahn.reproduce import ReproduceConfig, Run, reproduce
 from synthetic import make_dataset
 
@@ -226,3 +226,18 @@ def test_a_text_only_dataset_gets_the_ablations_its_features_allow(tmp_path):
                              models=("mahn",), batch_size=64)
     results = reproduce(none, config, say=lambda *_: None)
     assert "ablations" not in results and "ablations need image or text features: skipped" in results["notes"]
+
+
+def test_images_that_cover_no_item_count_as_absent(tmp_path):
+    """Office's images could not be fetched: its image features exist but cover no item. MAHN then runs as
+    MAHN-V, as on a dataset without images, instead of keeping an image branch over zeros."""
+    data = make_dataset(tmp_path / "data", users=40, items=20, length=6)
+    manifest = read_json(data / "manifest.json")
+    manifest["features"]["image"]["coverage"] = 0.0
+    write_json(data / "manifest.json", manifest)
+    np.save(data / "features" / "image.mask.npy", np.zeros(20, dtype=bool))
+    config = ReproduceConfig(out=tmp_path / "report", seeds=1, budget="quick", experiments=("compare",),
+                             models=("mahn",), batch_size=64)
+    results = reproduce(data, config, say=lambda *_: None)
+    assert results["compare"]["MAHN"][0]["settings"] == {"ablate": "v"}
+    assert any("lacks image features (or they cover no item)" in note for note in results["notes"])

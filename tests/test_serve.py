@@ -328,10 +328,12 @@ def test_added_items_are_served_and_id_only_models_refuse_them(shop, tmp_path):
     assert client.get("/items/new-c").json()["added"] is True
 
 
-def test_the_recommender_through_hnsw_answers_as_exact_ranking(shop, tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_the_recommender_through_an_index_answers_as_exact_ranking(shop, tmp_path, kind):
     run = tmp_path / "run"
     shutil.copytree(shop["runs"]["mahn"], run)
-    exact, approximate = mahn.load(run, device="cpu"), mahn.load(run, device="cpu", index="hnsw")
+    exact, approximate = mahn.load(run, device="cpu"), mahn.load(run, device="cpu", index=kind)
+    assert exact.index_kind == "exact" and approximate.index_kind == kind  # auto: a small catalogue is exact
     histories = [KEYS[i : i + 4 : 3] for i in range(0, 24, 2)]  # two items a history, from one or two clusters
     for history in histories:
         for exclude in (True, False):
@@ -355,8 +357,9 @@ def test_the_recommender_through_hnsw_answers_as_exact_ranking(shop, tmp_path):
         got = approximate.recommend(history, ITEMS + 3 - len(history))
         assert [r.key for r in got] == [r.key for r in want] and {"new0", "new1", "new2"} <= {r.key for r in got}
     assert approximate.ann() is built
-    app = create_app(run, device="cpu", index="hnsw", ef_search=512)
-    assert app.state.engines["main"].recommender.ann().settings.ef_search == 512
+    app = create_app(run, device="cpu", index=kind, ef_search=512, probes=3)
+    settings = app.state.engines["main"].recommender.ann().settings
+    assert (settings.probes if kind == "ivf" else settings.ef_search) == (3 if kind == "ivf" else 512)
     served = TestClient(app).post("/recommend", json={"history": KEYS[:2]})
     assert [r["key"] for r in served.json()["items"]] == [r.key for r in exact.recommend(KEYS[:2], 10)]
 

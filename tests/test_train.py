@@ -230,3 +230,69 @@ def test_the_trainers_fused_adam_takes_the_default_adams_steps():
     assert max((fused[name] - start[name]).abs().max() for name in start) > 0.05  # 10 steps of lr 0.01 moved it
     for name in fused:
         torch.testing.assert_close(fused[name], default[name], rtol=0, atol=1e-6)
+
+
+def test_lazy_adam_is_adam_on_rows_a_step_touches_and_leaves_the_others_alone():
+    """LazyAdam (optimizer=lazy-adam): when every row is looked up each step, its steps are torch Adam's (coupled
+    L2 included); a row no batch looks up keeps its weights and moments, where Adam would move it."""
+    from mahn.training.lazy_adam import LazyAdam, make_tables_sparse
+
+    def run(lazy: bool, rows: torch.Tensor, steps: int = 8) -> tuple[torch.nn.Embedding, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        table, head = torch.nn.Embedding(12, 4), torch.nn.Linear(4, 1)
+        groups = [{"params": [table.weight, head.weight], "weight_decay": 0.01}, {"params": [head.bias],
+                                                                                  "weight_decay": 0.0}]
+        if lazy:
+            assert make_tables_sparse(table) == 1
+        optimizer = (LazyAdam if lazy else torch.optim.Adam)(groups, lr=0.05)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            ids = rows[torch.randint(0, len(rows), (20,), generator=generator)]
+            ids = torch.cat([rows, ids]) if len(rows) == 12 else ids  # every row at least once
+            optimizer.zero_grad()
+            head(table(ids)).pow(2).mean().backward()
+            optimizer.step()
+        return table, optimizer
+
+    every = torch.arange(12)
+    lazy, _ = run(True, every)
+    plain, _ = run(False, every)
+    torch.manual_seed(0)
+    start = torch.nn.Embedding(12, 4).weight.detach()
+    assert (lazy.weight - start).abs().max() > 0.1  # 8 steps of lr 0.05 moved it
+    torch.testing.assert_close(lazy.weight, plain.weight, rtol=0, atol=1e-6)
+
+    some = torch.arange(6)  # rows 6-11 never looked up
+    lazy, optimizer = run(True, some)
+    plain, _ = run(False, some)
+    assert torch.equal(lazy.weight[6:], start[6:])
+    assert not torch.equal(plain.weight[6:], start[6:])  # Adam decays and moves untouched rows
+    state = optimizer.state[lazy.weight]
+    assert not state["exp_avg"][6:].any() and not state["exp_avg_sq"][6:].any()
+    assert state["exp_avg"][:6].abs().min() > 0
+
+
+def test_lazy_adam_trains_resumes_and_refuses_many_processes(tiny, tmp_path, monkeypatch):
+    """--set optimizer=lazy-adam through the trainer: learns (validation above an untrained model's), resumes
+    bit-for-bit from its checkpoint, and is refused on more than one process before anything is written."""
+    settings = quick(epochs=4, model="sasrec", loss="sampled-ce", optimizer="lazy-adam")
+    whole = train(tiny, tmp_path / "whole", settings)
+    untrained = train(tiny, tmp_path / "zero", quick(epochs=1, model="sasrec", loss="sampled-ce", lr=0.0))
+    assert whole["valid"]["full"]["NDCG@10"] > untrained["valid"]["full"]["NDCG@10"]
+
+    def interrupt(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, tmp_path / "cut", settings, on_epoch_end=interrupt)
+    resumed = train(tiny, tmp_path / "cut", settings, resume=True)
+    assert resumed["valid"] == whole["valid"]
+    a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "cut")
+    assert any(k.startswith("optim.") and k.endswith("exp_avg") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DataError, match="one process"):
+        train(tiny, tmp_path / "two", settings)
+    assert not (tmp_path / "two").exists()

@@ -19,7 +19,7 @@ import torch
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.evaluation import PROTOCOLS, EvalConfig, evaluate
-from mahn.index import HNSWIndex, HNSWSettings, check_index
+from mahn.index import HNSWIndex, HNSWSettings, IVFIndex, IVFSettings, check_index
 from mahn.items import Item, LiveItems, UnknownItemError
 from mahn.models.base import SequentialModel
 from mahn.scoring import Recommendation, Scorer
@@ -30,14 +30,14 @@ class Recommender:
     """A trained run: its model (best validation weights), its dataset and the items added since training."""
 
     def __init__(self, model: SequentialModel, dataset: Dataset, record: dict, run: str | Path | None = None,
-                 index: str = "exact", hnsw: HNSWSettings = HNSWSettings()):
+                 index: str = "auto", hnsw: HNSWSettings = HNSWSettings(), ivf: IVFSettings = IVFSettings()):
         self.model, self.dataset, self.record = model, dataset, record
         self.run = Path(run) if run is not None else None
         self.max_len: int = record["train"]["max_len"]
         self.n_trained: int = dataset.n_items
         self.lock = threading.RLock()  # torch calls and refreshes; reads take one snapshot of the items
         self.items = LiveItems(model, dataset, self.run, self.lock)
-        self.scorer = Scorer(model, record["model"], self.n_trained, self.lock, check_index(index), hnsw)
+        self.scorer = Scorer(model, record["model"], self.n_trained, self.lock, check_index(index), hnsw, ivf)
 
     # --- the items -------------------------------------------------------------------------------
 
@@ -65,6 +65,7 @@ class Recommender:
 
     @property
     def index_kind(self) -> str:
+        """How the trained items are ranked: exact, ivf or hnsw (`auto` resolved by the catalogue's size)."""
         return self.scorer.index_kind
 
     def __len__(self) -> int:
@@ -95,14 +96,14 @@ class Recommender:
         """(items, D) every item's vector (trained, then added), on the model's device; computed once."""
         return self.scorer.table(self.items.current())
 
-    def ann(self) -> HNSWIndex:
-        """The HNSW index over the trained items (mahn.index), built on first use."""
+    def ann(self) -> IVFIndex | HNSWIndex:
+        """The approximate index over the trained items (mahn.index), built on first use."""
         return self.scorer.ann(self.items.current())
 
     def warm(self) -> None:
         """Compute now what the first request would otherwise wait for: the item table (and the index)."""
         self.item_table()
-        if self.index_kind == "hnsw":
+        if self.scorer.approximate:
             self.ann()
 
     def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True,
@@ -155,15 +156,16 @@ class Recommender:
         return evaluate(self.model, self.dataset, config)
 
 
-def load(run: str | Path, dataset: str | Path | None = None, device: str = "auto", index: str = "exact",
-         hnsw: HNSWSettings = HNSWSettings()) -> Recommender:
+def load(run: str | Path, dataset: str | Path | None = None, device: str = "auto", index: str = "auto",
+         hnsw: HNSWSettings = HNSWSettings(), ivf: IVFSettings = IVFSettings()) -> Recommender:
     """Load a training run (best validation checkpoint) onto `device` (auto: a CUDA GPU when there is one).
 
-    `dataset` overrides the dataset path stored in the run. `index`: exact (score every item) or hnsw (an
-    approximate HNSW index over the trained items for very large catalogues; mahn.index).
+    `dataset` overrides the dataset path stored in the run. `index`: how the trained items are ranked: exact
+    (score every item), ivf or hnsw (approximate top-k for very large catalogues; mahn.index), or auto (exact
+    below 100,000 trained items, ivf from there, when faiss is installed); `ivf` and `hnsw` tune those two.
     """
     model, data, record = load_run(run, dataset, device)
-    return Recommender(model, data, record, run, index=index, hnsw=hnsw)
+    return Recommender(model, data, record, run, index=index, hnsw=hnsw, ivf=ivf)
 
 
 __all__ = ["Item", "Recommender", "Recommendation", "UnknownItemError", "load"]

@@ -1,7 +1,7 @@
 """Scoring histories against a snapshot of the items: the trained items' rows of the item table computed once
 and kept, the added items' rows after them; a request is one `encode` of the windows, one matrix product and a
-top-k per history, or, with the `hnsw` index, a search of the trained rows plus an exact pass over the added
-ones. Every torch call runs under the Recommender's lock."""
+top-k per history, or, with an approximate index (`ivf`, `hnsw`: mahn.index), a search of the trained rows plus
+an exact pass over the added ones. Every torch call runs under the Recommender's lock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from mahn.errors import DataError
-from mahn.index import HNSWIndex, HNSWSettings
+from mahn.index import HNSWIndex, HNSWSettings, IVFIndex, IVFSettings, build_index, resolve_index
 from mahn.items import Snapshot
 from mahn.models.base import SequentialModel
 
@@ -26,10 +26,11 @@ class Recommendation:
 
 class Scorer:
     def __init__(self, model: SequentialModel, name: str, n_trained: int, lock: threading.RLock,
-                 index_kind: str, hnsw: HNSWSettings):
+                 index_kind: str, hnsw: HNSWSettings = HNSWSettings(), ivf: IVFSettings = IVFSettings()):
         self.model, self.name, self.n_trained, self.lock = model, name, n_trained, lock
-        self.index_kind, self.hnsw_settings = index_kind, hnsw
-        self._hnsw: HNSWIndex | None = None  # over the trained items' rows, built on first use (index "hnsw")
+        self.index_kind = resolve_index(index_kind, n_trained)  # auto: exact, or ivf for a large catalogue
+        self.hnsw_settings, self.ivf_settings = hnsw, ivf
+        self._index: IVFIndex | HNSWIndex | None = None  # over the trained items' rows, built on first use
         self._table: torch.Tensor | None = None  # the trained items' rows, computed on first use
 
     @torch.no_grad()
@@ -43,13 +44,18 @@ class Scorer:
                     [self._table, items.added_rows.to(self._table.dtype)])
             return items.table
 
-    def ann(self, items: Snapshot) -> HNSWIndex:
-        """The HNSW index over the trained items (mahn.index), built on first use."""
+    @property
+    def approximate(self) -> bool:
+        return self.index_kind in ("ivf", "hnsw")
+
+    def ann(self, items: Snapshot) -> IVFIndex | HNSWIndex:
+        """The approximate index over the trained items (mahn.index), built on first use."""
         with self.lock:
-            if self._hnsw is None:
+            if self._index is None:
                 self.table(items)
-                self._hnsw = HNSWIndex(self._table.float().cpu().numpy(), self.hnsw_settings)
-            return self._hnsw
+                self._index = build_index(self.index_kind, self._table.float().cpu().numpy(), self.hnsw_settings,
+                                          self.ivf_settings)
+            return self._index
 
     @torch.no_grad()
     def top_k(self, items: Snapshot, reader: SequentialModel, windows: list[list[int]], known: list[list[int]],
@@ -59,7 +65,7 @@ class Scorer:
         width = max(len(w) for w in windows)
         batch = torch.tensor([[reader.pad] * (width - len(w)) + w for w in windows], device=self.model.device)
         table = self.table(items)
-        approximate = self.index_kind == "hnsw"
+        approximate = self.approximate
         with self.lock:
             try:
                 states = reader.encode(batch)
@@ -91,7 +97,7 @@ class Scorer:
 
     def _approximate_tops(self, states: torch.Tensor, items: Snapshot, rows: list[int], excluded: list[set[int]],
                           counts: list[int]) -> dict[int, list[Recommendation] | None]:
-        """For each of `rows` of `states`: the top `count` from the HNSW index over the trained items and an exact
+        """For each of `rows` of `states`: the top `count` from the index over the trained items and an exact
         pass over the added ones, leaving out that row's `excluded`; None where the index found too few (the
         caller then ranks that row exactly). One index search and one product for all the rows."""
         if not rows:

@@ -50,7 +50,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 SELECT = ("full", "uni100")
 SCHEDULES = ("constant", "step", "plateau")
 PRECISIONS = ("fp32", "bf16")
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "lazy-adam")
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4  # the paper's "regularisation": L2 on weight matrices and embeddings, not biases
     optimizer: str = "adam"  # adam: L2 added to the gradient (the paper's); adamw: decay decoupled from Adam's scaling
+    # lazy-adam: adam, but an embedding table's rows move only in steps that look them up (training/lazy_adam.py)
     embedding_decay: bool = True  # whether embedding tables are decayed too (False: only the other matrices)
     # constant; step: the rate times lr_gamma every lr_step epochs (the paper's StepLR, which counts epochs, not
     # steps: at a few steps an epoch it starves a small dataset); plateau: times lr_gamma after lr_step epochs

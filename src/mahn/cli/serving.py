@@ -22,10 +22,12 @@ def serve(
     images_root: Path | None = typer.Option(None, help="The only folder images are served from, and the one "
                                             "new items' image paths are relative to (default: the folder "
                                             "holding the dataset's images)."),
-    index: str = typer.Option("exact", help="exact (score every item) or hnsw (approximate top-k from an HNSW "
-                              "index, for catalogues of millions of items; needs faiss-cpu)."),
+    index: str = typer.Option("auto", help="How the trained items are ranked: exact (score every item), ivf or "
+                              "hnsw (approximate top-k for catalogues of millions of items; need faiss-cpu), or "
+                              "auto (exact below 100,000 trained items, ivf from there)."),
     ef_search: int = typer.Option(256, help="hnsw: candidates kept per search (more: better recall, slower; "
-                                  "docs/serving.md#large-catalogues---index-hnsw)."),
+                                  "docs/serving.md#large-catalogues---index)."),
+    probes: int = typer.Option(64, help="ivf: lists scanned per query (more: better recall, slower)."),
     token_file: Path | None = typer.Option(None, help="A file holding the token that every write (adding items, "
                                            "swapping the model) must send as `Authorization: Bearer TOKEN` "
                                            "(default: $MAHN_SERVE_TOKEN; none: writes are open, loopback only)."),
@@ -41,13 +43,13 @@ def serve(
     from mahn.serve.access import Access, read_token
     from mahn.serve.process import run_server
 
-    if workers < 1 or threads < 1 or ef_search < 1:
-        fail("--workers, --threads and --ef-search must be at least 1")
+    if workers < 1 or threads < 1 or ef_search < 1 or probes < 1:
+        fail("--workers, --threads, --ef-search and --probes must be at least 1")
     if not 0 <= port <= 65535:
         fail(f"--port must be between 0 and 65535, got {port}")
     access = Access(read_token(token_file), protect, read_only)
     run_server(run, host=host, port=port, device=device, workers=workers, threads=threads, compare=compare,
-               images_root=images_root, index=index, ef_search=ef_search, access=access)
+               images_root=images_root, index=index, ef_search=ef_search, probes=probes, access=access)
 
 
 @app.command("add-items")

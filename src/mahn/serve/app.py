@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 import mahn
 from mahn.api import UnknownItemError
 from mahn.errors import DataError
-from mahn.index import HNSWSettings
+from mahn.index import HNSWSettings, IVFSettings
 from mahn.serve.access import TOKEN_ENV, Access, may_read, may_write
 from mahn.serve.engine import errors, load_engine, public_message
 from mahn.serve.limits import MAX_BODY, MAX_UPLOAD, BodyLimit
@@ -42,6 +42,7 @@ from mahn.serve.swap import Swapper, map_large_allocations
 # how `mahn serve --workers N` hands settings to each worker
 ENV = {"run": "MAHN_SERVE_RUN", "device": "MAHN_SERVE_DEVICE", "compare": "MAHN_SERVE_COMPARE",
        "images_root": "MAHN_SERVE_IMAGES_ROOT", "index": "MAHN_SERVE_INDEX", "ef_search": "MAHN_SERVE_EF_SEARCH",
+       "probes": "MAHN_SERVE_PROBES",
        "protect": "MAHN_SERVE_PROTECT", "read_only": "MAHN_SERVE_READ_ONLY", "workers": "MAHN_SERVE_WORKERS"}
 
 
@@ -57,22 +58,23 @@ def _printable(value):
 
 
 def create_app(run: Path, *, device: str = "auto", compare: Path | None = None, images_root: Path | None = None,
-               max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD, index: str = "exact",
-               ef_search: int = HNSWSettings.ef_search, access: Access = Access(), workers: int = 1) -> FastAPI:
+               max_body: int = MAX_BODY, max_upload: int = MAX_UPLOAD, index: str = "auto",
+               ef_search: int = HNSWSettings.ef_search, probes: int = IVFSettings.probes, access: Access = Access(),
+               workers: int = 1) -> FastAPI:
     """The HTTP application of a trained run (and, with `compare`, a second one beside it).
 
     `images_root`: the only folder item images are served from, and the folder that the image paths of
     new items (POST /items) are relative to; default: the folder holding the dataset's images.
-    `index`: exact, or hnsw (approximate top-k over the trained items, for very large catalogues), searched
-    with `ef_search` candidates (more: better recall, slower).
+    `index`: auto, exact, ivf or hnsw (mahn.load); an ivf index scans `probes` lists a query, an hnsw one keeps
+    `ef_search` candidates (more: better recall, slower).
     `access`: the token, what it protects and whether the server is read-only (mahn.serve.access).
     `workers`: the server's worker processes (a swap over HTTP needs one; SIGHUP replaces many).
     """
-    engines = {"main": load_engine("main", Path(run), device, images_root, index, ef_search)}
+    engines = {"main": load_engine("main", Path(run), device, images_root, index, ef_search, probes)}
     if compare is not None:
-        engines["compare"] = load_engine("compare", Path(compare), device, images_root, index, ef_search)
+        engines["compare"] = load_engine("compare", Path(compare), device, images_root, index, ef_search, probes)
     main_loader = partial(load_engine, "main", device=device, images_root=images_root, index=index,
-                          ef_search=ef_search)
+                          ef_search=ef_search, probes=probes)
 
     app = FastAPI(title="mahn", version=mahn.__version__,
                   description="Next-item recommendations of a trained mahn run. Every endpoint takes "
@@ -114,6 +116,7 @@ def app_from_env() -> FastAPI:
     return create_app(Path(os.environ[ENV["run"]]), device=os.environ.get(ENV["device"], "auto"),
                       compare=Path(compare) if compare else None,
                       images_root=Path(images_root) if images_root else None,
-                      index=os.environ.get(ENV["index"], "exact"),
-                      ef_search=int(os.environ.get(ENV["ef_search"], HNSWSettings.ef_search)), access=access,
+                      index=os.environ.get(ENV["index"], "auto"),
+                      ef_search=int(os.environ.get(ENV["ef_search"], HNSWSettings.ef_search)),
+                      probes=int(os.environ.get(ENV["probes"], IVFSettings.probes)), access=access,
                       workers=int(os.environ.get(ENV["workers"], "1")))

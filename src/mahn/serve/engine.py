@@ -14,7 +14,7 @@ from fastapi import HTTPException, Query, Request
 
 from mahn.api import Recommender, load
 from mahn.errors import DataError
-from mahn.index import HNSWSettings
+from mahn.index import HNSWSettings, IVFSettings
 from mahn.io import sha256_file
 from mahn.paths import inside, is_url
 from mahn.serve.schemas import ErrorResponse, ItemOut, RecommendedItem, RecommendResponse, RunName
@@ -114,9 +114,10 @@ class Engine:
             for r in recommendations])
 
 
-def load_engine(name: str, run: Path, device: str, images_root: Path | None, index: str = "exact",
-                ef_search: int = HNSWSettings.ef_search) -> Engine:
-    recommender = load(run, device=device, index=index, hnsw=HNSWSettings(ef_search=ef_search))
+def load_engine(name: str, run: Path, device: str, images_root: Path | None, index: str = "auto",
+                ef_search: int = HNSWSettings.ef_search, probes: int = IVFSettings.probes) -> Engine:
+    recommender = load(run, device=device, index=index, hnsw=HNSWSettings(ef_search=ef_search),
+                       ivf=IVFSettings(probes=probes))
     if images_root is not None and not Path(images_root).is_dir():
         raise DataError("images folder not found", images_root)
     root = Path(os.path.realpath(images_root)) if images_root is not None else default_root(recommender)

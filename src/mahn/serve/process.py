@@ -11,7 +11,7 @@ WORKER_START_SECONDS = 300  # SIGHUP with --workers N: a new worker may take thi
 
 
 def run_server(run: Path, *, host: str, port: int, device: str, workers: int, threads: int, compare: Path | None,
-               images_root: Path | None, index: str, ef_search: int, access) -> None:
+               images_root: Path | None, index: str, ef_search: int, probes: int, access) -> None:
     """`mahn serve`: the app of `run` on uvicorn, in this process or in `workers` processes. The runs are loaded
     here first, so a run that does not load stops the command before the port is taken. SIGTERM drains the
     requests in flight (up to GRACE_SECONDS); SIGHUP reloads the run without dropping a request."""
@@ -33,12 +33,13 @@ def run_server(run: Path, *, host: str, port: int, device: str, workers: int, th
     torch.set_num_threads(threads)
     if workers == 1:
         app = create_app(run, device=device, compare=compare, images_root=images_root, index=index,
-                         ef_search=ef_search, access=access)
+                         ef_search=ef_search, probes=probes, access=access)
         reload_on_hangup(app.state.swapper)
         uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=GRACE_SECONDS)
         return
     for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root),
-                           ("index", index), ("ef_search", ef_search), ("protect", access.protect),
+                           ("index", index), ("ef_search", ef_search), ("probes", probes),
+                           ("protect", access.protect),
                            ("read_only", "1" if access.read_only else None), ("workers", workers)):
         if value is not None:
             os.environ[ENV[setting]] = str(value.absolute() if isinstance(value, Path) else value)

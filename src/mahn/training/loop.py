@@ -47,29 +47,38 @@ from mahn.training.distributed import (
     world_from_env,
     wrap,
 )
+from mahn.training.lazy_adam import LazyAdam, make_tables_sparse
 
 
 def make_optimizer(model: SequentialModel, config: TrainConfig):
-    """Adam (or AdamW) with weight decay on weight matrices and, unless switched off, embedding tables; never
-    on biases and norms; the rate schedule on top (TrainConfig.lr_schedule)."""
+    """Adam (or AdamW, or lazy Adam) with weight decay on weight matrices and, unless switched off, embedding
+    tables; never on biases and norms; the rate schedule on top (TrainConfig.lr_schedule)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     decayed, plain = [], []
     for p in model.parameters():
         keep = p.ndim >= 2 and (config.embedding_decay or id(p) not in embeddings)
         (decayed if keep else plain).append(p)
     groups = [{"params": decayed, "weight_decay": config.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    if config.optimizer == "lazy-adam":  # embedding tables sparse, their untouched rows left alone (lazy_adam.py)
+        make_tables_sparse(model)
+        optimizer = LazyAdam(groups, lr=config.lr)
+        return optimizer, make_scheduler(optimizer, config)
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     # fused: one pass over each parameter's memory instead of one per operation (Adam updates every row of an
     # item table each step; on a 500k-item table the step took 4x less time: docs/performance.md)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     optimizer = adam(groups, lr=config.lr, fused=True if fused else None)
+    return optimizer, make_scheduler(optimizer, config)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     if config.lr_schedule == "plateau":  # stepped with the validation score: lr_step bad epochs, then lr_gamma
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_gamma,
                                                                patience=config.lr_step - 1, threshold=0.0)
     else:
         gamma = config.lr_gamma if config.lr_schedule == "step" else 1.0
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=gamma)
-    return optimizer, scheduler
+    return scheduler
 
 
 def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, dataset: Dataset, users: np.ndarray,
@@ -134,6 +143,9 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
     """
     settings = settings or resolve()
     world = world_from_env()
+    if world.distributed and settings.train.optimizer == "lazy-adam":
+        raise DataError("optimizer lazy-adam trains on one process (its sparse gradients are not all-reduced)",
+                        "--set optimizer=...")
     device = resolve_device(settings.train.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)  # one GPU per process
