@@ -135,7 +135,7 @@ def main() -> None:
                         help="Indexes measured beside exact ranking; rows of the others are kept [both].")
     parser.add_argument("--probes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048],
                         help="ivf: lists visited per query, each with the default candidates.")
-    parser.add_argument("--candidates", type=int, nargs="+", default=[100, 200, 1000],
+    parser.add_argument("--candidates", type=int, nargs="+", default=[200, 500, 2000],
                         help="ivf: items re-ranked exactly, each with the default probes.")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--threads", type=int, default=1, help="Torch and faiss threads (a server worker's) [1].")

@@ -1,4 +1,4 @@
-"""Runs inside RecBole's own virtual environment (benchmarks/recbole_side_by_side.py creates it): train one
+"""Runs inside RecBole's own virtual environment (benchmarks/side_by_side.py creates it): train one
 RecBole model on atomic files written from a mahn dataset, within a wall-clock budget, scoring every epoch's
 model on the validation users by mahn's protocol too (greater/ties counts of the target under full ranking
 without the history, and against mahn's stored 100 negatives; the benchmark turns them into metrics with mahn's

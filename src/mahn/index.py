@@ -8,8 +8,8 @@ scores a share of the items roughly and re-ranks the best of them exactly:
   with the largest inner product, and nearest-neighbour structures apply;
 - the lifted items are grouped by k-means into about 4·sqrt(items) lists, and a query visits the `probes`
   lists nearest it;
-- inside the lists, items are stored as 4-bit product-quantisation codes (faiss' fast-scan, two dimensions a
-  byte's half), which a query scans about ten times faster than the floats; the `candidates` best by the codes
+- inside the lists, items are stored as 4-bit product-quantisation codes (faiss' fast-scan, 16 learned levels
+  a dimension), which a query scans several times faster than the floats; the `candidates` best by the codes
   are then scored exactly from the item table and the top k returned.
 `hnsw` is a graph over the items searched by inner product directly; it finds fewer of the true top 10 at a
 million items. `benchmarks/ann_recall.py` measures both (recall@10 against exact top-k, per-query latency,
@@ -44,7 +44,7 @@ class HNSWSettings:
 class IVFSettings:
     lists: int = 0  # k-means lists; 0: about 4·sqrt(items), a power of two (4,096 at a million items)
     probes: int = 1024  # lists visited per query; more: better recall, slower queries
-    candidates: int = 500  # the best items by their codes that are re-ranked exactly; more: better recall
+    candidates: int = 1000  # the best items by their codes that are re-ranked exactly; more: better recall
 
 
 def check_index(name: str) -> str:
@@ -98,9 +98,10 @@ class IVFIndex:
         squared = np.einsum("ij,ij->i", self.table, self.table)
         lifted[:, self.dim] = np.sqrt(np.maximum(squared.max() - squared, 0.0))
         self.lists = settings.lists or default_lists(self.size)
-        # codes: 4-bit product quantisation (two dimensions a sub-quantiser) once there are items enough to train
-        # its 16 centroids per sub-space; floats below that
-        codes = f"PQ{self.width // 2}x4fs" if self.size >= QUANTISE_FROM else "Flat"
+        # codes: 4-bit product quantisation, one dimension a sub-quantiser (with two, near-duplicate items could
+        # not be told apart: recall@10 stayed at 0.85 at a million items, benchmarks/results/ann_recall_ivf_pq2.json),
+        # once there are items enough to train its 16 levels per dimension; floats below that
+        codes = f"PQ{self.width}x4fs" if self.size >= QUANTISE_FROM else "Flat"
         self.index = faiss.index_factory(self.width, f"IVF{self.lists},{codes}")
         faiss.extract_index_ivf(self.index).cp.seed = seed
         sample = np.random.default_rng(seed).choice(self.size, min(self.size, TRAIN_PER_LIST * self.lists),

@@ -1,4 +1,5 @@
-"""mahn and RecBole 1.2.1 side by side on one prepared dataset, on one evaluator: every epoch of both sides is
+"""mahn and a peer library (RecBole 1.2.1, or RecTools 0.19 with --peer rectools) side by side on one prepared
+dataset, on one evaluator: every epoch of both sides is
 scored on the validation users by mahn's protocol (mahn's counting code, on RecBole's model too, off RecBole's
 clock), and each side's time to the best validation full NDCG@10 RecBole reaches within a budget is taken on
 that one score (`same_evaluator: true`; `speedup`: RecBole's seconds over mahn's; `memory_ratio`: mahn's peak
@@ -7,9 +8,15 @@ model under mahn's protocol with the history kept among the candidates (as RecBo
 is what RecBole's own number measures. Not part of CI: it takes up to the budget per model (the two sides
 train at the same time, one thread each, so both see the same machine).
 
-    python benchmarks/recbole_side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec \\
+    python benchmarks/side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec \\
         --budget-minutes 30 --json benchmarks/results/recbole_phones.json
-    python benchmarks/recbole_side_by_side.py --table RESULT.json ...      # one table of saved runs
+    python benchmarks/side_by_side.py --peer rectools --dataset runs/real/phones --models sasrec,bert4rec \\
+        --budget-minutes 30 --json benchmarks/results/rectools_phones.json
+    python benchmarks/side_by_side.py --table RESULT.json ...      # one table of saved runs
+
+RecTools (benchmarks/rectools/runner.py, its own venv: torch 2.13.0 CPU, rectools[torch] 0.19.0) trains a
+user's last session_max_len items with a target at each position, as mahn does, so both sides get the same
+users a batch; its softmax covers every item it has seen.
 
 RecBole runs in its own virtual environment (created on first use at --venv: torch 2.13.0 CPU, recbole
 1.2.1, numpy<2, pandas<2.3, scipy<1.14; its best epoch's weights are kept in memory, so no checkpoint is
@@ -39,6 +46,18 @@ RUNNER = Path(__file__).with_name("recbole") / "runner.py"
 PACKAGES = ["torch==2.13.0", "recbole==1.2.1", "numpy<2", "pandas<2.3", "scipy<1.14"]
 
 RECBOLE_NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec", "caser": "Caser"}
+# RecTools: (its settings, mahn's) with the same dimensions, blocks, history length, softmax and users a batch
+RECTOOLS_MODELS = {
+    "sasrec": ({"n_factors": 50, "n_blocks": 2, "n_heads": 1, "dropout_rate": 0.2, "session_max_len": 50,
+                "lr": 0.001, "batch_size": 128},
+               {"model": "sasrec", "dim": 50, "max_len": 50, "loss": "ce", "batch_size": 128, "lr": 0.001}),
+    "bert4rec": ({"n_factors": 64, "n_blocks": 2, "n_heads": 2, "dropout_rate": 0.1, "session_max_len": 50,
+                  "mask_prob": 0.6, "lr": 0.001, "batch_size": 128},
+                 {"model": "bert4rec", "dim": 64, "max_len": 50, "batch_size": 128, "lr": 0.001}),
+}
+PEERS = {"recbole": {"library": "RecBole 1.2.1", "runner": RUNNER, "packages": PACKAGES},
+         "rectools": {"library": "RecTools 0.19.0", "runner": Path(__file__).with_name("rectools") / "runner.py",
+                      "packages": ["torch==2.13.0", "rectools[torch]==0.19.0"]}}
 # (RecBole settings, mahn settings): the same architecture, history length and loss where both offer it
 MODELS = {
     "sasrec": ({"hidden_size": 50, "inner_size": 50, "n_layers": 2, "n_heads": 1, "hidden_dropout_prob": 0.2,
@@ -63,12 +82,12 @@ MODELS = {
 }
 
 
-def ensure_venv(venv: Path) -> Path:
+def ensure_venv(venv: Path, packages: list[str]) -> Path:
     python = venv / "bin" / "python"
     if not (venv / ".ready").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # the CPU wheel first
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
         (venv / ".ready").touch()
     return python
 
@@ -112,16 +131,17 @@ def our_metrics(greater: np.ndarray, ties: np.ndarray, candidates: int) -> dict[
     return mean_metrics(expected_metrics(greater, ties, candidates))
 
 
-def start_recbole(python: Path, work: Path, model: str, budget: float, threads: int) -> subprocess.Popen:
-    settings, _ = MODELS[model]
+def start_peer(peer: str, python: Path, work: Path, model: str, budget: float, threads: int) -> subprocess.Popen:
+    settings = (MODELS if peer == "recbole" else RECTOOLS_MODELS)[model][0]
     arguments = [str(work), RECBOLE_NAMES[model], str(budget), json.dumps({**settings, "threads": threads})]
-    return subprocess.Popen([str(python), str(RUNNER), *arguments], cwd=work)
+    return subprocess.Popen([str(python), str(PEERS[peer]["runner"]), *arguments], cwd=work)
 
 
-def recbole_result(work: Path, model: str, dataset) -> dict:
-    """RecBole's side: each epoch's validation full NDCG@10 by its own evaluator (`recbole_valid_full_ndcg10`) and
-    by mahn's (`valid_full_ndcg10`), its best model's test metrics by mahn's protocol, by mahn's protocol with the
-    history kept (`test_full_history_kept`), and by its own evaluator (`recbole_test`)."""
+def peer_result(peer: str, work: Path, model: str, dataset) -> dict:
+    """The peer's side: each epoch's validation full NDCG@10 by mahn's evaluator (`valid_full_ndcg10`; RecBole's
+    own evaluator's beside it, `recbole_valid_full_ndcg10`), its best model's test metrics by mahn's protocol, by
+    mahn's protocol with the history kept (`test_full_history_kept`), and by RecBole's own evaluator
+    (`recbole_test`)."""
     name = RECBOLE_NAMES[model]
     result = json.loads((work / f"{name}.result.json").read_text())
     ranks, valid = np.load(work / f"{name}.ranks.npz"), np.load(work / f"{name}.valid_ranks.npz")
@@ -130,17 +150,17 @@ def recbole_result(work: Path, model: str, dataset) -> dict:
         epoch = json.loads(line)
         ours = our_metrics(valid[f"epoch{epoch['epoch']}_full_greater"], valid[f"epoch{epoch['epoch']}_full_ties"],
                            dataset.n_items)
-        epochs.append({"epoch": epoch["epoch"], "seconds": epoch["seconds"], "valid_full_ndcg10": ours["NDCG@10"],
-                       "recbole_valid_full_ndcg10": epoch["valid_full_ndcg10"]})
-    return {"library": "RecBole 1.2.1", "epochs": epochs, "scoring_seconds_off_clock": result["scoring_seconds"],
-            "recbole_best_valid_full_ndcg10": result["best_valid_full_ndcg10"],
-            "peak_rss_bytes": result["peak_rss_bytes"],
+        epochs.append({"epoch": epoch["epoch"], "seconds": epoch["seconds"], "valid_full_ndcg10": ours["NDCG@10"]}
+                      | ({"recbole_valid_full_ndcg10": epoch["valid_full_ndcg10"]} if peer == "recbole" else {}))
+    own = ({"recbole_best_valid_full_ndcg10": result["best_valid_full_ndcg10"], "recbole_test": result["recbole_test"]}
+           if peer == "recbole" else {key: result[key] for key in ("items_unknown", "targets_unknown", "settings")})
+    return {"library": PEERS[peer]["library"], "epochs": epochs, "scoring_seconds_off_clock": result["scoring_seconds"],
+            **own, "peak_rss_bytes": result["peak_rss_bytes"],
             "test_full": our_metrics(ranks["full_greater"], ranks["full_ties"], dataset.n_items),
             "test_uni100": our_metrics(ranks["uni100_greater"], ranks["uni100_ties"],
                                        dataset.negatives("test").shape[1] + 1),
             "test_full_history_kept": our_metrics(ranks["full_kept_greater"], ranks["full_kept_ties"],
-                                                  dataset.n_items),
-            "recbole_test": result["recbole_test"]}
+                                                  dataset.n_items)}
 
 
 def mahn_child(dataset_dir: str, run: str, budget: float, values: dict, out: str) -> None:
@@ -175,11 +195,12 @@ def mahn_child(dataset_dir: str, run: str, budget: float, values: dict, out: str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer", choices=list(PEERS), default="recbole")
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--models", default="sasrec,gru4rec")
     parser.add_argument("--budget-minutes", type=float, default=30)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--venv", type=Path, default=ROOT / "runs" / "recbole-venv")
+    parser.add_argument("--venv", type=Path, help="The peer's virtual environment [runs/PEER-venv].")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--same-batch-rows", action="store_true",
@@ -191,31 +212,33 @@ def main() -> int:
     from mahn.data import Dataset
 
     dataset = Dataset(args.dataset)
-    work = (args.work or ROOT / "runs" / "recbole" / args.dataset.name).resolve()
-    python = ensure_venv(args.venv)
+    work = (args.work or ROOT / "runs" / args.peer / args.dataset.name).resolve()
+    python = ensure_venv(args.venv or ROOT / "runs" / f"{args.peer}-venv", PEERS[args.peer]["packages"])
+    models = MODELS if args.peer == "recbole" else RECTOOLS_MODELS
     write_inputs(dataset, work)
     budget = args.budget_minutes * 60
-    report = {"dataset": str(args.dataset), "users": dataset.n_users, "items": dataset.n_items,
+    report = {"peer": PEERS[args.peer]["library"], "dataset": str(args.dataset), "users": dataset.n_users,
+              "items": dataset.n_items,
               "budget_seconds": budget, "threads": args.threads, "models": {}}
     for model in args.models.split(","):
         # A RecBole batch row is one prefix with one target; a mahn row is a user with a target at every
         # position. mahn's batch gets as many users as give RecBole's number of targets a step, so both take
         # the same number of optimiser steps an epoch (--same-batch-rows keeps mahn at RecBole's row count).
-        ours_settings = {**MODELS[model][1], "threads": args.threads,
+        ours_settings = {**models[model][1], "threads": args.threads,
                          **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.mahn_set)}}
         positions = positions_per_user(dataset, ours_settings["max_len"])
-        if not args.same_batch_rows:
+        if args.peer == "recbole" and not args.same_batch_rows:  # RecTools' batch rows are users, as mahn's
             ours_settings["batch_size"] = max(1, round(MODELS[model][0]["train_batch_size"] / positions))
         out = work / f"mahn-{model}.json"
         # both sides train at once, one thread each, so they share whatever else the machine is doing
-        processes = [start_recbole(python, work, model, budget, args.threads),
+        processes = [start_peer(args.peer, python, work, model, budget, args.threads),
                      subprocess.Popen([sys.executable, __file__, "--mahn-child", str(args.dataset),
                                        str(work / "mahn-runs" / model), str(budget), json.dumps(ours_settings),
                                        str(out)])]
         load = os.getloadavg()
         if any(code != 0 for code in [process.wait() for process in processes]):
             raise SystemExit(f"{model}: a side failed (see its output above)")
-        theirs = recbole_result(work, model, dataset)
+        theirs = peer_result(args.peer, work, model, dataset)
         ours = {"library": "mahn", **json.loads(out.read_text()), "settings": ours_settings,
                 "targets_per_user": positions}
         # one yardstick: RecBole's best validation score by mahn's evaluator, and each side's first epoch there
@@ -226,7 +249,7 @@ def main() -> int:
         ours["seconds_to_target"] = reached[0] if reached else None
         ours["best_valid_full_ndcg10"] = max(e["valid_full_ndcg10"] for e in ours["epochs"])
         report["models"][model] = {
-            "recbole": theirs, "mahn": ours, "same_evaluator": True, "target_valid_full_ndcg10": target,
+            "peer": theirs, "mahn": ours, "same_evaluator": True, "target_valid_full_ndcg10": target,
             "speedup": theirs["seconds_to_target"] / ours["seconds_to_target"] if ours["seconds_to_target"] else None,
             "memory_ratio": ours["peak_rss_bytes"] / theirs["peak_rss_bytes"],
             "loadavg_at_start": load, "loadavg_at_end": os.getloadavg()}
@@ -236,31 +259,34 @@ def main() -> int:
     return 0
 
 
+def peer_of(both: dict) -> dict:
+    return both.get("peer") or both["recbole"]  # files written before RecTools joined name the side "recbole"
+
+
 def print_table(report: dict) -> None:
-    print("| model | library | epochs | best valid full NDCG@10 | s to RecBole's best | test full NDCG@10 | "
+    print("| model | library | epochs | best valid full NDCG@10 | s to the peer's best | test full NDCG@10 | "
           "test uni100 NDCG@10 | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for model, both in report["models"].items():
-        theirs = both["recbole"]
-        for side in ("recbole", "mahn"):
-            r = both[side]
+        theirs = peer_of(both)
+        for r in (theirs, both["mahn"]):
             reach = f"{r['seconds_to_target']:,.0f}" if r["seconds_to_target"] is not None else "not reached"
             memory = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB"
-            if side == "mahn":  # against RecBole: how much sooner, what share of its memory
+            if r is both["mahn"]:  # against the peer: how much sooner, what share of its memory
                 if r["seconds_to_target"]:
                     reach += f" ({theirs['seconds_to_target'] / r['seconds_to_target']:.1f}x sooner)"
                 memory += f" ({r['peak_rss_bytes'] / theirs['peak_rss_bytes']:.2f}x)"
             print(f"| {model} | {r['library']} | {len(r['epochs'])} | {r['best_valid_full_ndcg10']:.4f} | {reach} | "
                   f"{r['test_full']['NDCG@10']:.4f} | {r['test_uni100']['NDCG@10']:.4f} | {memory} |")
-    kept = {model: both["recbole"] for model, both in report["models"].items()
-            if "test_full_history_kept" in both["recbole"]}
-    if kept:  # what RecBole's own number measures: its model with the history left among the candidates
-        print("\n| model | RecBole's test full NDCG@10, its evaluator | by mahn's, history kept | by mahn's, history "
-              "removed |")
+    kept = {model: peer_of(both) for model, both in report["models"].items()
+            if "test_full_history_kept" in peer_of(both)}
+    if kept:  # what a peer's own number measures: RecBole leaves the history among the candidates
+        print("\n| model | the peer's own test full NDCG@10 | by mahn's evaluator, history kept | history removed |")
         print("|---|---|---|---|")
         for model, r in kept.items():
-            print(f"| {model} | {r['recbole_test']['ndcg@10']:.4f} | {r['test_full_history_kept']['NDCG@10']:.4f} | "
-                  f"{r['test_full']['NDCG@10']:.4f} |")
+            own = f"{r['recbole_test']['ndcg@10']:.4f}" if "recbole_test" in r else "–"
+            kept_history, removed = r["test_full_history_kept"]["NDCG@10"], r["test_full"]["NDCG@10"]
+            print(f"| {model} | {own} | {kept_history:.4f} | {removed:.4f} |")
 
 
 if __name__ == "__main__":
