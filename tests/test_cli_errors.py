@@ -93,6 +93,9 @@ CASES = [
     case(["reproduce", "data", "--out", "report", "--models", "mahn,nosuch"], ["--models: unknown model(s) nosuch"]),
     case(["reproduce", "data", "--out", "report", "--budget", "huge"], ["--budget must be one of", "quick"]),
     case(["reproduce", "empty", "--out", "report"], ["empty: not a prepared dataset"]),
+    case(["tune", "data", "--model", "nosuch", "--trials", "2", "--out", "tuned"], ["--model: unknown model 'nosuch'"]),
+    case(["tune", "data", "--model", "sasrec", "--trials", "0", "--out", "tuned"], ["--trials: trials must"]),
+    case(["tune", "empty", "--model", "sasrec", "--trials", "2", "--out", "tuned"], ["empty: not a prepared dataset"]),
 ]
 # commands that take no value that could be wrong: an unknown option, refused by Typer itself
 USAGE_CASES = [case(["models", "--bogus"], ["No such option: --bogus"])]

@@ -12,7 +12,7 @@ from mahn.errors import DataError, disk_full
 
 # each module adds its commands to `app`; their order is the order of `mahn --help`
 # isort: off
-from mahn.cli import data, runs, serving, experiments, exporting  # noqa: F401
+from mahn.cli import data, runs, serving, experiments, exporting, tuning  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

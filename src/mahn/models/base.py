@@ -49,8 +49,8 @@ class SequentialModel(nn.Module):
     # settings that make a model that reads content its own ID-only twin (e.g. {"ablate": "vt"}); None: the model
     # reads no content, or cannot do without it
     id_only: dict | None = None
-    # the `full` budget of `mahn reproduce` searches these two settings of the model's own (beside the learning rate
-    # and weight decay), chosen on validation
+    # the `full` budget of `mahn reproduce` and `mahn tune` search these two settings of the model's own (beside the
+    # learning rate and weight decay: mahn.search), chosen on validation
     search: dict[str, list] = {}
     # one of the paper's sequential baselines: a candidate for MAHN's rival in the frequency-group figure
     paper_rival: bool = False

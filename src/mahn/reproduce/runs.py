@@ -29,6 +29,7 @@ from mahn.models import MODELS, build_model, label, make_config, model_class
 from mahn.models.mahn import VARIANTS
 from mahn.reproduce.report import write_report
 from mahn.reproduce.stats import best_vs_best, group_means, paired_tests
+from mahn.search import search_space
 from mahn.settings import RunSettings, TrainConfig, defaults, preset_layer, resolve
 from mahn.training import load_run, train
 
@@ -59,10 +60,9 @@ BUDGETS = {
     # the comparison the numbers in docs/ should come from: the same search for every model, chosen on
     # validation (seed 0): lr x weight decay x two settings of the model's own, 16 trials each, and an
     # epoch cap far enough above where models stop improving (patience 10)
-    "full": Budget("full", epochs=200, patience=10, seeds=5, search={
-        "*": {"lr": [1e-3, 3e-4], "weight_decay": [1e-4, 0.0]},
-        **{name: model.search for name, model in MODELS.items() if model.search},
-    }),
+    # (mahn.search declares the space; `mahn tune` searches the same one)
+    "full": Budget("full", epochs=200, patience=10, seeds=5,
+                   search={name: search_space(name) for name, model in MODELS.items() if model.trainable}),
 }
 
 
@@ -175,7 +175,7 @@ class Reproduction:
 
     def choose(self, model: str, base: dict) -> dict:
         """Pick settings on validation NDCG@10 (seed 0) over the budget's search space."""
-        space = {**self.budget.search.get("*", {}), **self.budget.search.get(model, {})}
+        space = self.budget.search.get(model, {})
         if not space or not model_class(model).trainable:
             return base
         best, best_score = base, -1.0

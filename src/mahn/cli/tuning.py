@@ -1,0 +1,38 @@
+"""The command that searches a model's settings: tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mahn.cli.common import app
+
+
+@app.command()
+def tune(
+    dataset: Path = typer.Argument(..., help="Prepared dataset directory (with features for the multimodal models)."),
+    model: str = typer.Option(..., help="Model name (`mahn models` lists them)."),
+    trials: int = typer.Option(..., help="Trials to finish (complete or pruned), those of earlier calls included."),
+    out: Path = typer.Option(..., "--out", "-o", help="Tune directory: study.db, trials/, best.toml, tune.json "
+                             "(run the same command again to resume)."),
+    minutes: float | None = typer.Option(None, help="Start no new trial after this many minutes."),
+    seed: int = typer.Option(0, help="Seed of the TPE sampler and of every trial's training."),
+    progress: bool = typer.Option(False, help="Optuna's log and a line per epoch."),
+) -> None:
+    """Search a model's settings (the `full` budget's space) with Optuna TPE and pruning on validation NDCG@10;
+    writes OUT/best.toml for `mahn train --config`."""
+    from mahn.reproduce import BUDGETS
+    from mahn.tune import tune as run_tune
+
+    # the `full` budget's epoch cap and patience, so a trial costs what a cell of its grid costs
+    full = BUDGETS["full"]
+    summary = run_tune(dataset, out, model, trials, minutes=minutes, seed=seed,
+                       base={"epochs": full.epochs, "patience": full.patience}, progress=progress, say=typer.echo)
+    best = summary["best"]
+    if best is None:  # --minutes spent before a trial finished
+        typer.echo(f"tuned {out}: no trial finished yet; run the command again to go on")
+        return
+    typer.echo(f"tuned {out}: {summary['finished']} trials finished; best trial {best['number']:04d} "
+               f"(valid NDCG@10 full {best['valid_full_ndcg10']:.4f}): "
+               f"mahn train {dataset} --config {out / 'best.toml'} --out RUN")

@@ -1,0 +1,217 @@
+"""`mahn tune`: Optuna's TPE search over one model's settings on validation full NDCG@10, with pruning.
+
+The space is the one the `full` budget of `mahn reproduce` tries as a grid (mahn.search): each setting is a
+categorical choice among the same declared values, never a continuous range, so the two searches cover the
+same space and the time each takes to reach a validation score compares fairly. Each trial trains a normal
+run folder, OUT/trials/NNNN/, reports its best validation full NDCG@10 so far after every epoch, and a
+MedianPruner stops it when that is below the median of the earlier trials at the same epoch. Settings that
+TPE picks again are told their earlier result without training (the same settings and seed train the same
+run), and the tune ends early once every point of the space has been tried.
+
+The study lives in OUT/study.db (SQLite) under a name fixed by the model, so running the same command again
+resumes it: a trial left running by a killed tune is marked FAIL and its settings are tried again (a new
+trial, trained from scratch), and the tune ends when `trials` trials have finished (complete or pruned),
+those of earlier calls included. OUT/best.toml holds the best trial's settings for `mahn train --config`;
+OUT/tune.json every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from mahn.data import Dataset
+from mahn.errors import DataError
+from mahn.io import lock_folder, write_bytes, write_json
+from mahn.models import build_model, make_config, model_class
+from mahn.search import search_space
+from mahn.settings import defaults, resolve
+from mahn.training import train
+
+PRUNE_AFTER_TRIALS = 4  # completed trials before any is pruned: the median needs some to compare with
+PRUNE_AFTER_EPOCHS = 5  # epochs every trial trains before it can be pruned: the first few say little
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise DataError('mahn tune needs optuna: pip install "mahn[tune]"') from None
+    return optuna
+
+
+def make_pruner():
+    optuna = import_optuna()
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=PRUNE_AFTER_EPOCHS)
+
+
+def tune(dataset_dir: str | Path, out: str | Path, model: str, trials: int, minutes: float | None = None,
+         seed: int = 0, base: dict | None = None, progress: bool = False, say=print) -> dict:
+    """Run (or resume) the study in `out` until `trials` trials have finished or `minutes` have passed;
+    `base` holds settings every trial shares (e.g. epochs). Returns what OUT/tune.json holds."""
+    optuna = import_optuna()
+    out = Path(out)
+    if trials < 1:
+        raise DataError(f"trials must be at least 1, got {trials}", "--trials")
+    if minutes is not None and minutes <= 0:
+        raise DataError(f"minutes must be positive, got {minutes}", "--minutes")
+    space = search_space(model)
+    if not model_class(model).trainable:
+        raise DataError(f"{model} learns nothing: there is nothing to tune", "--model")
+    dataset = Dataset(dataset_dir)
+    fixed = {**(base or {}), "model": model, "seed": seed}
+    resolve(("tune", fixed))  # bad settings are refused here, before anything is written
+    build_model(model, make_config(model, defaults(model) | fixed), dataset)  # and so are missing features
+    if out.is_dir() and not (out / "study.db").exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise DataError("not empty and not a tune folder (no study.db); choose another --out", out)
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
+    lock = lock_folder(out, "tuning into this folder")
+    try:
+        return _tune(optuna, Path(dataset_dir), out, model, space, trials, minutes, fixed, progress, say)
+    finally:
+        os.close(lock)
+
+
+def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, list], trials: int,
+          minutes: float | None, fixed: dict, progress: bool, say) -> dict:
+    from optuna.trial import TrialState
+
+    started, cpu = time.perf_counter(), time.process_time()
+    name = f"mahn-tune-{model}"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}")
+    others = [n for n in optuna.study.get_all_study_names(storage) if n != name]
+    if others:
+        raise DataError(f"holds another study ({others[0]}); choose another --out", out)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=fixed["seed"]), pruner=make_pruner())
+    identity = {"dataset": str(dataset_dir.resolve()), "settings": fixed, "space": space}
+    saved = study.user_attrs.get("identity")
+    if saved is None:
+        study.set_user_attr("identity", identity)
+    elif saved != identity:
+        raise DataError(f"holds a study of other data, settings or space ({json.dumps(saved)}); choose another --out",
+                        out)
+    # this process holds the folder's lock, so a running trial is one a killed tune left: try its settings again
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+        say(f"trial {trial.number:04d} was cut short: its settings are tried again")
+
+    distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
+    stopped = None
+    while finished(study) < trials:
+        if minutes is not None and time.perf_counter() - started > minutes * 60:
+            stopped = f"--minutes {minutes:g} spent"
+        elif len({json.dumps(t.params, sort_keys=True) for t in finished_trials(study)}) == math.prod(
+                len(values) for values in space.values()):
+            stopped = "every setting of the space tried"
+        if stopped:
+            say(f"{stopped}: no new trial started")
+            break
+        trial = study.ask(distributions)
+        earlier = next((t for t in finished_trials(study) if t.params == trial.params), None)
+        if earlier is None:
+            run_trial(optuna, study, trial, dataset_dir, out, fixed, progress, say)
+        else:
+            repeat(study, trial, earlier, say)
+    return write_summary(study, out, space, trials, fixed, stopped,
+                         {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu})
+
+
+def finished_trials(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
+
+
+def finished(study) -> int:
+    return len(finished_trials(study))
+
+
+def repeat(study, trial, earlier, say) -> None:
+    """Tell `trial` the result of the finished `earlier` with the same settings, without training: TPE picks a
+    set of categorical values again now and then, and the same settings with the same seed train the same run."""
+    for key, value in (earlier.user_attrs | {"seconds": 0.0, "cpu_seconds": 0.0, "same_as": earlier.number}).items():
+        trial.set_user_attr(key, value)
+    for step, value in earlier.intermediate_values.items():  # what the pruner compares later trials with
+        trial.report(value, step)
+    study.tell(trial, earlier.value if earlier.state.name == "COMPLETE" else None, state=earlier.state)
+    say(f"trial {trial.number:04d}: the settings of trial {earlier.number:04d}, not trained again")
+
+
+def run_trial(optuna, study, trial, dataset_dir: Path, out: Path, fixed: dict, progress: bool, say) -> None:
+    from optuna.trial import TrialState
+
+    settings = resolve(("tune", {"progress": progress, **fixed}), (f"trial {trial.number}", trial.params))
+    scores: list[float] = []
+
+    def after_epoch(record: dict) -> None:
+        scores.append(record["valid"]["full"]["NDCG@10"])
+        # the best so far, as the run keeps its best epoch: one noisy epoch should not get a trial pruned
+        trial.report(max(scores), record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned  # stops train(); the run folder keeps what it trained
+
+    started, cpu = time.perf_counter(), time.process_time()
+    try:
+        train(dataset_dir, out / "trials" / f"{trial.number:04d}", settings, force=True, on_epoch_end=after_epoch)
+        state = TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except Exception:
+        study.tell(trial, state=TrialState.FAIL)  # would fail again: not retried on resume
+        raise
+    for key, value in {"valid_full_ndcg10": max(scores), "epochs": len(scores),
+                       "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, max(scores) if state == TrialState.COMPLETE else None, state=state)
+    say(f"trial {trial.number:04d} {state.name.lower()} after {len(scores)} epochs: valid NDCG@10 full "
+        f"{max(scores):.4f}  {' '.join(f'{k}={v}' for k, v in trial.params.items())}")
+
+
+def write_summary(study, out: Path, space: dict[str, list], trials: int, fixed: dict, stopped: str | None,
+                  this_call: dict[str, float]) -> dict:
+    """OUT/tune.json (every trial) and OUT/best.toml (the best finished trial's settings)."""
+    rows = [{"number": t.number, "state": t.state.name, "settings": t.params,
+             "valid_full_ndcg10": t.user_attrs.get("valid_full_ndcg10"), "epochs": t.user_attrs.get("epochs"),
+             "seconds": t.user_attrs.get("seconds"), "cpu_seconds": t.user_attrs.get("cpu_seconds"),
+             "same_as": t.user_attrs.get("same_as")}
+            for t in study.get_trials(deepcopy=False)]
+    done = [r for r in rows if r["state"] in FINISHED]
+    best = max(done, key=lambda r: r["valid_full_ndcg10"], default=None)  # the first of equals
+    summary = {"model": fixed["model"], "dataset": study.user_attrs["identity"]["dataset"], "settings": fixed,
+               "space": space, "trials_asked": trials, "finished": len(done), "stopped": stopped,
+               "best": best, "trials": rows,
+               # over every trial of every call (a trial cut short by a kill has no time recorded)
+               "seconds": {"wall": sum(r["seconds"] or 0 for r in rows),
+                           "cpu": sum(r["cpu_seconds"] or 0 for r in rows)},
+               "this_call_seconds": this_call}
+    if best is not None:
+        values = {**fixed, **best["settings"]}
+        values = {"model": values.pop("model"), **values}
+        header = (f"# mahn tune: trial {best['number']:04d}, the best of {len(done)} finished (valid NDCG@10 full "
+                  f"{best['valid_full_ndcg10']:.4f}); use with `mahn train DATA --config best.toml`\n")
+        write_bytes(out / "best.toml", to_toml(values, header).encode())
+    write_json(out / "tune.json", summary)
+    return summary
+
+
+def to_toml(values: dict[str, Any], header: str = "") -> str:
+    """A flat TOML table of scalars (tomllib reads TOML but nothing in the standard library writes it)."""
+    def literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)  # a float keeps its point or exponent: 0.0 and 1e-05 read back as floats
+        if isinstance(value, str):
+            return json.dumps(value)
+        raise TypeError(f"no TOML form for {value!r}")
+
+    text = header + "".join(f"{key} = {literal(value)}\n" for key, value in values.items())
+    assert tomllib.loads(text) == values, text
+    return text
