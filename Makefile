@@ -31,8 +31,10 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  { echo "make test needs Chromium for the page test: sudo apt-get install chromium (or MAHN_NO_BROWSER=1 make test to skip it)" >&2; exit 2; }
 
+# two workers, one per core (each test runs torch on one thread); a test file stays on one worker, so its
+# module fixtures (trained runs) are made once
 test: setup lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 demo: setup
 	$(BIN)/mahn demo --out $(DEMO_DIR)
