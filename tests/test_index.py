@@ -70,3 +70,16 @@ def test_unknown_index_is_refused():
     result = CliRunner().invoke(app, ["serve", "no-such-run", "--index", "annoy"])
     # refused for the index, before the (missing) run is looked at
     assert result.exit_code != 0 and "unknown index 'annoy'" in str(result.exception), result.exception
+
+
+def test_mahn_serve_passes_the_index_defaults_the_benchmark_measured(monkeypatch, tmp_path):
+    """`mahn serve` without --probes/--ef-search serves with mahn.index's defaults, the ones
+    benchmarks/ann_recall.py measured, and with --index auto."""
+    import mahn.serve.process
+
+    seen = {}
+    monkeypatch.setattr(mahn.serve.process, "run_server", lambda run, **settings: seen.update(settings))
+    result = CliRunner().invoke(app, ["serve", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen["index"] == "auto" and seen["probes"] == IVFSettings().probes == 1024
+    assert seen["ef_search"] == HNSWSettings().ef_search

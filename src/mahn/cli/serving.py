@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mahn.cli.common import DEVICE_HELP, app, fail
+from mahn.index import HNSWSettings, IVFSettings
 
 
 @app.command()
@@ -25,9 +26,10 @@ def serve(
     index: str = typer.Option("auto", help="How the trained items are ranked: exact (score every item), ivf or "
                               "hnsw (approximate top-k for catalogues of millions of items; need faiss-cpu), or "
                               "auto (exact below 100,000 trained items, ivf from there)."),
-    ef_search: int = typer.Option(256, help="hnsw: candidates kept per search (more: better recall, slower; "
-                                  "docs/serving.md#large-catalogues---index)."),
-    probes: int = typer.Option(64, help="ivf: lists scanned per query (more: better recall, slower)."),
+    ef_search: int = typer.Option(HNSWSettings.ef_search, help="hnsw: candidates kept per search (more: better "
+                                  "recall, slower; docs/serving.md#large-catalogues---index)."),
+    probes: int = typer.Option(IVFSettings.probes, help="ivf: lists visited per query (more: better recall, "
+                               "slower)."),
     token_file: Path | None = typer.Option(None, help="A file holding the token that every write (adding items, "
                                            "swapping the model) must send as `Authorization: Bearer TOKEN` "
                                            "(default: $MAHN_SERVE_TOKEN; none: writes are open, loopback only)."),
