@@ -55,9 +55,6 @@ RECTOOLS_MODELS = {
                   "mask_prob": 0.6, "lr": 0.001, "batch_size": 128},
                  {"model": "bert4rec", "dim": 64, "max_len": 50, "batch_size": 128, "lr": 0.001}),
 }
-PEERS = {"recbole": {"library": "RecBole 1.2.1", "runner": RUNNER, "packages": PACKAGES},
-         "rectools": {"library": "RecTools 0.19.0", "runner": Path(__file__).with_name("rectools") / "runner.py",
-                      "packages": ["torch==2.13.0", "rectools[torch]==0.19.0"]}}
 # (RecBole settings, mahn settings): the same architecture, history length and loss where both offer it
 MODELS = {
     "sasrec": ({"hidden_size": 50, "inner_size": 50, "n_layers": 2, "n_heads": 1, "hidden_dropout_prob": 0.2,
@@ -80,6 +77,10 @@ MODELS = {
                "loss_type": "CE", "train_neg_sample_args": None, "train_batch_size": 256, "learning_rate": 0.001},
               {"model": "caser", "dim": 50, "max_len": 50, "loss": "ce", "batch_size": 256, "lr": 0.001}),
 }
+
+PEERS = {"recbole": {"library": "RecBole 1.2.1", "runner": RUNNER, "packages": PACKAGES, "models": MODELS},
+         "rectools": {"library": "RecTools 0.19.0", "runner": Path(__file__).with_name("rectools") / "runner.py",
+                      "packages": ["torch==2.13.0", "rectools[torch]==0.19.0"], "models": RECTOOLS_MODELS}}
 
 
 def ensure_venv(venv: Path, packages: list[str]) -> Path:
@@ -132,7 +133,7 @@ def our_metrics(greater: np.ndarray, ties: np.ndarray, candidates: int) -> dict[
 
 
 def start_peer(peer: str, python: Path, work: Path, model: str, budget: float, threads: int) -> subprocess.Popen:
-    settings = (MODELS if peer == "recbole" else RECTOOLS_MODELS)[model][0]
+    settings = PEERS[peer]["models"][model][0]
     arguments = [str(work), RECBOLE_NAMES[model], str(budget), json.dumps({**settings, "threads": threads})]
     return subprocess.Popen([str(python), str(PEERS[peer]["runner"]), *arguments], cwd=work)
 
@@ -214,7 +215,7 @@ def main() -> int:
     dataset = Dataset(args.dataset)
     work = (args.work or ROOT / "runs" / args.peer / args.dataset.name).resolve()
     python = ensure_venv(args.venv or ROOT / "runs" / f"{args.peer}-venv", PEERS[args.peer]["packages"])
-    models = MODELS if args.peer == "recbole" else RECTOOLS_MODELS
+    models = PEERS[args.peer]["models"]
     write_inputs(dataset, work)
     budget = args.budget_minutes * 60
     report = {"peer": PEERS[args.peer]["library"], "dataset": str(args.dataset), "users": dataset.n_users,
@@ -228,7 +229,7 @@ def main() -> int:
                          **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.mahn_set)}}
         positions = positions_per_user(dataset, ours_settings["max_len"])
         if args.peer == "recbole" and not args.same_batch_rows:  # RecTools' batch rows are users, as mahn's
-            ours_settings["batch_size"] = max(1, round(MODELS[model][0]["train_batch_size"] / positions))
+            ours_settings["batch_size"] = max(1, round(models[model][0]["train_batch_size"] / positions))
         out = work / f"mahn-{model}.json"
         # both sides train at once, one thread each, so they share whatever else the machine is doing
         processes = [start_peer(args.peer, python, work, model, budget, args.threads),

@@ -45,3 +45,20 @@ def make_dataset(out: Path, users: int = 40, items: int = 30, clusters: int = 3,
         manifest["features"][modality] = {"dim": dim}
     write_json(out / "manifest.json", manifest)
     return out
+
+
+def make_coded_dataset(out: Path, users: int = 30, items: int = 20, period: int = 4) -> Path:
+    """make_dataset without features, then discrete codes for every item (items.parquet `image_codes` and
+    `text_codes`: [i % period, i % 5, 7, i] and the same list reversed over items) turned into its image and text
+    features by the `codes` encoders."""
+    import orjson
+
+    from mahn.features import FeatureConfig, extract_features
+
+    make_dataset(out, users=users, items=items, modalities=())
+    table = pl.read_parquet(out / "items.parquet")
+    codes = [orjson.dumps([i % period, i % 5, 7, i]).decode() for i in range(table.height)]
+    table.with_columns(image_codes=pl.Series(codes), text_codes=pl.Series(codes[::-1])).write_parquet(
+        out / "items.parquet")
+    extract_features(out, FeatureConfig(image="codes", text="codes", progress=False, workers=1))
+    return out

@@ -24,7 +24,7 @@ from mahn.io import read_json
 from mahn.models import build_model
 from mahn.settings import resolve
 from mahn.training import load_run, train
-from synthetic import make_dataset
+from synthetic import make_coded_dataset, make_dataset
 
 # --- a small demo shop with real image (EfficientNet-Lite0) and title (MiniLM) features ---
 
@@ -286,17 +286,9 @@ def test_cli_add_items_prints_the_count(shop, run, tmp_path):
 
 
 def test_code_features_are_encoded_from_the_records_and_tied_to_the_dataset_features(tmp_path):
-    import polars as pl
-
-    from mahn.features import FeatureConfig, extract_features
     from mahn.io import write_json
 
-    data = make_dataset(tmp_path / "data", users=30, items=20, modalities=())
-    table = pl.read_parquet(data / "items.parquet")
-    codes = [orjson.dumps([i % 4, i % 5, 7, i]).decode() for i in range(table.height)]
-    table.with_columns(image_codes=pl.Series(codes), text_codes=pl.Series(codes[::-1])).write_parquet(
-        data / "items.parquet")
-    extract_features(data, FeatureConfig(image="codes", text="codes", progress=False))
+    data = make_coded_dataset(tmp_path / "data", period=4)
     train(data, tmp_path / "run", resolve(("t", {"dim": 4, "epochs": 1, "batch_size": 32, "max_len": 6,
                                                  "progress": False})))
     report = add_item_records(tmp_path / "run", [{"key": "n1", "image_codes": [1, 2, 3, 4], "text_codes": "[0,0,0,0]"},

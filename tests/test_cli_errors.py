@@ -5,13 +5,13 @@ process (sys.argv patched), so the DataError -> exit code 2 path is the one test
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import typer
 
-from mahn.cli import app, main
+from console import run_mahn
+from mahn.cli import app
 from mahn.settings import resolve
 from mahn.training import train
 from synthetic import make_dataset
@@ -107,14 +107,6 @@ def state(root: Path) -> dict[str, tuple[int, int] | None]:
             for p in root.rglob("*")}
 
 
-def mahn(monkeypatch, capsys, args: list[str]) -> tuple[int | str | None, str, str]:
-    monkeypatch.setattr(sys, "argv", ["mahn", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
-
-
 @pytest.fixture
 def in_root(root, monkeypatch):
     """Run from `root`; `serve` must never take a port; what the commands change in os.environ is put back."""
@@ -142,7 +134,7 @@ def test_every_command_has_a_bad_input_case():
 @pytest.mark.parametrize("args, fragments", CASES)
 def test_bad_input_is_one_line_naming_it(in_root, monkeypatch, capsys, args, fragments):
     before = state(in_root)
-    code, out, err = mahn(monkeypatch, capsys, args)
+    code, out, err = run_mahn(monkeypatch, capsys, args)
     assert "Traceback" not in out + err
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -155,7 +147,7 @@ def test_bad_input_is_one_line_naming_it(in_root, monkeypatch, capsys, args, fra
 
 @pytest.mark.parametrize("args, fragments", USAGE_CASES)
 def test_unknown_option_is_a_usage_error(in_root, monkeypatch, capsys, args, fragments):
-    code, out, err = mahn(monkeypatch, capsys, args)
+    code, out, err = run_mahn(monkeypatch, capsys, args)
     assert code == 2
     assert "Traceback" not in out + err
     assert "Usage: " in err and f" {args[0]} [OPTIONS]" in err  # the program name is how pytest was started
@@ -175,7 +167,7 @@ def test_help_shows_each_default_in_brackets():
 
 
 def test_features_grid_says_how_many_neighbours_it_drew(root, tmp_path, monkeypatch, capsys):
-    code, out, err = mahn(monkeypatch, capsys, ["features-grid", str(root / "data"), "--out",
+    code, out, err = run_mahn(monkeypatch, capsys, ["features-grid", str(root / "data"), "--out",
                                                 str(tmp_path / "grid.png"), "--k", "50", "--queries", "2"])
     assert code in (0, None), err
     assert "2 queries x 19 neighbours by image (asked for 50; only 19 other items have image features)" in out

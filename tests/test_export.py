@@ -5,22 +5,20 @@ writes nothing."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 import torch
 
 import mahn
-from mahn.cli import main
+from console import run_mahn
 from mahn.errors import DataError
 from mahn.export import export_onnx
 from mahn.io import read_json
 from mahn.settings import resolve
 from mahn.training import train
-from synthetic import make_dataset
+from synthetic import make_coded_dataset, make_dataset
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -145,17 +143,9 @@ def test_the_snippets_of_the_docs_recommend_what_mahn_does(root, capsys):
 
 
 def test_items_added_after_training_are_exported_and_read_in_a_history(tmp_path):
-    import polars as pl
-
     from mahn.catalog import add_item_records
-    from mahn.features import FeatureConfig, extract_features
 
-    data = make_dataset(tmp_path / "data", users=30, items=20, modalities=())
-    table = pl.read_parquet(data / "items.parquet")
-    codes = [orjson.dumps([i % 3, i % 5, 7, i]).decode() for i in range(table.height)]
-    table.with_columns(image_codes=pl.Series(codes), text_codes=pl.Series(codes[::-1])).write_parquet(
-        data / "items.parquet")
-    extract_features(data, FeatureConfig(image="codes", text="codes", progress=False, workers=1))
+    data = make_coded_dataset(tmp_path / "data", period=3)
     train(data, tmp_path / "run", settings("mahn"))
     add_item_records(tmp_path / "run", [{"key": "n1", "image_codes": [1, 2, 3, 4], "text_codes": "[0,1,7,9]"},
                                         {"key": "n2", "image_codes": [2, 0, 7, 5]}])
@@ -171,15 +161,6 @@ def test_items_added_after_training_are_exported_and_read_in_a_history(tmp_path)
     assert top_keys(scores, meta["keys"]) == [[r.key for r in rec] for rec in recommender.recommend_batch(histories)]
 
 
-def mahn_cli(monkeypatch, capsys, args: list[str]) -> tuple[int | str | None, str, str]:
-    """`mahn ARGS` through the console entry point (DataError -> one line, exit code 2): (code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["mahn", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
-
-
 @pytest.mark.parametrize("args, message", [
     (["runs/sasrec", "--format", "tflite", "--out", "new"], "error: --format: unknown format 'tflite'; choose onnx"),
     (["no-such-run", "--out", "new"], "error: no-such-run: not a training run (no config.json)"),
@@ -188,7 +169,7 @@ def mahn_cli(monkeypatch, capsys, args: list[str]) -> tuple[int | str | None, st
 def test_bad_input_is_one_line_and_writes_nothing(root, monkeypatch, capsys, args, message):
     monkeypatch.chdir(root)
     before = {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
-    code, _, err = mahn_cli(monkeypatch, capsys, ["export", *args])
+    code, _, err = run_mahn(monkeypatch, capsys, ["export", *args])
     assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
     assert {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} == before
 
@@ -196,7 +177,7 @@ def test_bad_input_is_one_line_and_writes_nothing(root, monkeypatch, capsys, arg
 def test_the_cli_writes_the_export(root, monkeypatch, capsys):
     monkeypatch.chdir(root)
     (root / "empty").mkdir()  # an empty folder is written into without --force
-    code, out, err = mahn_cli(monkeypatch, capsys, ["export", "runs/gru4rec", "--format", "onnx", "--out", "empty"])
+    code, out, err = run_mahn(monkeypatch, capsys, ["export", "runs/gru4rec", "--format", "onnx", "--out", "empty"])
     assert code in (0, None), err
     assert out.startswith("exported GRU4Rec to empty: encoder.onnx (histories -> states of 9)")
     assert sorted(p.name for p in (root / "empty").iterdir()) == ["encoder.onnx", "export.json", "items.npy"]

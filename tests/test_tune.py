@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mahn.tune as tune_module
-from mahn.cli import main
+from console import run_mahn
 from mahn.errors import DataError
 from mahn.io import read_json
 from mahn.models import MODELS
@@ -115,12 +115,10 @@ def test_a_trial_below_the_pruners_bar_is_pruned(data, tmp_path, monkeypatch):
 ])
 def test_bad_input_exits_2_and_writes_nothing(data, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
-    argv = ["mahn", "tune", *(str(data) if a == "DATA" else a for a in args), "--out", "tuned"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exited:
-        main()
-    err = capsys.readouterr().err.strip()
-    assert exited.value.code == 2 and err.splitlines() == [err] and fragment in err, err
+    code, _, err = run_mahn(monkeypatch, capsys, ["tune", *(str(data) if a == "DATA" else a for a in args),
+                                                  "--out", "tuned"])
+    err = err.strip()
+    assert code == 2 and err.splitlines() == [err] and fragment in err, err
     assert not (tmp_path / "tuned").exists()
 
 

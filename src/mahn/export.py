@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -197,8 +196,7 @@ def export_onnx(run: str | Path, out: str | Path, force: bool = False) -> dict:
     table = recommender.item_table().float().cpu().numpy()
     encoder = ENCODERS.get(name, Encoder)(separate_projections(reader)).eval()
     with_users = needs_users(name)
-    user_keys = (pq.read_table(recommender.dataset.root / "users.parquet", columns=["key"])["key"].to_pylist()
-                 if with_users else [])
+    user_keys = recommender.dataset.user_keys() if with_users else []
     inputs = ["histories", "users"] if with_users else ["histories"]
     axes = {"histories": {0: "batch", 1: "length"}, "users": {0: "batch"}, "states": {0: "batch"}}
 

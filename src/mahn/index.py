@@ -103,7 +103,8 @@ class IVFIndex:
         # once there are items enough to train its 16 levels per dimension; floats below that
         codes = f"PQ{self.width}x4fs" if self.size >= QUANTISE_FROM else "Flat"
         self.index = faiss.index_factory(self.width, f"IVF{self.lists},{codes}")
-        faiss.extract_index_ivf(self.index).cp.seed = seed
+        self.lists_index = faiss.extract_index_ivf(self.index)  # the inverted lists: seed and probes are set there
+        self.lists_index.cp.seed = seed
         sample = np.random.default_rng(seed).choice(self.size, min(self.size, TRAIN_PER_LIST * self.lists),
                                                     replace=False)
         self.index.train(lifted[np.sort(sample)])
@@ -113,8 +114,7 @@ class IVFIndex:
         """(inner products, ids), each (queries, k), best first; an id of -1 where fewer than k were found."""
         k = min(k, self.size)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        faiss_ivf = _faiss().extract_index_ivf(self.index)
-        faiss_ivf.nprobe = min(self.settings.probes, self.lists)
+        self.lists_index.nprobe = min(self.settings.probes, self.lists)
         padded = np.zeros((len(queries), self.width), np.float32)
         padded[:, : self.dim] = queries
         _, ids = self.index.search(padded, min(self.size, max(k, self.settings.candidates)))

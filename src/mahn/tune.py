@@ -105,18 +105,18 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
         say(f"trial {trial.number:04d} was cut short: its settings are tried again")
 
     distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
+    points = math.prod(len(values) for values in space.values())
     stopped = None
-    while finished(study) < trials:
+    while len(done := finished_trials(study)) < trials:
         if minutes is not None and time.perf_counter() - started > minutes * 60:
             stopped = f"--minutes {minutes:g} spent"
-        elif len({json.dumps(t.params, sort_keys=True) for t in finished_trials(study)}) == math.prod(
-                len(values) for values in space.values()):
+        elif len({json.dumps(t.params, sort_keys=True) for t in done}) == points:
             stopped = "every setting of the space tried"
         if stopped:
             say(f"{stopped}: no new trial started")
             break
         trial = study.ask(distributions)
-        earlier = next((t for t in finished_trials(study) if t.params == trial.params), None)
+        earlier = next((t for t in done if t.params == trial.params), None)
         if earlier is None:
             run_trial(optuna, study, trial, dataset_dir, out, fixed, progress, say)
         else:
@@ -127,10 +127,6 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
 
 def finished_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
-
-
-def finished(study) -> int:
-    return len(finished_trials(study))
 
 
 def repeat(study, trial, earlier, say) -> None:

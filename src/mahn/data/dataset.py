@@ -103,6 +103,12 @@ class Dataset:
 
         return pl.read_parquet(self.root / "items.parquet")
 
+    def user_keys(self) -> list[str]:
+        """users.parquet `key` in user id order: user u's key is user_keys()[u]."""
+        table = pq.read_table(self.root / "users.parquet", columns=["user", "key"])
+        keys = table["key"].to_pylist()
+        return [keys[i] for i in np.argsort(table["user"].to_numpy(), kind="stable")]
+
     def titles(self) -> list[str]:
         table = self.item_metadata
         column = "title" if "title" in table.columns else "key"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow.parquet as pq
 from fastapi import HTTPException
 
 from mahn.api import Recommender
@@ -21,9 +19,7 @@ class UserIndex:
 
     def __init__(self, recommender: Recommender):
         dataset = self.dataset = recommender.dataset
-        table = pq.read_table(dataset.root / "users.parquet", columns=["user", "key"])
-        ids, keys = table["user"].to_numpy(), table["key"].to_pylist()
-        self.keys: list[str] = [keys[i] for i in np.argsort(ids, kind="stable")]
+        self.keys: list[str] = dataset.user_keys()
         self.ids = {k: u for u, k in enumerate(self.keys)}
         self.folded = [k.casefold() for k in self.keys]
         self.train_counts = dataset.train_ends - dataset.offsets[:-1]

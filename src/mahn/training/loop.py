@@ -62,23 +62,19 @@ def make_optimizer(model: SequentialModel, config: TrainConfig):
     if config.optimizer == "lazy-adam":  # embedding tables sparse, their untouched rows left alone (lazy_adam.py)
         make_tables_sparse(model)
         optimizer = LazyAdam(groups, lr=config.lr)
-        return optimizer, make_scheduler(optimizer, config)
-    adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    # fused: one pass over each parameter's memory instead of one per operation (Adam updates every row of an
-    # item table each step; on a 500k-item table the step took 4x less time: docs/performance.md)
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
-    optimizer = adam(groups, lr=config.lr, fused=True if fused else None)
-    return optimizer, make_scheduler(optimizer, config)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    else:
+        adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        # fused: one pass over each parameter's memory instead of one per operation (Adam updates every row of an
+        # item table each step; on a 500k-item table the step took 4x less time: docs/performance.md)
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
+        optimizer = adam(groups, lr=config.lr, fused=True if fused else None)
     if config.lr_schedule == "plateau":  # stepped with the validation score: lr_step bad epochs, then lr_gamma
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_gamma,
                                                                patience=config.lr_step - 1, threshold=0.0)
     else:
         gamma = config.lr_gamma if config.lr_schedule == "step" else 1.0
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=gamma)
-    return scheduler
+    return optimizer, scheduler
 
 
 def train_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, dataset: Dataset, users: np.ndarray,
