@@ -2,7 +2,7 @@
 protocols, the epochs, and, where the dataset has them, the test users whose target was never bought in
 training and the new items of a new-item split.
 
-Usage: python scripts/probe_table.py OUT [OUT ...] [--untrained]
+Usage: python scripts/probe_table.py OUT [OUT ...] [--untrained] [--json FILE]
 Rows: one per NAME.test.json in OUT. `--untrained` reloads each run to split its test users by whether their
 target was bought in training (full-ranking HR@10 of each part); it needs the dataset the run was trained on.
 """
@@ -57,21 +57,33 @@ def untrained_split(run: Path) -> tuple[float, float, int]:
         untrained.sum())
 
 
-def table(folder: Path, untrained: bool) -> str:
-    header = ["run", "flags", "epochs (best)", "valid full", "valid uni100", "test full", "test uni100"]
-    rows = []
+def records(folder: Path) -> list[dict]:
+    """One record per NAME.test.json in `folder`: the run, its flags, epochs, and validation and test NDCG@10."""
+    out = []
     for path in sorted(folder.glob("*.test.json")):
         name = path.name.removesuffix(".test.json")
         test = orjson.loads(path.read_bytes())
         summary = orjson.loads((folder / name / "summary.json").read_bytes())
-        row = [name, f"`{flags(folder / name)}`", f"{summary['epochs']} ({summary['best_epoch']})"]
-        row += [f"{summary['valid'][p]['NDCG@10']:.4f}" for p in ("full", "uni100")]
-        row += [f"{test[p]['NDCG@10']:.4f}" for p in ("full", "uni100")]
-        new = test.get("new_items")
-        if new:
-            row += [f"{new['full']['HR@10']:.4f}", f"{new['uni100']['HR@10']:.4f}"]
+        out.append({"run": name, "flags": flags(folder / name), "epochs": summary["epochs"],
+                    "best_epoch": summary["best_epoch"],
+                    "valid": {p: summary["valid"][p]["NDCG@10"] for p in ("full", "uni100")},
+                    "test": {p: test[p]["NDCG@10"] for p in ("full", "uni100")},
+                    "new_items": {p: test["new_items"][p]["HR@10"] for p in ("full", "uni100")}
+                    if test.get("new_items") else None})
+    return out
+
+
+def table(folder: Path, untrained: bool) -> str:
+    header = ["run", "flags", "epochs (best)", "valid full", "valid uni100", "test full", "test uni100"]
+    rows = []
+    for record in records(folder):
+        row = [record["run"], f"`{record['flags']}`", f"{record['epochs']} ({record['best_epoch']})"]
+        row += [f"{record['valid'][p]:.4f}" for p in ("full", "uni100")]
+        row += [f"{record['test'][p]:.4f}" for p in ("full", "uni100")]
+        if record["new_items"]:
+            row += [f"{record['new_items'][p]:.4f}" for p in ("full", "uni100")]
         if untrained:
-            bought, unbought, count = untrained_split(folder / name)
+            bought, unbought, count = untrained_split(folder / record["run"])
             row += [f"{bought:.4f}", f"{unbought:.4f}" if np.isfinite(unbought) else "–"]
         rows.append(row)
     if any(len(r) > len(header) + (2 if untrained else 0) for r in rows):
@@ -88,8 +100,14 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--untrained", action="store_true", help="split test users by whether their target was "
                         "bought in training (reloads each run)")
+    parser.add_argument("--json", type=Path, help="also write every folder's records (run, flags, epochs, "
+                        "validation and test NDCG@10) to this file, to commit beside the doc that quotes them")
     args = parser.parse_args()
     print("\n\n".join(table(folder, args.untrained) for folder in args.folders))
+    if args.json:
+        from mahn.io import write_json
+
+        write_json(args.json, {str(folder): records(folder) for folder in args.folders})
 
 
 if __name__ == "__main__":
