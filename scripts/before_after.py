@@ -6,6 +6,10 @@ The runs come from `scripts/defaults.sh before|after DATASET...` (an "after" run
 seed 0 of `scripts/defaults.sh report DATASET`, the same command); a run still missing on either side is shown
 as "…" and left out of the JSON. The JSON is what the README's numbers on today's defaults are read from.
 
+Where a row has more seeds (`MODEL-seed1`, `MODEL-seed2` in runs/before/DATASET and runs/after/DATASET:
+runs/lanes-style `scripts/probe.sh ... --seed N`), the row is the mean over the seeds both sides have, and
+the table says how many.
+
 Per dataset it also pairs the best multimodal run (MAHN, MGT) with the best ID-only one (SASRec, BERT4Rec,
 GRU4Rec) of today's defaults, each chosen by validation full NDCG@10, and tests them on per-user test NDCG@10
 (two-sided Wilcoxon over the test users of one seed: whether these users' scores differ, not whether a reseeded
@@ -55,8 +59,12 @@ def report_run(report: Path, model: str, data: Path) -> dict | None:
             "valid_full": result["valid"]["full"]["NDCG@10"], "run": str(result_file.parent)}
 
 
+SEEDS = (1, 2)  # seeds beyond 0, where a row was rerun (runs/{before,after}/DATASET/MODEL-seedN)
+
+
 def collect(runs: Path) -> dict:
-    """dataset -> model -> {"before", "after"}; "after" is a probe in runs/after, else seed 0 of the report."""
+    """dataset -> model -> {"before", "after"}; "after" is a probe in runs/after, else seed 0 of the report.
+    Each side is seed 0's run, or with more seeds on both sides their mean ("seeds", "per_seed")."""
     found: dict = {}
     for dataset in DATASETS:
         for model in MODELS:
@@ -64,9 +72,24 @@ def collect(runs: Path) -> dict:
             after = probe(runs / "after" / dataset / model) or (
                 report_run(report, model, data) if report.is_dir() else None)
             pair = {"before": probe(runs / "before" / dataset / model), "after": after}
+            if pair["before"] and pair["after"]:
+                more = {seed: [probe(runs / side / dataset / f"{model}-seed{seed}") for side in ("before", "after")]
+                        for seed in SEEDS}
+                more = {seed: sides for seed, sides in more.items() if all(sides)}
+                if more:
+                    pair = {side: averaged(pair[side], [sides[i] for sides in more.values()], [0, *more])
+                            for i, side in enumerate(("before", "after"))}
             if any(pair.values()):
                 found.setdefault(dataset, {})[model] = pair
     return found
+
+
+def averaged(first: dict, others: list[dict], seeds: list[int]) -> dict:
+    """Seed 0's run (kept for its epochs and its per-user scores) with the mean over every seed's test scores."""
+    runs = [first, *others]
+    return {**first, "seeds": seeds, "per_seed": [{k: r[k] for k in ("full", "uni100", "valid_full", "run")}
+                                                  for r in runs],
+            **{key: float(np.mean([r[key] for r in runs])) for key in ("full", "uni100", "valid_full")}}
 
 
 def per_user(run: dict) -> dict[str, np.ndarray]:
@@ -112,14 +135,15 @@ def change(pair: dict, protocol: str) -> str:
 
 def markdown(found: dict) -> str:
     lines = ["| dataset | model | full, before | full, after | change | uni100, before | uni100, after | change "
-             "| epochs (best), after |", "|---|---|---|---|---|---|---|---|---|"]
+             "| epochs (best), after | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for dataset, models in found.items():
         for model, pair in models.items():
             after = pair["after"]
             epochs = "…" if after is None else f"{after['epochs']} ({after['best_epoch']})"
+            seeds = len((after or {}).get("seeds", [0]))
             lines.append(f"| {dataset} | {LABELS[model]} | {cell(pair['before'], 'full')} | {cell(after, 'full')} "
                          f"| {change(pair, 'full')} | {cell(pair['before'], 'uni100')} | {cell(after, 'uni100')} "
-                         f"| {change(pair, 'uni100')} | {epochs} |")
+                         f"| {change(pair, 'uni100')} | {epochs} | {seeds} |")
     return "\n".join(lines)
 
 

@@ -74,7 +74,9 @@ def test_a_trial_left_running_by_a_kill_is_tried_again(data, tmp_path, monkeypat
     class Killed(BaseException):  # like SIGKILL, nothing in tune() gets to handle it
         pass
 
-    def killed(*args, **kwargs):
+    def killed(data, folder, *args, **kwargs):  # killed while writing its first checkpoint
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / ".last.safetensors.123.tmp").write_bytes(b"half")
         raise Killed
 
     out = tmp_path / "tuned"
@@ -84,6 +86,7 @@ def test_a_trial_left_running_by_a_kill_is_tried_again(data, tmp_path, monkeypat
     monkeypatch.undo()
     summary = tune(data, out, 1)
     assert [t["state"] for t in summary["trials"]] == ["FAIL", "COMPLETE"] and summary["finished"] == 1
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0001"]  # the cut trial's folder is gone
     assert summary["trials"][0]["settings"] == summary["trials"][1]["settings"]
 
 

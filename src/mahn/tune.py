@@ -9,8 +9,8 @@ TPE picks again are told their earlier result without training (the same setting
 run), and the tune ends early once every point of the space has been tried.
 
 The study lives in OUT/study.db (SQLite) under a name fixed by the model, so running the same command again
-resumes it: a trial left running by a killed tune is marked FAIL and its settings are tried again (a new
-trial, trained from scratch), and the tune ends when `trials` trials have finished (complete or pruned),
+resumes it: a trial left running by a killed tune is marked FAIL, its folder removed, and its settings tried
+again (a new trial, trained from scratch), and the tune ends when `trials` trials have finished (complete or pruned),
 those of earlier calls included. OUT/best.toml holds the best trial's settings for `mahn train --config`;
 OUT/tune.json every trial.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import tomllib
 from pathlib import Path
@@ -31,6 +32,7 @@ from mahn.io import lock_folder, write_bytes, write_json
 from mahn.models import build_model, make_config, model_class
 from mahn.search import search_space
 from mahn.settings import defaults, resolve
+from mahn.tracking import TrackConfig, TrackedRun
 from mahn.training import train
 
 PRUNE_AFTER_TRIALS = 4  # completed trials before any is pruned: the median needs some to compare with
@@ -52,9 +54,11 @@ def make_pruner():
 
 
 def tune(dataset_dir: str | Path, out: str | Path, model: str, trials: int, minutes: float | None = None,
-         seed: int = 0, base: dict | None = None, progress: bool = False, say=print) -> dict:
+         seed: int = 0, base: dict | None = None, progress: bool = False, say=print,
+         track: TrackConfig | None = None) -> dict:
     """Run (or resume) the study in `out` until `trials` trials have finished or `minutes` have passed;
-    `base` holds settings every trial shares (e.g. epochs). Returns what OUT/tune.json holds."""
+    `base` holds settings every trial shares (e.g. epochs); `track` sends every trial to a tracker.
+    Returns what OUT/tune.json holds."""
     optuna = import_optuna()
     out = Path(out)
     if trials < 1:
@@ -62,6 +66,10 @@ def tune(dataset_dir: str | Path, out: str | Path, model: str, trials: int, minu
     if minutes is not None and minutes <= 0:
         raise DataError(f"minutes must be positive, got {minutes}", "--minutes")
     space = search_space(model)
+    searched = sorted(set(base or {}) & set(space))
+    if searched:
+        raise DataError(f"{', '.join(searched)} is what the search varies; leave it out of the shared settings",
+                        "--set")
     if not model_class(model).trainable:
         raise DataError(f"{model} learns nothing: there is nothing to tune", "--model")
     dataset = Dataset(dataset_dir)
@@ -74,13 +82,13 @@ def tune(dataset_dir: str | Path, out: str | Path, model: str, trials: int, minu
     optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
     lock = lock_folder(out, "tuning into this folder")
     try:
-        return _tune(optuna, Path(dataset_dir), out, model, space, trials, minutes, fixed, progress, say)
+        return _tune(optuna, Path(dataset_dir), out, model, space, trials, minutes, fixed, progress, say, track)
     finally:
         os.close(lock)
 
 
 def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, list], trials: int,
-          minutes: float | None, fixed: dict, progress: bool, say) -> dict:
+          minutes: float | None, fixed: dict, progress: bool, say, track: TrackConfig | None) -> dict:
     from optuna.trial import TrialState
 
     started, cpu = time.perf_counter(), time.process_time()
@@ -102,6 +110,8 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params)
+        # its folder is never trained on again (and may hold a killed writer's temporary file): not kept
+        shutil.rmtree(out / "trials" / f"{trial.number:04d}", ignore_errors=True)
         say(f"trial {trial.number:04d} was cut short: its settings are tried again")
 
     distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
@@ -118,7 +128,7 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
         trial = study.ask(distributions)
         earlier = next((t for t in done if t.params == trial.params), None)
         if earlier is None:
-            run_trial(optuna, study, trial, dataset_dir, out, fixed, progress, say)
+            run_trial(optuna, study, trial, dataset_dir, out, fixed, progress, say, track)
         else:
             repeat(study, trial, earlier, say)
     return write_summary(study, out, space, trials, fixed, stopped,
@@ -140,13 +150,20 @@ def repeat(study, trial, earlier, say) -> None:
     say(f"trial {trial.number:04d}: the settings of trial {earlier.number:04d}, not trained again")
 
 
-def run_trial(optuna, study, trial, dataset_dir: Path, out: Path, fixed: dict, progress: bool, say) -> None:
+def run_trial(optuna, study, trial, dataset_dir: Path, out: Path, fixed: dict, progress: bool, say,
+              track: TrackConfig | None) -> None:
     from optuna.trial import TrialState
 
     settings = resolve(("tune", {"progress": progress, **fixed}), (f"trial {trial.number}", trial.params))
+    folder = out / "trials" / f"{trial.number:04d}"
+    tracked = None if track is None else TrackedRun(track, folder, dataset_dir, settings.flat(),
+                                                    f"{out.name}/trial-{trial.number:04d}",
+                                                    tags={"tune": str(out.resolve()), "trial": str(trial.number)})
     scores: list[float] = []
 
     def after_epoch(record: dict) -> None:
+        if tracked is not None:
+            tracked.epoch(record)
         scores.append(record["valid"]["full"]["NDCG@10"])
         # the best so far, as the run keeps its best epoch: one noisy epoch should not get a trial pruned
         trial.report(max(scores), record["epoch"])
@@ -155,13 +172,18 @@ def run_trial(optuna, study, trial, dataset_dir: Path, out: Path, fixed: dict, p
 
     started, cpu = time.perf_counter(), time.process_time()
     try:
-        train(dataset_dir, out / "trials" / f"{trial.number:04d}", settings, force=True, on_epoch_end=after_epoch)
+        train(dataset_dir, folder, settings, force=True, on_epoch_end=after_epoch)
         state = TrialState.COMPLETE
     except optuna.TrialPruned:
         state = TrialState.PRUNED
     except Exception:
         study.tell(trial, state=TrialState.FAIL)  # would fail again: not retried on resume
+        if tracked is not None and tracked.backend is not None:
+            tracked.finish(status="FAILED")
         raise
+    if tracked is not None:  # validation only: a search must not look at the test split
+        tracked.finish(status="FINISHED" if state == TrialState.COMPLETE else "KILLED",
+                       tags={"optuna_state": state.name})
     for key, value in {"valid_full_ndcg10": max(scores), "epochs": len(scores),
                        "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}.items():
         trial.set_user_attr(key, value)

@@ -18,6 +18,7 @@ import pytest
 from harness import Tally, digest, forked, kill, kill_and_rerun, orphans, run
 from ledger import record, scaled
 
+from mahn.io import read_json
 from synthetic import make_dataset
 
 pytestmark = pytest.mark.slow
@@ -203,4 +204,41 @@ def test_a_server_killed_while_adding_items_restarts_with_the_run_as_it_was_or_w
             add(url)
         kill(server)
         tally.end_trial(digest(run_dir), reference, orphans(run_dir))
+    finish(tally)
+
+
+def test_tune_killed_anywhere_finishes_with_the_trials_it_was_asked_for(tmp_path):
+    """A tune cannot end byte for byte as an unkilled one (a cut trial is marked FAIL and its settings tried again
+    in a new trial), so its promise is checked instead: as many finished trials as asked for, each with a whole
+    run folder, and best.toml the settings of the best of them."""
+    from mahn.settings import read_toml
+
+    data = make_dataset(tmp_path / "data", users=40, items=20, modalities=())
+    out = tmp_path / "tuned"
+    argv = ["tune", str(data), "--model", "gru4rec", "--trials", "3", "--out", str(out), "--set", "epochs=2",
+            "--set", "batch_size=8", "--set", "dim=8", "--set", "max_len=6", "--set", "threads=1"]
+
+    def reset():
+        shutil.rmtree(out, ignore_errors=True)
+
+    def promise() -> dict[str, str]:
+        summary = read_json(out / "tune.json")
+        done = [t for t in summary["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+        whole = all((out / "trials" / f"{t['same_as'] if t['same_as'] is not None else t['number']:04d}"
+                     / "summary.json").is_file() for t in done if t["state"] == "COMPLETE")
+        best = max(done, key=lambda t: t["valid_full_ndcg10"])
+        saved = read_toml(out / "best.toml")
+        return {"finished": str(summary["finished"]), "asked": str(len(done)), "whole runs": str(whole),
+                "best.toml": str(all(saved[k] == v for k, v in best["settings"].items()))}
+
+    reset()
+    seconds = run(argv, tmp_path / "reference.log")
+    reference = promise()
+    assert reference == {"finished": "3", "asked": "3", "whole runs": "True", "best.toml": "True"}
+    tally = Tally("tune")
+    rng = random.Random(6)
+    while tally.injected < scaled(5):
+        reset()
+        tally.injected += kill_and_rerun(argv, tmp_path / "attempt.log", seconds, rng.randint(1, 3), rng)
+        tally.end_trial(promise(), reference, orphans(tmp_path))
     finish(tally)

@@ -50,10 +50,15 @@ def reproduce(
     device: str = typer.Option("auto", help=DEVICE_HELP + " (training and test scoring)"),
     progress: bool = typer.Option(False, help="Show per-epoch progress bars."),
     preset: str | None = typer.Option(None, help="Settings preset of every run, e.g. paper (runs kept apart)."),
+    track: str | None = typer.Option(None, help="Send every run to tensorboard or mlflow, as `mahn train --track` "
+                                     "does (pip install \"mahn[track]\")."),
+    track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`) [OUT/tensorboard for "
+                                         "TensorBoard; sqlite:///mlflow.db for MLflow]."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
     from mahn.reproduce import BUDGETS, ReproduceConfig
     from mahn.reproduce import reproduce as run_reproduce
+    from mahn.tracking import TrackConfig
 
     if budget not in BUDGETS:
         fail(f"--budget must be one of {', '.join(BUDGETS)}")
@@ -61,7 +66,9 @@ def reproduce(
                              experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
                              budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
                              batch_size=batch_size, threads=threads, device=device,
-                             progress=progress, preset=preset)
+                             progress=progress, preset=preset,
+                             track=None if track is None else TrackConfig(
+                                 track, track_uri or (str(out / "tensorboard") if track == "tensorboard" else None)))
     run_reproduce(dataset, config, command="mahn " + " ".join(sys.argv[1:]), say=typer.echo)
 
 

@@ -70,12 +70,16 @@ def train(
                                          help="Progress output: a bar on a terminal, a line per epoch in a log [on]."),
     nproc: int = typer.Option(1, help="Processes to train on (DistributedDataParallel through torchrun: gloo on "
                               "CPUs, NCCL with one GPU each); the batch size is the total over them."),
+    track: str | None = typer.Option(None, help="Also send settings, every epoch's metrics, the test metrics and "
+                                     "the run's files to tensorboard or mlflow (pip install \"mahn[track]\")."),
+    track_uri: str | None = typer.Option(None, help="TensorBoard: a log folder for many runs [RUN/tensorboard]; "
+                                         "MLflow: the tracking URI [$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."),
 ) -> None:
     """Train a model; early stopping on validation NDCG@10; writes checkpoints, metrics.jsonl, summary.json."""
     import os
 
     from mahn.settings import TRAIN_FLAGS, parse_assignments, read_toml, resolve
-    from mahn.training import train as run_training
+    from mahn.tracking import TrackConfig, train_tracked
 
     if nproc < 1:
         fail("--nproc must be at least 1")
@@ -89,8 +93,17 @@ def train(
     layers = [("flags", flags), ("--set", parse_assignments(set_))]
     if config is not None:
         layers.insert(0, (str(config), read_toml(config)))
-    summary = run_training(dataset, out, resolve(*layers, preset=preset), resume=resume, force=force)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun: one report, from rank 0
+    settings = resolve(*layers, preset=preset)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one report and one tracker, from rank 0
+    tracker = TrackConfig(track, track_uri) if track is not None and main_process else None
+
+    def test() -> dict:
+        from mahn.api import load
+
+        return load(out, dataset, settings.train.device, index="exact").evaluate("test")
+
+    summary = train_tracked(tracker, dataset, out, settings, test=test, resume=resume, force=force)
+    if not main_process:
         return
     typer.echo(f"trained {out}: {summary['epochs']} epochs, {summary['steps']} steps, "
                f"{summary['train_seconds']:.0f} s; best epoch {summary['best_epoch']} "

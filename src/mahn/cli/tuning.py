@@ -19,16 +19,28 @@ def tune(
     minutes: float | None = typer.Option(None, help="Start no new trial after this many minutes."),
     seed: int = typer.Option(0, help="Seed of the TPE sampler and of every trial's training."),
     progress: bool = typer.Option(False, help="Optuna's log and a line per epoch."),
+    set_: list[str] = typer.Option([], "--set", help="A setting every trial shares, KEY=VALUE (repeatable), e.g. "
+                                   "--set epochs=50 (not one the search varies)."),
+    track: str | None = typer.Option(None, help="Send every trial to tensorboard or mlflow, as `mahn train --track` "
+                                     "does (pip install \"mahn[track]\")."),
+    track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`) [OUT/tensorboard for "
+                                         "TensorBoard; sqlite:///mlflow.db for MLflow]."),
 ) -> None:
     """Search a model's settings (the `full` budget's space) with Optuna TPE and pruning on validation NDCG@10;
     writes OUT/best.toml for `mahn train --config`."""
     from mahn.reproduce import BUDGETS
+    from mahn.settings import parse_assignments
+    from mahn.tracking import TrackConfig
     from mahn.tune import tune as run_tune
 
     # the `full` budget's epoch cap and patience, so a trial costs what a cell of its grid costs
     full = BUDGETS["full"]
-    summary = run_tune(dataset, out, model, trials, minutes=minutes, seed=seed,
-                       base={"epochs": full.epochs, "patience": full.patience}, progress=progress, say=typer.echo)
+    base = {"epochs": full.epochs, "patience": full.patience} | parse_assignments(set_)
+    tracker = None
+    if track is not None:  # TensorBoard's default is one log folder for the tune, a subfolder a trial
+        tracker = TrackConfig(track, track_uri or (str(out / "tensorboard") if track == "tensorboard" else None))
+    summary = run_tune(dataset, out, model, trials, minutes=minutes, seed=seed, base=base, progress=progress,
+                       say=typer.echo, track=tracker)
     best = summary["best"]
     if best is None:  # --minutes spent before a trial finished
         typer.echo(f"tuned {out}: no trial finished yet; run the command again to go on")

@@ -31,7 +31,8 @@ from mahn.reproduce.report import write_report
 from mahn.reproduce.stats import best_vs_best, group_means, paired_tests
 from mahn.search import search_space
 from mahn.settings import RunSettings, TrainConfig, defaults, preset_layer, resolve
-from mahn.training import load_run, train
+from mahn.tracking import TrackConfig, train_tracked
+from mahn.training import load_run
 
 EXPERIMENTS = ("compare", "variants", "ablations", "dims", "groups", "cold")  # cold: not the paper's; opt in
 PAPER_EXPERIMENTS = EXPERIMENTS[:5]
@@ -97,6 +98,7 @@ class ReproduceConfig:
     device: str = "auto"
     progress: bool = False
     preset: str | None = None  # a settings preset (mahn.settings.PRESETS), e.g. "paper"
+    track: TrackConfig | None = None  # send every run to TensorBoard or MLflow (mahn.tracking)
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -145,12 +147,21 @@ class Reproduction:
         self.say(f"training {run.key}")
         started = time.perf_counter()
         checkpoint = folder / "checkpoints" / "last.safetensors"
-        summary = train(self.dataset_dir, folder, settings, resume=checkpoint.exists(), force=not checkpoint.exists())
-        model, dataset, _ = load_run(folder, self.dataset_dir, self.config.device)
-        eval_config = EvalConfig(split="test", max_len=settings.train.max_len)
-        per_user = rank_users(model, dataset, eval_config)
-        test = evaluate(model, dataset, eval_config, per_user)
-        save_npy(folder / "test_ndcg10.npy", np.stack([per_user[p]["NDCG@10"] for p in PROTOCOLS]))
+        tested: dict = {}
+
+        def test() -> dict:  # once, whether a tracker asks for it or not
+            if not tested:
+                model, dataset, _ = load_run(folder, self.dataset_dir, self.config.device)
+                eval_config = EvalConfig(split="test", max_len=settings.train.max_len)
+                per_user = rank_users(model, dataset, eval_config)
+                tested.update(evaluate(model, dataset, eval_config, per_user))
+                save_npy(folder / "test_ndcg10.npy", np.stack([per_user[p]["NDCG@10"] for p in PROTOCOLS]))
+            return tested
+
+        summary = train_tracked(self.config.track, self.dataset_dir, folder, settings, test=test,
+                                name=f"{self.config.out.name}/{run.key}", resume=checkpoint.exists(),
+                                force=not checkpoint.exists())
+        test = test()
         result = {"run": run.key, "budget_name": self.budget.name, "model": run.model, "seed": run.seed,
                   "settings": dict(run.settings),
                   "test": test, "valid": summary["valid"],
@@ -208,8 +219,9 @@ class Reproduction:
         return {"ablate": ablate} if ablate else {}
 
     def run_all(self) -> dict:
-        results: dict = {"dataset": str(self.dataset_dir), "config": {
-            **asdict(self.config), "out": str(self.config.out)}, "budget": asdict(self.budget)}
+        config = {k: v for k, v in asdict(self.config).items() if k != "track"}  # where runs were sent, not what ran
+        results: dict = {"dataset": str(self.dataset_dir), "config": {**config, "out": str(self.config.out)},
+                         "budget": asdict(self.budget)}
         experiments = self.config.experiments
         base = self.mahn_base()
         multimodal = not base

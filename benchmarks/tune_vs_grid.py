@@ -1,0 +1,125 @@
+"""The CPU time `mahn tune` (Optuna TPE with median pruning) needs to reach the validation score of the 16-point
+grid that `mahn reproduce --budget full` trains, against the grid's own CPU time.
+
+    .venv/bin/python benchmarks/tune_vs_grid.py --dataset runs/real/office --model sasrec \\
+        --work runs/tune-bench/office --json benchmarks/results/tune.json
+
+Both sides train one model on one thread with the `full` budget's settings (up to 200 epochs, patience 10,
+seed 0) over the same space (mahn.search.search_space). The grid trains every point (a grid knows its best
+only when every point is trained): its cost is the CPU seconds of all 16 runs. The tune runs one trial at a
+time until its best trial's validation full NDCG@10 is at least the grid's best: its cost is the CPU seconds
+of its trials up to then (pruned trials included, a repeated point costs nothing). time_ratio = tune / grid.
+The same point with the same seed trains the same run on either side, so the tune reaches the grid's best
+exactly when it trains the grid's best point (or one as good) without pruning it. Both sides are resumable:
+finished grid runs and tune trials are kept in --work. Run it on a quiet machine or both sides under the same
+load; the load average before and after each side is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import resource
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mahn.io import read_json, write_json
+
+TRIALS_AT_MOST = 16  # as many as the grid: a tune that needs more has lost
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time, every thread's (torch's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def shared_settings(model: str, threads: int) -> dict:
+    from mahn.reproduce import BUDGETS
+
+    full = BUDGETS["full"]
+    return {"model": model, "epochs": full.epochs, "patience": full.patience, "seed": 0, "threads": threads,
+            "progress": False}
+
+
+def run_grid(dataset: Path, work: Path, model: str, threads: int) -> dict:
+    from mahn.search import search_space
+    from mahn.settings import resolve
+    from mahn.training import train
+
+    space = search_space(model)
+    runs, load_before = [], os.getloadavg()
+    for number, values in enumerate(itertools.product(*space.values())):
+        point = dict(zip(space, values, strict=True))
+        folder, timing = work / "grid" / f"{number:04d}", work / "grid" / f"{number:04d}.time.json"
+        if not timing.is_file():  # resumable: a finished point is not trained again
+            started, cpu = time.perf_counter(), cpu_seconds()
+            train(dataset, folder, resolve(("grid", shared_settings(model, threads)), (f"point {number}", point)),
+                  force=True)
+            write_json(timing, {"cpu_seconds": cpu_seconds() - cpu, "wall_seconds": time.perf_counter() - started,
+                                "loadavg_after": os.getloadavg()})
+        summary = read_json(folder / "summary.json")
+        runs.append({"number": number, "settings": point, "valid_full_ndcg10": summary["valid"]["full"]["NDCG@10"],
+                     "epochs": summary["epochs"], **read_json(timing)})
+        print(f"grid {number:2d}: valid NDCG@10 full {runs[-1]['valid_full_ndcg10']:.4f}  "
+              f"{runs[-1]['cpu_seconds']:.0f} CPU s  {point}", flush=True)
+    best = max(runs, key=lambda r: r["valid_full_ndcg10"])
+    return {"runs": runs, "best": best, "cpu_seconds": sum(r["cpu_seconds"] for r in runs),
+            "wall_seconds": sum(r["wall_seconds"] for r in runs), "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg()}
+
+
+def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float) -> dict:
+    from mahn.tune import tune
+
+    base = {k: v for k, v in shared_settings(model, threads).items() if k not in ("model", "seed")}
+    load_before = os.getloadavg()
+    for trials in range(1, TRIALS_AT_MOST + 1):  # one more trial a call: the study resumes each time
+        summary = tune(dataset, work / "tune", model, trials, seed=0, base=base, say=lambda line: None)
+        done = [t for t in summary["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+        latest = done[-1]
+        print(f"tune {latest['number']:2d}: {latest['state'].lower()} valid NDCG@10 full "
+              f"{latest['valid_full_ndcg10']:.4f}  {latest['cpu_seconds']:.0f} CPU s  {latest['settings']}",
+              flush=True)
+        reached = summary["best"] is not None and summary["best"]["valid_full_ndcg10"] >= target
+        if reached or summary["stopped"]:
+            break
+    # every trial, the ones a kill cut short included (their CPU was spent too)
+    spent = sum(t["cpu_seconds"] or 0.0 for t in summary["trials"])
+    return {"reached": reached, "trials": len(done), "best": summary["best"], "cpu_seconds": spent,
+            "wall_seconds": sum(t["seconds"] or 0.0 for t in summary["trials"]), "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(), "trial_rows": summary["trials"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--model", default="sasrec")
+    parser.add_argument("--work", type=Path, required=True, help="grid runs and the tune folder (resumable)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/tune.json"),
+                        help="results file; the entry for this dataset and model is replaced, others kept")
+    args = parser.parse_args()
+    grid = run_grid(args.dataset, args.work, args.model, args.threads)
+    tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"])
+    entry = {"dataset": str(args.dataset), "model": args.model,
+             "command": " ".join(["python", *sys.argv]), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads},
+             "grid": grid, "tune": tuned, "time_ratio": tuned["cpu_seconds"] / grid["cpu_seconds"],
+             "tune_reached_grid_best": tuned["reached"]}
+    results = read_json(args.json) if args.json.is_file() else {}
+    results[f"{args.dataset.name}/{args.model}"] = entry
+    write_json(args.json, results)
+    print(f"\ngrid: best valid NDCG@10 full {grid['best']['valid_full_ndcg10']:.4f} (point {grid['best']['number']}),"
+          f" {grid['cpu_seconds']:.0f} CPU s over 16 runs")
+    verdict = "reached it" if tuned["reached"] else "did not reach it"
+    print(f"tune: {verdict} after {tuned['trials']} trials, {tuned['cpu_seconds']:.0f} CPU s "
+          f"(best {tuned['best']['valid_full_ndcg10']:.4f}); time_ratio {entry['time_ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
