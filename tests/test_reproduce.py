@@ -241,3 +241,31 @@ def test_images_that_cover_no_item_count_as_absent(tmp_path):
     results = reproduce(data, config, say=lambda *_: None)
     assert results["compare"]["MAHN"][0]["settings"] == {"ablate": "v"}
     assert any("lacks image features (or they cover no item)" in note for note in results["notes"])
+
+
+def test_the_full_budget_chooses_each_models_settings_with_the_same_number_of_tune_trials(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    from dataclasses import replace
+
+    from mahn.reproduce import BUDGETS
+
+    monkeypatch.setitem(BUDGETS, "full", replace(BUDGETS["full"], epochs=2, patience=5, seeds=1, trials=3))
+    data = make_dataset(tmp_path / "data", users=30, items=24, length=6, modalities=())
+    out = tmp_path / "report"
+    config = ReproduceConfig(out=out, budget="full", seeds=1, models=("gru4rec", "sasrec"), experiments=("compare",),
+                             batch_size=64)
+    results = reproduce(data, config, say=lambda *_: None)
+    assert results["trials"] == {"mahn": 3, "gru4rec": 3, "sasrec": 3}  # MAHN: chosen for every experiment
+    for model, label in (("gru4rec", "GRU4Rec"), ("sasrec", "SASRec")):
+        tuned = read_json(out / "tunes" / "full" / model / "tune.json")
+        assert tuned["finished"] == 3 and tuned["settings"]["epochs"] == 2 and tuned["settings"]["batch_size"] == 64
+        assert {k: results["chosen"][model][k] for k in tuned["best"]["settings"]} == tuned["best"]["settings"]
+        (run,) = results["compare"][label]
+        # the chosen settings' seed 0 trains the same run the best trial did
+        assert run["valid"]["full"]["NDCG@10"] == tuned["best"]["valid_full_ndcg10"]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "tunes").rglob("summary.json")}
+    again = reproduce(data, replace(config), say=lambda *_: None)  # resumed: no trial trains again
+    assert again["chosen"] == results["chosen"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "tunes").rglob("summary.json")} == stamps
+    with pytest.raises(DataError, match="trials"):
+        ReproduceConfig(out=tmp_path, budget="full", trials=0)

@@ -1,5 +1,6 @@
-"""The hyperparameter search space of each model: one declaration, used by both `mahn reproduce --budget full`
-(every combination, a grid) and `mahn tune` (Optuna's TPE choosing among the same values)."""
+"""The hyperparameter search space of each model: one declaration, searched by `mahn tune` (Optuna's TPE
+choosing among the declared values), alone or for `mahn reproduce --budget full`, and trained as a grid by
+benchmarks/tune_vs_grid.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """`mahn tune`: Optuna's TPE search over one model's settings on validation full NDCG@10, with pruning.
 
-The space is the one the `full` budget of `mahn reproduce` tries as a grid (mahn.search): each setting is a
-categorical choice among the same declared values, never a continuous range, so the two searches cover the
-same space and the time each takes to reach a validation score compares fairly. Each trial trains a normal
+The space is declared once per model (mahn.search); `mahn reproduce --budget full` searches it through this
+function, the same number of trials for every model. Each setting is a categorical choice among the declared
+values, never a continuous range, so a grid over the same values covers the same space and the time each
+takes to reach a validation score compares fairly (benchmarks/tune_vs_grid.py). Each trial trains a normal
 run folder, OUT/trials/NNNN/, reports its best validation full NDCG@10 so far after every epoch, and a
 MedianPruner stops it when that is below the median of the earlier trials at the same epoch. Settings that
 TPE picks again are told their earlier result without training (the same settings and seed train the same

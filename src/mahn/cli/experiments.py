@@ -41,9 +41,10 @@ def reproduce(
     experiments: str = typer.Option(",".join(("compare", "variants", "ablations", "dims", "groups")),
                                     help="Comma-separated: compare, variants, ablations, dims, groups (the paper's), "
                                     "and cold (new items held out of training)."),
-    budget: str = typer.Option("full", help="full (16 settings per model tried on validation, up to 200 epochs, 5 "
-                               "seeds), standard (defaults, up to 50 epochs, 3 seeds) or quick (3 epochs, 1 seed: "
-                               "a smoke check)."),
+    budget: str = typer.Option("full", help="full (each model's settings chosen on validation by `mahn tune`, up "
+                               "to 200 epochs, 5 seeds), standard (each model's defaults, 3 seeds) or quick (3 "
+                               "epochs, 1 seed: a smoke check)."),
+    trials: int | None = typer.Option(None, help="Tune trials per model with --budget full [16]."),
     models: str = typer.Option("", help="Comma-separated models for compare (default: all that the data can feed)."),
     batch_size: int | None = typer.Option(None, help="Training batch size of every run [the trainer's: 256]."),
     threads: int = typer.Option(0, help="Torch threads per run (0: torch's default)."),
@@ -66,7 +67,7 @@ def reproduce(
                              experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
                              budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
                              batch_size=batch_size, threads=threads, device=device,
-                             progress=progress, preset=preset,
+                             progress=progress, preset=preset, trials=trials,
                              track=None if track is None else TrackConfig(
                                  track, track_uri or (str(out / "tensorboard") if track == "tensorboard" else None)))
     run_reproduce(dataset, config, command="mahn " + " ".join(sys.argv[1:]), say=typer.echo)

@@ -33,7 +33,7 @@ def tune(
     from mahn.tracking import TrackConfig
     from mahn.tune import tune as run_tune
 
-    # the `full` budget's epoch cap and patience, so a trial costs what a cell of its grid costs
+    # the `full` budget's epoch cap and patience: a trial trains as a trial of `mahn reproduce --budget full`
     full = BUDGETS["full"]
     base = {"epochs": full.epochs, "patience": full.patience} | parse_assignments(set_)
     tracker = None

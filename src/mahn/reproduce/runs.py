@@ -14,7 +14,6 @@ per-user NDCG@10 (averaged over seeds).
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,7 +49,8 @@ class Budget:
     epochs: int | None  # None: each model's default
     patience: int | None
     seeds: int  # default number of seeds
-    search: dict[str, dict[str, list]] = field(default_factory=dict)  # model -> setting -> values tried
+    search: dict[str, dict[str, list]] = field(default_factory=dict)  # model -> setting -> values searched
+    trials: int = 0  # trials of `mahn tune` (TPE with pruning) per searched model
 
 
 BUDGETS = {
@@ -59,10 +59,10 @@ BUDGETS = {
     # every model with its defaults (its epoch cap and patience included), no search: what `mahn train` gives
     "standard": Budget("standard", epochs=None, patience=None, seeds=3),
     # the comparison the numbers in docs/ should come from: the same search for every model, chosen on
-    # validation (seed 0): lr x weight decay x two settings of the model's own, 16 trials each, and an
-    # epoch cap far enough above where models stop improving (patience 10)
-    # (mahn.search declares the space; `mahn tune` searches the same one)
-    "full": Budget("full", epochs=200, patience=10, seeds=5,
+    # validation (seed 0): `mahn tune` over lr x weight decay x two settings of the model's own (16 points,
+    # mahn.search) with the same number of trials for each, and an epoch cap far enough above where models
+    # stop improving (patience 10)
+    "full": Budget("full", epochs=200, patience=10, seeds=5, trials=16,
                    search={name: search_space(name) for name, model in MODELS.items() if model.trainable}),
 }
 
@@ -99,6 +99,7 @@ class ReproduceConfig:
     progress: bool = False
     preset: str | None = None  # a settings preset (mahn.settings.PRESETS), e.g. "paper"
     track: TrackConfig | None = None  # send every run to TensorBoard or MLflow (mahn.tracking)
+    trials: int | None = None  # tune trials per searched model (None: the budget's)
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -112,6 +113,8 @@ class ReproduceConfig:
             raise DataError(f"budget must be one of {', '.join(BUDGETS)}", "--budget")
         if self.seeds < 1:
             raise DataError("seeds must be at least 1", "--seeds")
+        if self.trials is not None and self.trials < 1:
+            raise DataError("trials must be at least 1", "--trials")
         if self.batch_size is None:
             self.batch_size = TrainConfig.batch_size
 
@@ -185,20 +188,23 @@ class Reproduction:
         return build_model(model, make_config(model, defaults(model) | settings), self.dataset).reads_content
 
     def choose(self, model: str, base: dict) -> dict:
-        """Pick settings on validation NDCG@10 (seed 0) over the budget's search space."""
+        """Pick settings on validation full NDCG@10 (seed 0) over the budget's search space, with `mahn tune`
+        (REPORT/tunes/BUDGET/KEY/: resumed like the runs)."""
         space = self.budget.search.get(model, {})
         if not space:  # the budget searches nothing, or the model learns nothing
             return base
-        best, best_score = base, -1.0
-        self.trials[model] = 0
-        for values in itertools.product(*space.values()):
-            candidate = {**base, **dict(zip(space, values, strict=True))}
-            self.trials[model] += 1
-            result = self.execute(Run(model, 0).with_settings(self.config.preset, **candidate))
-            score = result["valid"]["full"]["NDCG@10"]
-            if score > best_score:
-                best, best_score = candidate, score
-        return best
+        from mahn.tune import tune
+
+        key = Run(model, 0).with_settings(self.config.preset, **base).key.removesuffix("-seed0")
+        preset = {k: v for k, v in preset_layer(self.config.preset, model)[1].items() if k not in space}
+        shared = {"epochs": self.budget.epochs, "patience": self.budget.patience, "batch_size": self.config.batch_size,
+                  "threads": self.config.threads, "device": self.config.device, "progress": self.config.progress}
+        trials = self.config.trials or self.budget.trials
+        self.say(f"tuning {key}: {trials} trials")
+        summary = tune(self.dataset_dir, self.config.out / "tunes" / self.runs_dir.name / key, model, trials,
+                       seed=0, base=preset | base | shared, say=lambda line: None, track=self.config.track)
+        self.trials[model] = summary["finished"]
+        return {**base, **summary["best"]["settings"]}
 
     def cell(self, model: str, settings: dict) -> list[dict]:
         return [self.execute(Run(model, seed).with_settings(self.config.preset, **settings))
