@@ -152,3 +152,29 @@ def test_tune_sends_every_trial_with_validation_only_and_reproduce_every_run_wit
     assert len(events.Scalars("loss")) == result["budget"]["epochs"]
     (final,) = events.Scalars("final/test/full/NDCG_10")
     assert final.value == pytest.approx(result["test"]["full"]["NDCG@10"], rel=1e-6)
+
+
+def test_a_tracker_that_fails_mid_run_costs_a_warning_not_the_run(data, tmp_path, monkeypatch, capsys):
+    import mahn.tracking as tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sent = []
+
+    def flaky(self, values, step):
+        sent.append(step)
+        if len(sent) > 1:
+            raise ConnectionError("tracking server gone\nmore lines")
+
+    monkeypatch.setattr(tracking._MLflow, "metrics", flaky)
+    code, _, err = run_mahn(monkeypatch, capsys, ["train", str(data), "--out", "run", "--epochs", "3", *TRAIN,
+                                                  "--track", "mlflow"])
+    assert code in (0, None), err
+    assert sent == [1, 2] and err.count("stopped sending: tracking server gone") == 1
+    assert len(history(tmp_path / "run")) == 3 and (tmp_path / "run" / "summary.json").is_file()
+    # a server that does not answer is refused before anything trains
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    code, _, err = run_mahn(monkeypatch, capsys, ["train", str(data), "--out", "refused", *TRAIN, "--track", "mlflow",
+                                                  "--track-uri", "http://127.0.0.1:9"])
+    assert code == 2 and "does not answer" in err and not (tmp_path / "refused").exists()

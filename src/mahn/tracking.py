@@ -14,6 +14,7 @@ current folder; one experiment per dataset folder name; the run folder's files (
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ class TrackConfig:
             __import__(module)
         except ImportError:
             raise DataError(f"--track {self.kind} needs {module}: {EXTRA}", "--track") from None
+        if self.kind == "mlflow" and self.mlflow_uri.startswith(("http://", "https://")):
+            from mlflow.tracking import MlflowClient
+
+            try:  # so is a tracking server that does not answer
+                MlflowClient(tracking_uri=self.mlflow_uri).search_experiments(max_results=1)
+            except Exception as error:  # noqa: BLE001 - whatever the client raises, it is one line for the user
+                raise DataError(f"the MLflow tracking server does not answer: {str(error).splitlines()[0]}",
+                                "--track-uri") from None
 
     @property
     def mlflow_uri(self) -> str:
@@ -74,8 +83,28 @@ class TrackedRun:
         self.tags = {"model": str(settings.get("model")), "run_folder": str(self.run.resolve()), **(tags or {})}
         self.backend: _TensorBoard | _MLflow | None = None
         self.sent = 0  # epochs sent so far
+        self.broken = False  # a send failed: nothing more is sent
 
     def epoch(self, record: dict) -> None:
+        self.guarded(self._epoch, record)
+
+    def finish(self, test: dict | None = None, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+        """Send the best epoch's validation metrics (and `test`), the run's files, and close the tracked run;
+        `status` FINISHED, KILLED (e.g. a pruned trial) or FAILED."""
+        self.guarded(self._finish, test, status, tags)
+
+    def guarded(self, send, *args) -> None:
+        """A tracker that fails mid-run (a server gone) is reported once and left; the training goes on."""
+        if self.broken:
+            return
+        try:
+            send(*args)
+        except Exception as error:  # noqa: BLE001 - tracking must never cost a user the run it tracks
+            self.broken = True
+            print(f"warning: --track {self.config.kind} stopped sending: {str(error).splitlines()[0]} "
+                  f"(the run goes on; its folder has every metric)", file=sys.stderr)
+
+    def _epoch(self, record: dict) -> None:
         if self.backend is None:
             self.open()
             earlier = [r for r in read_history(self.run) if self.sent < r["epoch"] < record["epoch"]]
@@ -85,9 +114,7 @@ class TrackedRun:
         self.sent = record["epoch"]
         self.save_state()
 
-    def finish(self, test: dict | None = None, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
-        """Send the best epoch's validation metrics (and `test`), the run's files, and close the tracked run;
-        `status` FINISHED, KILLED (e.g. a pruned trial) or FAILED."""
+    def _finish(self, test: dict | None, status: str, tags: dict[str, str] | None) -> None:
         history = read_history(self.run)
         if self.backend is None:
             self.open()
