@@ -102,6 +102,28 @@ def test_tensorboard_event_files_hold_every_epoch_and_the_test_metrics(data, tmp
     assert code in (0, None), err
     assert len(EventAccumulator(str(tmp_path / "tb" / "shop" / "other")).Reload().Scalars("loss")) == 1
     assert not (other / "tensorboard").exists()
+    # trained again from scratch: a new tracked run beside the first, never mixed into its curves
+    again = ["--epochs", "2", "--force", "--track", "tensorboard", "--track-uri", str(tmp_path / "tb")]
+    code, _, err = run_mahn(monkeypatch, capsys, ["train", str(data), "--out", str(other), *TRAIN, *again])
+    assert code in (0, None), err
+    assert len(EventAccumulator(str(tmp_path / "tb" / "shop" / "other")).Reload().Scalars("loss")) == 1
+    assert len(EventAccumulator(str(tmp_path / "tb" / "shop" / "other-2")).Reload().Scalars("loss")) == 2
+
+
+def test_a_run_resumed_with_track_sends_the_epochs_it_trained_before(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, err = run_mahn(monkeypatch, capsys, ["train", str(data), "--out", "run", "--epochs", "2", *TRAIN])
+    assert code in (0, None), err
+    code, _, err = run_mahn(monkeypatch, capsys, ["train", str(data), "--out", "run", "--epochs", "3", *TRAIN,
+                                                  "--resume", "--track", "mlflow"])
+    assert code in (0, None), err
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tracked,) = client.search_runs([client.get_experiment_by_name("shop").experiment_id])
+    sent = client.get_metric_history(tracked.info.run_id, "valid/full/NDCG_10")
+    assert sorted((m.step, m.value) for m in sent) == [(r["epoch"], r["valid"]["full"]["NDCG@10"])
+                                                       for r in history(tmp_path / "run")]
+    assert tracked.data.metrics["best_epoch"] == read_json(tmp_path / "run" / "summary.json")["best_epoch"]
 
 
 def test_without_the_flag_nothing_is_tracked_and_a_missing_extra_is_one_line(data, tmp_path, monkeypatch, capsys):
@@ -148,7 +170,8 @@ def test_tune_sends_every_trial_with_validation_only_and_reproduce_every_run_wit
                                                   "--threads", "1", "--track", "tensorboard"])
     assert code in (0, None), err
     result = read_json(tmp_path / "report" / "runs" / "quick" / "sasrec-seed0" / "result.json")
-    events = EventAccumulator(str(tmp_path / "report" / "tensorboard" / "shop" / "report" / "sasrec-seed0")).Reload()
+    events = EventAccumulator(str(tmp_path / "report" / "tensorboard" / "shop" / "report" / "quick" / "sasrec-seed0")
+                              ).Reload()
     assert len(events.Scalars("loss")) == result["budget"]["epochs"]
     (final,) = events.Scalars("final/test/full/NDCG_10")
     assert final.value == pytest.approx(result["test"]["full"]["NDCG@10"], rel=1e-6)

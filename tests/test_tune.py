@@ -127,6 +127,6 @@ def test_bad_input_exits_2_and_writes_nothing(data, tmp_path, monkeypatch, capsy
 
 def test_without_optuna_one_line_says_how_to_install_it(data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(Exception, match=r'mahn tune needs optuna: pip install "mahn\[tune\]"'):
+    with pytest.raises(Exception, match=r'needs optuna: pip install "mahn\[tune\]"'):
         tune(data, tmp_path / "tuned", 1)
     assert not (tmp_path / "tuned").exists()

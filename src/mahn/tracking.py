@@ -88,10 +88,12 @@ class TrackedRun:
     def epoch(self, record: dict) -> None:
         self.guarded(self._epoch, record)
 
-    def finish(self, test: dict | None = None, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+    def finish(self, test: dict | None = None, status: str = "FINISHED", tags: dict[str, str] | None = None,
+               best_epoch: int | None = None) -> None:
         """Send the best epoch's validation metrics (and `test`), the run's files, and close the tracked run;
-        `status` FINISHED, KILLED (e.g. a pruned trial) or FAILED."""
-        self.guarded(self._finish, test, status, tags)
+        `status` FINISHED, KILLED (e.g. a pruned trial) or FAILED. `best_epoch`: the run's summary's (None: the
+        epoch of the best validation score so far, as the run keeps it)."""
+        self.guarded(self._finish, test, status, tags, best_epoch)
 
     def guarded(self, send, *args) -> None:
         """A tracker that fails mid-run (a server gone) is reported once and left; the training goes on."""
@@ -114,7 +116,7 @@ class TrackedRun:
         self.sent = record["epoch"]
         self.save_state()
 
-    def _finish(self, test: dict | None, status: str, tags: dict[str, str] | None) -> None:
+    def _finish(self, test: dict | None, status: str, tags: dict[str, str] | None, best_epoch: int | None) -> None:
         history = read_history(self.run)
         if self.backend is None:
             self.open()
@@ -123,31 +125,35 @@ class TrackedRun:
                 self.backend.metrics(epoch_metrics(record), record["epoch"])
                 self.sent = record["epoch"]
         final: dict[str, float] = {"epochs": float(len(history))}
-        if history:
-            best = max(history, key=lambda r: r["valid"]["full"]["NDCG@10"])  # the first of equals, as train keeps
-            if (self.run / "summary.json").is_file():
-                best = history[read_json(self.run / "summary.json")["best_epoch"] - 1]
+        select = str(self.settings.get("select", "full"))
+        best = (next((r for r in history if r["epoch"] == best_epoch), None) if best_epoch is not None
+                else max(history, key=lambda r: r["valid"][select]["NDCG@10"], default=None))  # first of equals
+        if best is not None:
             final |= {"best_epoch": float(best["epoch"])} | flat_metrics("best_valid", best["valid"])
         final |= flat_metrics("test", test) if test else {}
         self.backend.close(final, self.run, status, tags or {})
         self.save_state(finished=True)
 
+    @property
+    def where(self) -> str:
+        return self.config.mlflow_uri if self.config.kind == "mlflow" else str(self.config.uri)
+
     def open(self) -> None:
         state = read_json(self.run / STATE_FILE) if (self.run / STATE_FILE).is_file() else {}
-        if not self.resume or state.get("kind") != self.config.kind or state.get("uri") != self.config.uri:
+        if not self.resume or state.get("kind") != self.config.kind or state.get("uri") != self.where:
             state = {}  # a run trained from scratch (or with another tracker) is a new tracked run
         self.sent = state.get("sent", 0)
         if self.config.kind == "tensorboard":
-            folder = (Path(self.config.uri) / self.experiment / self.name if self.config.uri
-                      else self.run / "tensorboard")
-            self.backend = _TensorBoard(folder, self.settings)
+            folder = state.get("id") or unused(Path(self.config.uri) / self.experiment / self.name
+                                               if self.config.uri else self.run / "tensorboard")
+            self.backend = _TensorBoard(Path(folder), self.settings)
         else:
             self.backend = _MLflow(self.config.mlflow_uri, self.experiment, self.name, self.settings, self.tags,
                                    state.get("id"))
         self.save_state()
 
     def save_state(self, finished: bool = False) -> None:
-        write_json(self.run / STATE_FILE, {"kind": self.config.kind, "uri": self.config.uri, "id": self.backend.id,
+        write_json(self.run / STATE_FILE, {"kind": self.config.kind, "uri": self.where, "id": self.backend.id,
                                            "sent": self.sent, "finished": finished})
 
 
@@ -159,8 +165,8 @@ def train_tracked(track: TrackConfig | None, dataset_dir: str | Path, run: str |
 
     if track is None:
         return train(dataset_dir, run, settings, **train_kwargs)
-    tracked = TrackedRun(track, Path(run), Path(dataset_dir), settings.flat(), name,
-                         resume=train_kwargs.get("resume", False))
+    resuming = train_kwargs.get("resume", False) and (Path(run) / "checkpoints" / "last.safetensors").exists()
+    tracked = TrackedRun(track, Path(run), Path(dataset_dir), settings.flat(), name, resume=resuming)
     caller = train_kwargs.pop("on_epoch_end", None)
 
     def on_epoch_end(record: dict) -> None:
@@ -174,8 +180,36 @@ def train_tracked(track: TrackConfig | None, dataset_dir: str | Path, run: str |
         if tracked.backend is not None:
             tracked.finish(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
-    tracked.finish(test() if test else None)
+    tested = None
+    try:
+        tested = test() if test else None
+    except Exception as error:  # noqa: BLE001 - the run is trained; a failed test for the tracker must not undo it
+        print(f"warning: --track {track.kind}: the test metrics were not sent ({str(error).splitlines()[0]})",
+              file=sys.stderr)
+    tracked.finish(tested, best_epoch=summary["best_epoch"])
     return summary
+
+
+def unused(folder: Path) -> Path:
+    """`folder`, or `folder-2`, `folder-3`... when it already holds another tracked run's event files."""
+    candidate, number = folder, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = folder.with_name(f"{folder.name}-{number}")
+    return candidate
+
+
+def close_abandoned(run: Path) -> None:
+    """Close the MLflow run of a run folder about to be removed (a tune's cut trial), as KILLED."""
+    state = read_json(run / STATE_FILE) if (run / STATE_FILE).is_file() else {}
+    if state.get("kind") != "mlflow" or state.get("finished") or not state.get("id"):
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=state["uri"]).set_terminated(state["id"], status="KILLED")
+    except Exception as error:  # noqa: BLE001 - a tracker gone is a warning, not a failed tune
+        print(f"warning: could not close the MLflow run of {run}: {str(error).splitlines()[0]}", file=sys.stderr)
 
 
 def read_history(run: Path) -> list[dict]:

@@ -33,7 +33,7 @@ from mahn.io import lock_folder, write_bytes, write_json
 from mahn.models import build_model, make_config, model_class
 from mahn.search import search_space
 from mahn.settings import defaults, resolve
-from mahn.tracking import TrackConfig, TrackedRun
+from mahn.tracking import TrackConfig, TrackedRun, close_abandoned
 from mahn.training import train
 
 PRUNE_AFTER_TRIALS = 4  # completed trials before any is pruned: the median needs some to compare with
@@ -45,7 +45,7 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise DataError('mahn tune needs optuna: pip install "mahn[tune]"') from None
+        raise DataError('mahn tune (and mahn reproduce --budget full) needs optuna: pip install "mahn[tune]"') from None
     return optuna
 
 
@@ -67,6 +67,10 @@ def tune(dataset_dir: str | Path, out: str | Path, model: str, trials: int, minu
     if minutes is not None and minutes <= 0:
         raise DataError(f"minutes must be positive, got {minutes}", "--minutes")
     space = search_space(model)
+    own = sorted(set(base or {}) & {"model", "seed"})
+    if own:
+        raise DataError(f"{', '.join(own)} is set by the tune's own option (--{own[0]}), not as a shared setting",
+                        "--set")
     searched = sorted(set(base or {}) & set(space))
     if searched:
         raise DataError(f"{', '.join(searched)} is what the search varies; leave it out of the shared settings",
@@ -100,7 +104,9 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
         raise DataError(f"holds another study ({others[0]}); choose another --out", out)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=fixed["seed"]), pruner=make_pruner())
-    identity = {"dataset": str(dataset_dir.resolve()), "settings": fixed, "space": space}
+    # what decides the trials' results: not where or how loudly they train
+    identity = {"dataset": str(dataset_dir.resolve()), "space": space,
+                "settings": {k: v for k, v in fixed.items() if k not in ("threads", "device", "progress")}}
     saved = study.user_attrs.get("identity")
     if saved is None:
         study.set_user_attr("identity", identity)
@@ -112,6 +118,7 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params)
         # its folder is never trained on again (and may hold a killed writer's temporary file): not kept
+        close_abandoned(out / "trials" / f"{trial.number:04d}")
         shutil.rmtree(out / "trials" / f"{trial.number:04d}", ignore_errors=True)
         say(f"trial {trial.number:04d} was cut short: its settings are tried again")
 
@@ -158,7 +165,7 @@ def run_trial(optuna, study, trial, dataset_dir: Path, out: Path, fixed: dict, p
     settings = resolve(("tune", {"progress": progress, **fixed}), (f"trial {trial.number}", trial.params))
     folder = out / "trials" / f"{trial.number:04d}"
     tracked = None if track is None else TrackedRun(track, folder, dataset_dir, settings.flat(),
-                                                    f"{out.name}/trial-{trial.number:04d}",
+                                                    f"{out.parent.name}/{out.name}/trial-{trial.number:04d}",
                                                     tags={"tune": str(out.resolve()), "trial": str(trial.number)})
     scores: list[float] = []
 
@@ -181,6 +188,10 @@ def run_trial(optuna, study, trial, dataset_dir: Path, out: Path, fixed: dict, p
         study.tell(trial, state=TrialState.FAIL)  # would fail again: not retried on resume
         if tracked is not None and tracked.backend is not None:
             tracked.finish(status="FAILED")
+        raise
+    except BaseException:  # Ctrl-C: the trial stays RUNNING, to be tried again; its tracked run ends here
+        if tracked is not None and tracked.backend is not None:
+            tracked.finish(status="KILLED")
         raise
     if tracked is not None:  # validation only: a search must not look at the test split
         tracked.finish(status="FINISHED" if state == TrialState.COMPLETE else "KILLED",

@@ -115,6 +115,10 @@ class ReproduceConfig:
             raise DataError("seeds must be at least 1", "--seeds")
         if self.trials is not None and self.trials < 1:
             raise DataError("trials must be at least 1", "--trials")
+        if BUDGETS[self.budget].search:  # its search is `mahn tune`'s: refused before anything is written
+            from mahn.tune import import_optuna
+
+            import_optuna()
         if self.batch_size is None:
             self.batch_size = TrainConfig.batch_size
 
@@ -162,12 +166,13 @@ class Reproduction:
             return tested
 
         summary = train_tracked(self.config.track, self.dataset_dir, folder, settings, test=test,
-                                name=f"{self.config.out.name}/{run.key}", resume=checkpoint.exists(),
+                                name=f"{self.config.out.name}/{self.runs_dir.name}/{run.key}",
+                                resume=checkpoint.exists(),
                                 force=not checkpoint.exists())
-        test = test()
+        test_metrics = test()
         result = {"run": run.key, "budget_name": self.budget.name, "model": run.model, "seed": run.seed,
                   "settings": dict(run.settings),
-                  "test": test, "valid": summary["valid"],
+                  "test": test_metrics, "valid": summary["valid"],
                   "budget": {k: summary[k] for k in ("epochs", "steps", "sequences", "train_seconds",
                                                      "stopped_early", "best_epoch")},
                   "wall_seconds": time.perf_counter() - started}
@@ -198,11 +203,12 @@ class Reproduction:
         key = Run(model, 0).with_settings(self.config.preset, **base).key.removesuffix("-seed0")
         preset = {k: v for k, v in preset_layer(self.config.preset, model)[1].items() if k not in space}
         shared = {"epochs": self.budget.epochs, "patience": self.budget.patience, "batch_size": self.config.batch_size,
-                  "threads": self.config.threads, "device": self.config.device, "progress": self.config.progress}
+                  "threads": self.config.threads, "device": self.config.device}
         trials = self.config.trials or self.budget.trials
         self.say(f"tuning {key}: {trials} trials")
         summary = tune(self.dataset_dir, self.config.out / "tunes" / self.runs_dir.name / key, model, trials,
-                       seed=0, base=preset | base | shared, say=lambda line: None, track=self.config.track)
+                       seed=0, base=preset | base | shared, progress=self.config.progress, say=lambda line: None,
+                       track=self.config.track)
         self.trials[model] = summary["finished"]
         return {**base, **summary["best"]["settings"]}
 
