@@ -88,7 +88,7 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float)
         reached = summary["best"] is not None and summary["best"]["valid_full_ndcg10"] >= target
         if reached or summary["stopped"]:
             break
-    # every trial, the ones a kill cut short included (their CPU was spent too)
+    # every finished trial's CPU (a trial a kill cut short recorded none: run the benchmark without kills)
     spent = sum(t["cpu_seconds"] or 0.0 for t in summary["trials"])
     return {"reached": reached, "trials": len(done), "best": summary["best"], "cpu_seconds": spent,
             "wall_seconds": sum(t["seconds"] or 0.0 for t in summary["trials"]), "loadavg_before": load_before,
