@@ -38,7 +38,7 @@ def main() -> None:
     shutil.copytree(args.dataset, partial)
     for modality in codes:
         path = partial / manifest["features"][modality]["file"]
-        features = np.load(path)
+        features = np.load(path, allow_pickle=False)
         features[:, args.levels * CODES_PER_LEVEL :] = 0.0
         path.unlink()
         save_npy(path, features)

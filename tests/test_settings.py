@@ -162,7 +162,7 @@ def test_defaults_quoted_in_the_cli_help_are_the_declared_ones():
     options = {p.name: p.opts[0] if len(p.opts) == 1 and not p.secondary_opts else "/".join(p.opts + p.secondary_opts)
                for p in command.params}
     assert {name: options[name] for name in TRAIN_FLAGS} == TRAIN_FLAGS
-    not_settings = {"dataset", "out", "config", "preset", "set_", "resume", "force", "nproc"}
+    not_settings = {"dataset", "out", "config", "preset", "set_", "resume", "force", "nproc", "track", "track_uri"}
     assert set(options) - not_settings == set(TRAIN_FLAGS)
     reproduce = typer.main.get_command(app).commands["reproduce"]
     batch = next(p for p in reproduce.params if p.name == "batch_size")

@@ -13,6 +13,7 @@ current folder; one experiment per dataset folder name; the run folder's files (
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ class TrackConfig:
             raise DataError(f"unknown tracker {self.kind!r}; choose {' or '.join(TRACKERS)}", "--track")
         module = "tensorboard" if self.kind == "tensorboard" else "mlflow"
         try:  # a missing extra is refused before anything trains
-            __import__(module)
+            importlib.import_module(module)
         except ImportError:
             raise DataError(f"--track {self.kind} needs {module}: {EXTRA}", "--track") from None
         if self.kind == "mlflow" and self.mlflow_uri.startswith(("http://", "https://")):

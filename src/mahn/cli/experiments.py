@@ -53,8 +53,8 @@ def reproduce(
     preset: str | None = typer.Option(None, help="Settings preset of every run, e.g. paper (runs kept apart)."),
     track: str | None = typer.Option(None, help="Send every run to tensorboard or mlflow, as `mahn train --track` "
                                      "does (pip install \"mahn[track]\")."),
-    track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`) [OUT/tensorboard for "
-                                         "TensorBoard; sqlite:///mlflow.db for MLflow]."),
+    track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`; default: OUT/tensorboard "
+                                         "for TensorBoard, sqlite:///mlflow.db for MLflow)."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
     from mahn.reproduce import BUDGETS, ReproduceConfig

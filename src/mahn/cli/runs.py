@@ -72,8 +72,9 @@ def train(
                               "CPUs, NCCL with one GPU each); the batch size is the total over them."),
     track: str | None = typer.Option(None, help="Also send settings, every epoch's metrics, the test metrics and "
                                      "the run's files to tensorboard or mlflow (pip install \"mahn[track]\")."),
-    track_uri: str | None = typer.Option(None, help="TensorBoard: a log folder for many runs [RUN/tensorboard]; "
-                                         "MLflow: the tracking URI [$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."),
+    track_uri: str | None = typer.Option(None, help="TensorBoard: a log folder for many runs (default: "
+                                         "RUN/tensorboard); MLflow: the tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                         "else sqlite:///mlflow.db)."),
 ) -> None:
     """Train a model; early stopping on validation NDCG@10; writes checkpoints, metrics.jsonl, summary.json."""
     import os

@@ -23,8 +23,8 @@ def tune(
                                    "--set epochs=50 (not one the search varies)."),
     track: str | None = typer.Option(None, help="Send every trial to tensorboard or mlflow, as `mahn train --track` "
                                      "does (pip install \"mahn[track]\")."),
-    track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`) [OUT/tensorboard for "
-                                         "TensorBoard; sqlite:///mlflow.db for MLflow]."),
+    track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`; default: OUT/tensorboard "
+                                         "for TensorBoard, sqlite:///mlflow.db for MLflow)."),
 ) -> None:
     """Search a model's settings (the `full` budget's space) with Optuna TPE and pruning on validation NDCG@10;
     writes OUT/best.toml for `mahn train --config`."""
