@@ -200,13 +200,17 @@ class Reproduction:
             return base
         from mahn.tune import tune
 
+        tunes = self.config.out / "tunes" / self.runs_dir.name
+        if not tunes.exists() and self.runs_dir.is_dir() and any(self.runs_dir.iterdir()):
+            self.say(f"note: {self.runs_dir} holds runs of the grid this budget searched before `mahn tune` chose "
+                     "its settings; they are kept, and the tunes start now (the chosen settings may differ)")
         key = Run(model, 0).with_settings(self.config.preset, **base).key.removesuffix("-seed0")
         preset = {k: v for k, v in preset_layer(self.config.preset, model)[1].items() if k not in space}
         shared = {"epochs": self.budget.epochs, "patience": self.budget.patience, "batch_size": self.config.batch_size,
                   "threads": self.config.threads, "device": self.config.device}
         trials = self.config.trials or self.budget.trials
         self.say(f"tuning {key}: {trials} trials")
-        summary = tune(self.dataset_dir, self.config.out / "tunes" / self.runs_dir.name / key, model, trials,
+        summary = tune(self.dataset_dir, tunes / key, model, trials,
                        seed=0, base=preset | base | shared, progress=self.config.progress, say=lambda line: None,
                        track=self.config.track)
         self.trials[model] = summary["finished"]
