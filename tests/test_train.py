@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -296,3 +297,23 @@ def test_lazy_adam_trains_resumes_and_refuses_many_processes(tiny, tmp_path, mon
     with pytest.raises(DataError, match="one process"):
         train(tiny, tmp_path / "two", settings)
     assert not (tmp_path / "two").exists()
+
+
+def test_a_plateau_cut_waits_for_its_steps_as_well_as_its_epochs(tiny, tmp_path):
+    """`plateau` cuts the rate after lr_step epochs without a better validation score, and not before
+    plateau_steps steps have passed too (a small dataset has a few steps an epoch). A rate too small to move
+    the weights keeps the score flat after epoch 1, so the cut comes exactly when the rule says."""
+    steps_per_epoch = math.ceil(len(training_users(Dataset(tiny))) / 8)
+    first_cut = {}
+    for plateau_steps in (0, 3 * steps_per_epoch):
+        settings = resolve(("t", {"model": "gru4rec", "dim": 8, "batch_size": 8, "max_len": 6, "epochs": 6,
+                                  "patience": 100, "lr": 1e-6, "lr_schedule": "plateau", "lr_step": 1,
+                                  "lr_gamma": 0.5, "plateau_steps": plateau_steps, "progress": False}))
+        run = tmp_path / f"steps{plateau_steps}"
+        train(tiny, run, settings)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        scores = {r["valid"]["full"]["NDCG@10"] for r in records}
+        assert len(scores) == 1  # flat: every epoch after the first is a bad one
+        first_cut[plateau_steps] = next(r["epoch"] for r in records if r["lr"] < 1e-6)
+    # epochs only: the first bad epoch (2) cuts, seen from epoch 3; with steps: 3 bad epochs (2-4), seen from 5
+    assert first_cut == {0: 3, 3 * steps_per_epoch: 5}

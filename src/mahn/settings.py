@@ -70,6 +70,9 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_step: int = 10
     lr_gamma: float = 0.5
+    # plateau: a cut also waits for this many optimiser steps without a better score, as early stopping does
+    # (at 4 steps an epoch, 5 epochs are 20 steps); 0: epochs only
+    plateau_steps: int = 0
     max_len: int = MAX_LEN  # histories are cut to their last max_len items
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping...
     # ...and steps: on a small dataset an epoch is a few steps, and a model still learning looks flat for a few
@@ -94,7 +97,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_len", "patience", "lr_step"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be at least 1", setting_source(name))
-        for name in ("lr", "weight_decay", "threads", "patience_steps"):  # lr 0 is allowed: a frozen model, a probe
+        # lr 0 is allowed: a frozen model, a probe
+        for name in ("lr", "weight_decay", "threads", "patience_steps", "plateau_steps"):
             if getattr(self, name) < 0:
                 raise DataError(f"{name} must not be negative", setting_source(name))
         if self.lr_gamma <= 0:

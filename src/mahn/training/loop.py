@@ -14,6 +14,7 @@ Under torchrun the same function trains on many processes (mahn.training.distrib
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -50,7 +51,7 @@ from mahn.training.distributed import (
 from mahn.training.lazy_adam import LazyAdam, make_tables_sparse
 
 
-def make_optimizer(model: SequentialModel, config: TrainConfig):
+def make_optimizer(model: SequentialModel, config: TrainConfig, steps_per_epoch: int = 1):
     """Adam (or AdamW, or lazy Adam) with weight decay on weight matrices and, unless switched off, embedding
     tables; never on biases and norms; the rate schedule on top (TrainConfig.lr_schedule)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
@@ -69,8 +70,10 @@ def make_optimizer(model: SequentialModel, config: TrainConfig):
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
         optimizer = adam(groups, lr=config.lr, fused=True if fused else None)
     if config.lr_schedule == "plateau":  # stepped with the validation score: lr_step bad epochs, then lr_gamma
+        # (and at least plateau_steps steps: an epoch's steps are fixed, so that is a number of epochs too)
+        epochs = max(config.lr_step, math.ceil(config.plateau_steps / max(1, steps_per_epoch)))
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_gamma,
-                                                               patience=config.lr_step - 1, threshold=0.0)
+                                                               patience=epochs - 1, threshold=0.0)
     else:
         gamma = config.lr_gamma if config.lr_schedule == "step" else 1.0
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=gamma)
@@ -207,7 +210,10 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
         model.excluded = torch.ones(dataset.n_items, dtype=torch.bool, device=device)
         model.excluded[torch.from_numpy(candidates).to(device)] = False
     step = wrap(model, world, device) if world.distributed else None
-    optimizer, scheduler = make_optimizer(model, config)
+    users = training_users(dataset)
+    if len(users) == 0:
+        raise DataError("no user has two training items to learn from", dataset.root)
+    optimizer, scheduler = make_optimizer(model, config, math.ceil(len(users) / config.batch_size))
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_step": 0, "bad_epochs": 0, "history": [],
              "train_seconds": 0.0, "sequences": 0}
     if resume and checkpoint.exists():
@@ -217,9 +223,6 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
     elif world.main:
         write_json(run / "config.json", run_record)
     eval_config = EvalConfig(split="valid", max_len=config.max_len, groups=False)
-    users = training_users(dataset)
-    if len(users) == 0:
-        raise DataError("no user has two training items to learn from", dataset.root)
 
     def patience_spent() -> bool:  # as many epochs and as many steps without a better score as patience allows
         return (state["bad_epochs"] >= config.patience
