@@ -21,78 +21,71 @@ from mahn.data import left_padded
 from mahn.training import load_run
 
 
-def ranks(run: str) -> tuple[np.ndarray, np.ndarray]:
+def masked_scores(run: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every test user's scores over the catalogue, their earlier items at -inf as full ranking leaves them out
+    (a repeated target kept); the targets; which items are new. One scoring pass per run."""
     model, dataset, record = load_run(run, device="cpu")
     model.eval()
-    new = np.asarray(dataset.new_items())
     evalset = dataset.eval_set("test")
-    rows = np.isin(evalset.targets, new)
-    users, ends, targets = evalset.users[rows], evalset.input_ends[rows], evalset.targets[rows]
-    starts = dataset.offsets[users]
+    users, ends = evalset.users, evalset.input_ends
+    starts, targets = dataset.offsets[users], torch.from_numpy(evalset.targets.astype(np.int64))
     with torch.no_grad():
         histories = left_padded(dataset.items, starts, ends, record["train"]["max_len"], dataset.n_items)
         scores = model.encode(torch.from_numpy(histories), torch.from_numpy(users)) @ model.item_table().T
-    among_all, among_new = [], []
-    for row, (start, end, target) in enumerate(zip(starts, ends, targets, strict=True)):
-        score = scores[row].clone()
-        target_score = score[target].item()
-        score[torch.from_numpy(dataset.items[start:end].astype(np.int64))] = -torch.inf
-        score[target] = target_score
-        among_all.append(int((score > target_score).sum()))
-        among_new.append(int((score[torch.from_numpy(new)] > target_score).sum()))
-    return np.array(among_all), np.array(among_new)
-
-
-def with_slots(run: str, slots: int, k: int = 10) -> dict[str, float]:
-    """Test HR@k and NDCG@k over all users and over new-item targets when the last `slots` places of each top k
-    go to the best new items not already in it (the history left out, as in full ranking)."""
-    model, dataset, record = load_run(run, device="cpu")
-    model.eval()
-    new = torch.from_numpy(np.asarray(dataset.new_items()))
+    rows = torch.arange(len(users))
+    target_scores = scores[rows, targets].clone()
+    lengths = ends - starts
+    seen = torch.from_numpy(np.concatenate([dataset.items[a:b] for a, b in zip(starts, ends, strict=True)]))
+    scores[torch.repeat_interleave(rows, torch.from_numpy(lengths)), seen.long()] = -torch.inf
+    scores[rows, targets] = target_scores
     is_new = torch.zeros(dataset.n_items, dtype=torch.bool)
-    is_new[new] = True
-    evalset = dataset.eval_set("test")
-    hits, gains, new_rows = [], [], np.isin(evalset.targets, new.numpy())
-    for lo in range(0, len(evalset.users), 1024):
-        users, ends = evalset.users[lo : lo + 1024], evalset.input_ends[lo : lo + 1024]
-        starts, targets = dataset.offsets[users], torch.from_numpy(evalset.targets[lo : lo + 1024].astype(np.int64))
-        with torch.no_grad():
-            histories = left_padded(dataset.items, starts, ends, record["train"]["max_len"], dataset.n_items)
-            scores = model.encode(torch.from_numpy(histories), torch.from_numpy(users)) @ model.item_table().T
-        for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
-            seen = torch.from_numpy(dataset.items[start:end].astype(np.int64))
-            target_score = scores[row, targets[row]].item()
-            scores[row, seen] = -torch.inf
-            scores[row, targets[row]] = target_score
-        top = scores.topk(k, dim=1).indices
-        if slots:
-            best_new = new[scores[:, new].topk(k, dim=1).indices]
-            for row in range(len(top)):
-                listed, already = top[row].tolist(), int(is_new[top[row]].sum())
-                missing = [i for i in best_new[row].tolist() if i not in listed][: max(0, slots - already)]
-                if missing:
-                    keep = [i for i in listed if not is_new[i]][: k - len(missing) - already]
-                    kept_new = [i for i in listed if is_new[i]]
-                    merged = sorted(keep + kept_new, key=lambda i: -scores[row, i].item()) + missing
-                    top[row] = torch.tensor(merged[:k])
-        place = (top == targets.unsqueeze(1)).float()
-        hits.append(place.sum(1).numpy())
-        gains.append((place / torch.log2(torch.arange(2, k + 2).float())).sum(1).numpy())
-    hit, gain = np.concatenate(hits), np.concatenate(gains)
+    is_new[torch.from_numpy(np.asarray(dataset.new_items()))] = True
+    return scores, targets, is_new
+
+
+def ranks(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """For the users whose target is new: the target's rank among every item and among the new items."""
+    rows = torch.nonzero(is_new[targets]).squeeze(1)
+    target_scores = scores[rows, targets[rows]].unsqueeze(1)
+    above = scores[rows] > target_scores
+    return above.sum(1).numpy(), above[:, is_new].sum(1).numpy()
+
+
+def with_slots(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor, slots: int,
+               k: int = 10) -> dict[str, float]:
+    """Test HR@k and NDCG@k over all users and over new-item targets when the last `slots` places of each top k
+    go to the best new items not already in it."""
+    new = torch.nonzero(is_new).squeeze(1)
+    top = scores.topk(k, dim=1).indices
+    if slots:
+        best_new = new[scores[:, new].topk(k, dim=1).indices]
+        for row in range(len(top)):
+            listed, already = top[row].tolist(), int(is_new[top[row]].sum())
+            missing = [i for i in best_new[row].tolist() if i not in listed][: max(0, slots - already)]
+            if missing:
+                keep = [i for i in listed if not is_new[i]][: k - len(missing) - already]
+                kept_new = [i for i in listed if is_new[i]]
+                merged = sorted(keep + kept_new, key=lambda i: -scores[row, i].item()) + missing
+                top[row] = torch.tensor(merged[:k])
+    place = (top == targets.unsqueeze(1)).float()
+    hit = place.sum(1).numpy()
+    gain = (place / torch.log2(torch.arange(2, k + 2).float())).sum(1).numpy()
+    new_rows = is_new[targets].numpy()
     return {"HR": hit.mean(), "NDCG": gain.mean(), "new HR": hit[new_rows].mean(), "new NDCG": gain[new_rows].mean()}
 
 
 def main() -> None:
+    scored = {run: masked_scores(run) for run in sys.argv[1:]}
     print("| run | users | full HR@10 | first among new items: 1 | 2 | 3 | 5 | 10 |\n|---|---|---|---|---|---|---|---|")
-    for run in sys.argv[1:]:
-        among_all, among_new = ranks(run)
+    for run, found in scored.items():
+        among_all, among_new = ranks(*found)
         shares = " | ".join(f"{(among_new < n).mean():.4f}" for n in (1, 2, 3, 5, 10))
         print(f"| {run} | {len(among_all)} | {(among_all < 10).mean():.4f} | {shares} |")
     print("\n| run | new-item places | full HR@10 | full NDCG@10 | new targets: HR@10 | NDCG@10 |")
     print("|---|---|---|---|---|---|")
-    for run in sys.argv[1:]:
+    for run, found in scored.items():
         for slots in (0, 1, 2):
-            m = with_slots(run, slots)
+            m = with_slots(*found, slots)
             print(f"| {run} | {slots} | {m['HR']:.4f} | {m['NDCG']:.4f} | {m['new HR']:.4f} | {m['new NDCG']:.4f} |")
 
 

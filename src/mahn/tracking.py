@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mahn.errors import DataError
 from mahn.io import read_json, write_json
+from mahn.training.loop import read_history
 
 TRACKERS = ("tensorboard", "mlflow")
 STATE_FILE = "tracking.json"
@@ -110,21 +111,22 @@ class TrackedRun:
     def _epoch(self, record: dict) -> None:
         if self.backend is None:
             self.open()
-            earlier = [r for r in read_history(self.run) if self.sent < r["epoch"] < record["epoch"]]
-            for missed in earlier:  # a resumed run's epochs that a kill left unsent
-                self.backend.metrics(epoch_metrics(missed), missed["epoch"])
-        self.backend.metrics(epoch_metrics(record), record["epoch"])
-        self.sent = record["epoch"]
+            self.catch_up(read_history(self.run), before=record["epoch"])  # what a kill left unsent
+        self.catch_up([record])
         self.save_state()
+
+    def catch_up(self, history: list[dict], before: int | None = None) -> None:
+        """Send the epochs of `history` after the last one sent (and before `before`)."""
+        for record in history:
+            if self.sent < record["epoch"] and (before is None or record["epoch"] < before):
+                self.backend.metrics(epoch_metrics(record), record["epoch"])
+                self.sent = record["epoch"]
 
     def _finish(self, test: dict | None, status: str, tags: dict[str, str] | None, best_epoch: int | None) -> None:
         history = read_history(self.run)
         if self.backend is None:
             self.open()
-        for record in history:  # what was not sent yet (nothing, unless the run finished before tracking began)
-            if record["epoch"] > self.sent:
-                self.backend.metrics(epoch_metrics(record), record["epoch"])
-                self.sent = record["epoch"]
+        self.catch_up(history)  # nothing, unless the run finished before tracking began
         final: dict[str, float] = {"epochs": float(len(history))}
         select = str(self.settings.get("select", "full"))
         best = (next((r for r in history if r["epoch"] == best_epoch), None) if best_epoch is not None
@@ -211,13 +213,6 @@ def close_abandoned(run: Path) -> None:
         MlflowClient(tracking_uri=state["uri"]).set_terminated(state["id"], status="KILLED")
     except Exception as error:  # noqa: BLE001 - a tracker gone is a warning, not a failed tune
         print(f"warning: could not close the MLflow run of {run}: {str(error).splitlines()[0]}", file=sys.stderr)
-
-
-def read_history(run: Path) -> list[dict]:
-    import orjson
-
-    path = run / "metrics.jsonl"
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.is_file() else []
 
 
 class _TensorBoard:

@@ -184,14 +184,12 @@ def run_trial(optuna, study, trial, dataset_dir: Path, out: Path, fixed: dict, p
         state = TrialState.COMPLETE
     except optuna.TrialPruned:
         state = TrialState.PRUNED
-    except Exception:
-        study.tell(trial, state=TrialState.FAIL)  # would fail again: not retried on resume
+    except BaseException as error:
+        failed = isinstance(error, Exception)
+        if failed:  # would fail again: not retried on resume (Ctrl-C leaves it RUNNING, to be tried again)
+            study.tell(trial, state=TrialState.FAIL)
         if tracked is not None and tracked.backend is not None:
-            tracked.finish(status="FAILED")
-        raise
-    except BaseException:  # Ctrl-C: the trial stays RUNNING, to be tried again; its tracked run ends here
-        if tracked is not None and tracked.backend is not None:
-            tracked.finish(status="KILLED")
+            tracked.finish(status="FAILED" if failed else "KILLED")
         raise
     if tracked is not None:  # validation only: a search must not look at the test split
         tracked.finish(status="FINISHED" if state == TrialState.COMPLETE else "KILLED",

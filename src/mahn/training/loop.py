@@ -119,6 +119,12 @@ def write_history(run: Path, history: list[dict]) -> None:
     write_bytes(run / "metrics.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in history))
 
 
+def read_history(run: Path) -> list[dict]:
+    """The run's metrics.jsonl, one dict an epoch ([] before the first epoch)."""
+    path = run / "metrics.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.is_file() else []
+
+
 RUN_IDENTITY = ("model", "model_config", "dataset")  # what a resumed run must share with its config.json
 
 
