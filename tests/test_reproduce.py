@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from mahn.errors import DataError
 from mahn.evaluation import PROTOCOLS, SHOWN
 from mahn.io import read_json, write_json
 from mahn.reproduce import ReproduceConfig, Run, reproduce
+from mahn.settings import resolve
+from mahn.training.loop import changed_settings
 from synthetic import make_dataset
 
 
@@ -149,6 +153,40 @@ def test_a_killed_reproduce_resumes_without_retraining(report):
     assert before == after  # nothing was retrained
     assert again["dims"]["10"][1]["test"] == results["dims"]["10"][1]["test"]
     np.testing.assert_equal(again["paired_tests"], results["paired_tests"])
+
+
+def test_a_run_trained_with_other_settings_is_neither_reused_nor_resumed(report, tmp_path):
+    """A finished run whose config.json differs from what today's defaults give it (a default changed since)
+    would put two configurations into one table: refused, naming the setting, and nothing written."""
+    data, out, _ = report
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy)
+    run = copy / "runs" / "quick" / "gru4rec-seed1"
+    record = read_json(run / "config.json")
+    record["train"]["lr"] = 0.01  # as if trained when the default rate was 0.01
+    del record["train"]["plateau_steps"]  # a setting older runs lack: its field's default, so no difference
+    write_json(run / "config.json", record)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    config = ReproduceConfig(out=copy, seeds=2, budget="quick", models=("mahn", "popularity", "gru4rec"), batch_size=64)
+    with pytest.raises(DataError, match=r"lr 0\.01 \(now 0\.001\)") as refused:
+        reproduce(data, config, say=lambda *_: None)
+    assert refused.value.where == str(run / "config.json") and "plateau_steps" not in str(refused.value)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_changed_settings_ignores_how_a_run_computes_and_a_cap_it_never_reached(report):
+    _, out, _ = report
+    run = out / "runs" / "quick" / "gru4rec-seed0"
+    record = read_json(run / "config.json")
+    trained = resolve(("trained", {"model": "gru4rec", **record["train"]}))
+    assert changed_settings(run, trained) == {}
+    assert changed_settings(run, replace(trained, train=replace(trained.train, threads=7, device="cpu"))) == {}
+    assert changed_settings(run, replace(trained, train=replace(trained.train, lr=0.5))) == {
+        "lr": (record["train"]["lr"], 0.5)}
+    summary = read_json(run / "summary.json")
+    longer = replace(trained, train=replace(trained.train, epochs=summary["epochs"] + 100))
+    assert ("epochs" in changed_settings(run, longer)) == (not summary["stopped_early"])
+    assert changed_settings(run / "absent", trained) == {}
 
 
 def test_settings_equal_to_defaults_share_a_key_and_bad_config_is_refused(tmp_path):

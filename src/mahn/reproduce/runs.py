@@ -32,6 +32,7 @@ from mahn.search import search_space
 from mahn.settings import RunSettings, TrainConfig, defaults, preset_layer, resolve
 from mahn.tracking import TrackConfig, train_tracked
 from mahn.training import load_run
+from mahn.training.loop import changed_settings
 
 EXPERIMENTS = ("compare", "variants", "ablations", "dims", "groups", "cold")  # cold: not the paper's; opt in
 PAPER_EXPERIMENTS = EXPERIMENTS[:5]
@@ -148,9 +149,14 @@ class Reproduction:
     def execute(self, run: Run) -> dict:
         """Train (or resume) and test one run; cached in runs/<key>/result.json."""
         folder = self.runs_dir / run.key
+        settings = self.settings(run)
+        changed = changed_settings(folder, settings)
+        if changed:  # e.g. a default changed since: reusing or resuming it would mix two configurations
+            said = ", ".join(f"{name} {then!r} (now {now!r})" for name, (then, now) in sorted(changed.items()))
+            raise DataError(f"this run was trained with other settings than this mahn gives it: {said}; move the "
+                            "folder aside to train it again, or reproduce into another --out", folder / "config.json")
         if (folder / "result.json").exists():
             return read_json(folder / "result.json")
-        settings = self.settings(run)
         self.say(f"training {run.key}")
         started = time.perf_counter()
         checkpoint = folder / "checkpoints" / "last.safetensors"

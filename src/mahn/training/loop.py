@@ -126,6 +126,30 @@ def read_history(run: Path) -> list[dict]:
 
 
 RUN_IDENTITY = ("model", "model_config", "dataset")  # what a resumed run must share with its config.json
+HOW_NOT_WHAT = ("threads", "device", "progress")  # trainer settings that change how a run computes, not what it learns
+
+
+def changed_settings(run: Path, settings: RunSettings) -> dict[str, tuple]:
+    """The settings a run in `run` was trained (or started) with that differ from `settings`: {name: (then, now)};
+    {} when the run has no config.json yet. A setting missing from an older config.json had its field's default,
+    which keeps the behaviour of the code before the setting existed. A different epoch cap changes nothing in a
+    run that is unfinished, or that stopped early within both caps."""
+    if not (run / "config.json").is_file():
+        return {}
+    saved = read_json(run / "config.json")
+    now = orjson.loads(orjson.dumps({"model_config": asdict(settings.model_config), "train": asdict(settings.train)}))
+    field_defaults = {"model_config": asdict(type(settings.model_config)()), "train": asdict(TrainConfig())}
+    changed = {"model": (saved["model"], settings.model)} if saved["model"] != settings.model else {}
+    for part in ("model_config", "train"):
+        then = field_defaults[part] | saved.get(part, {})
+        for name, value in now[part].items():
+            if name not in HOW_NOT_WHAT and then.get(name) != value:
+                changed[name] = (then.get(name), value)
+    if "epochs" in changed:
+        summary = read_json(run / "summary.json") if (run / "summary.json").is_file() else None
+        if summary is None or (summary["stopped_early"] and summary["epochs"] < min(changed["epochs"])):
+            del changed["epochs"]
+    return changed
 
 
 def killed_before_first_checkpoint(run: Path, record: dict) -> bool:
