@@ -15,32 +15,20 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-# settings a run's config.json may lack, because it was trained before they existed, and the value that
-# reproduces what the code did then
-ABSENT = {"patience_steps": 0, "skip_untrained": False, "impute_ids": False, "feature_dropout": 0.0,
-          "content_dropout": 0.0, "gates": True}
-NOT_FLAGS = ("threads", "device", "progress")
-
 
 def flags(run: Path) -> str:
     """`mahn train` flags that retrain `run` with today's code: every setting that differs from today's default."""
-    from mahn.settings import defaults
+    from mahn.settings import as_trained, defaults, inert
 
     record = orjson.loads((run / "config.json").read_bytes())
-    model = record["model"]
-    saved = {**record["model_config"], **record["train"]}
-    if saved.get("lr_schedule") is None:  # before lr_schedule: StepLR, constant when lr_gamma was 1
-        saved["lr_schedule"] = "constant" if saved.get("lr_gamma") == 1 else "step"
-    today = defaults(model)
+    then = as_trained(record)
     changed = []
-    for key, value in today.items():
-        then = saved.get(key, ABSENT.get(key, value))
-        then = ABSENT.get(key, then) if then is None else then
-        if key in NOT_FLAGS or then == value or (key in ("lr_step", "lr_gamma") and saved["lr_schedule"] == "constant"):
+    for key, value in defaults(record["model"]).items():
+        if key in inert(then) or then[key] == value:
             continue
-        text = str(then).lower() if isinstance(then, bool) else str(then)
+        text = str(then[key]).lower() if isinstance(then[key], bool) else str(then[key])
         changed.append(f"--set {key}={text}")
-    return " ".join([f"--model {model}", *changed])
+    return " ".join([f"--model {record['model']}", *changed])
 
 
 def untrained_split(run: Path) -> tuple[float, float, int]:

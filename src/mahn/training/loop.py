@@ -33,7 +33,7 @@ from mahn.evaluation import EvalConfig, evaluate
 from mahn.io import lock_folder, read_json, write_bytes, write_json
 from mahn.models import build_model
 from mahn.models.base import SequentialModel
-from mahn.settings import RunSettings, TrainConfig, resolve
+from mahn.settings import RunSettings, TrainConfig, as_trained, inert, resolve
 from mahn.training.batches import epoch_order, make_batch, training_users
 from mahn.training.checkpoints import check_fingerprint, load_checkpoint, save_checkpoint, save_weights
 from mahn.training.distributed import (
@@ -126,25 +126,20 @@ def read_history(run: Path) -> list[dict]:
 
 
 RUN_IDENTITY = ("model", "model_config", "dataset")  # what a resumed run must share with its config.json
-HOW_NOT_WHAT = ("threads", "device", "progress")  # trainer settings that change how a run computes, not what it learns
 
 
 def changed_settings(run: Path, settings: RunSettings) -> dict[str, tuple]:
     """The settings a run in `run` was trained (or started) with that differ from `settings`: {name: (then, now)};
-    {} when the run has no config.json yet. A setting missing from an older config.json had its field's default,
-    which keeps the behaviour of the code before the setting existed. A different epoch cap changes nothing in a
-    run that is unfinished, or that stopped early within both caps."""
+    {} when the run has no config.json yet. Settings that act on neither side are no difference, and neither is
+    the epoch cap of a run that is unfinished or stopped early within both caps."""
     if not (run / "config.json").is_file():
         return {}
-    saved = read_json(run / "config.json")
-    now = orjson.loads(orjson.dumps({"model_config": asdict(settings.model_config), "train": asdict(settings.train)}))
-    field_defaults = {"model_config": asdict(type(settings.model_config)()), "train": asdict(TrainConfig())}
-    changed = {"model": (saved["model"], settings.model)} if saved["model"] != settings.model else {}
-    for part in ("model_config", "train"):
-        then = field_defaults[part] | saved.get(part, {})
-        for name, value in now[part].items():
-            if name not in HOW_NOT_WHAT and then.get(name) != value:
-                changed[name] = (then.get(name), value)
+    record = read_json(run / "config.json")
+    then = as_trained(record)
+    now = orjson.loads(orjson.dumps(asdict(settings.model_config) | asdict(settings.train)))
+    ignored = inert(then) & inert(now)
+    changed = {"model": (record["model"], settings.model)} if record["model"] != settings.model else {}
+    changed |= {key: (then[key], value) for key, value in now.items() if key not in ignored and then[key] != value}
     if "epochs" in changed:
         summary = read_json(run / "summary.json") if (run / "summary.json").is_file() else None
         if summary is None or (summary["stopped_early"] and summary["epochs"] < min(changed["epochs"])):
