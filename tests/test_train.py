@@ -95,6 +95,20 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny, tmp_path):
     assert len(lines) == 4
 
 
+def test_resume_refuses_other_settings_but_may_train_longer(tiny, tmp_path):
+    """A resumed run keeps the settings it started with (a different rate would leave a config.json that lies);
+    its stopping rules may change, and config.json then records the new ones."""
+    run = tmp_path / "run"
+    train(tiny, run, quick(epochs=1))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"lr 0\.001 there, 0\.02 now") as refused:
+        train(tiny, run, quick(epochs=2, lr=0.02), resume=True)
+    assert refused.value.where == str(run / "config.json")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    longer = train(tiny, run, quick(epochs=2, patience=7, threads=1), resume=True)
+    assert longer["epochs"] == 2 and read_json(run / "config.json")["train"]["patience"] == 7
+
+
 def test_run_records_budget_and_keeps_the_best_epoch(tiny, tmp_path):
     """summary.json counts the steps, sequences and time actually spent; best_epoch is the argmax of the
     selected protocol's validation NDCG@10, and best.safetensors holds that epoch's weights."""

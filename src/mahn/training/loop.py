@@ -126,6 +126,7 @@ def read_history(run: Path) -> list[dict]:
 
 
 RUN_IDENTITY = ("model", "model_config", "dataset")  # what a resumed run must share with its config.json
+STOPPING = ("epochs", "patience", "patience_steps")  # the settings a resumed run may change
 
 
 def changed_settings(run: Path, settings: RunSettings) -> dict[str, tuple]:
@@ -188,14 +189,21 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
         leave(world, finished)
 
 
-def check_run_dir(run: Path, run_record: dict, dataset: Dataset, resuming: bool, resume: bool, force: bool) -> None:
-    """A run resumes only with the settings and data it started with; an existing run is never overwritten
-    unless asked (--force), or it was killed before it wrote anything worth keeping."""
+def check_run_dir(run: Path, run_record: dict, settings: RunSettings, dataset: Dataset, resuming: bool, resume: bool,
+                  force: bool) -> None:
+    """A run resumes only with the settings and data it started with (its stopping rules may change: a longer
+    cap or more patience trains it on); an existing run is never overwritten unless asked (--force), or it was
+    killed before it wrote anything worth keeping."""
     if resuming:
         saved = read_json(run / "config.json")
         for key in RUN_IDENTITY:
             if saved[key] != run_record[key]:
                 raise DataError(f"cannot resume: {key} differs from the run's config.json", run / "config.json")
+        changed = {k: v for k, v in changed_settings(run, settings).items() if k not in STOPPING}
+        if changed:
+            said = ", ".join(f"{name} {then!r} there, {now!r} now" for name, (then, now) in sorted(changed.items()))
+            raise DataError(f"cannot resume with other settings than the run's config.json ({said})",
+                            run / "config.json")
         check_fingerprint(saved, dataset, run)
     elif (run.exists() and any(not p.name.startswith(".") for p in run.iterdir()) and not force
           and not (resume and killed_before_first_checkpoint(run, run_record))):
@@ -218,7 +226,7 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
                   "dataset": str(dataset.root.resolve()), "n_items": dataset.n_items,
                   "dataset_sha256": dataset.fingerprint(),
                   "torch": torch.__version__, "numpy": np.__version__}
-    check_run_dir(run, run_record, dataset, resume and checkpoint.exists(), resume, force)
+    check_run_dir(run, run_record, settings, dataset, resume and checkpoint.exists(), resume, force)
     barrier(world)  # every rank has checked the run directory before rank 0 writes into it
     set_threads(config, world, device)
     torch.manual_seed(config.seed)
@@ -245,6 +253,7 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, rng)
         if world.main:  # a kill between the checkpoint and the metrics leaves them one epoch behind
             write_history(run, state["history"])
+            write_json(run / "config.json", run_record)  # its stopping rules may have changed
     elif world.main:
         write_json(run / "config.json", run_record)
     eval_config = EvalConfig(split="valid", max_len=config.max_len, groups=False)
