@@ -24,7 +24,7 @@ def flags(run: Path) -> str:
     then = as_trained(record)
     changed = []
     for key, value in defaults(record["model"]).items():
-        if key in inert(then) or then[key] == value:
+        if key in inert(record["model"], then) or then[key] == value:
             continue
         text = str(then[key]).lower() if isinstance(then[key], bool) else str(then[key])
         changed.append(f"--set {key}={text}")

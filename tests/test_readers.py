@@ -481,7 +481,7 @@ def test_image_paths_that_leave_the_image_folder_are_refused(tmp_path, path):
     os.symlink(tmp_path / "outside.png", data / "photos" / "link.png")
     inter = write(data / "i.csv", "user,item\nu,x1\nu,x2\nu,x3\n")
     items = write(data / "items.csv", f"item,title,image\nx1,One,\nx2,Two,{path}\nx3,Three,\n")
-    with pytest.raises(DataError, match=r"items.csv: item x2: image .* leads out of the image folder"):
+    with pytest.raises(DataError, match=r"items.csv: item 'x2': image .* leads out of the image folder"):
         READERS["csv"](inter, items=items)
     result = CliRunner().invoke(app, ["prepare", str(inter), "--format", "csv", "--items", str(items),
                                       "--out", str(tmp_path / "out")])

@@ -16,6 +16,7 @@ from mahn.evaluation import PROTOCOLS, SHOWN
 from mahn.io import read_json, write_json
 from mahn.reproduce import ReproduceConfig, Run, reproduce
 from mahn.settings import resolve
+from mahn.training import train
 from mahn.training.loop import changed_settings
 from synthetic import make_dataset
 
@@ -28,6 +29,11 @@ def report(tmp_path_factory) -> tuple[Path, Path, dict]:
     config = ReproduceConfig(out=out, seeds=2, budget="quick", models=("mahn", "popularity", "gru4rec"), batch_size=64)
     results = reproduce(data, config, say=lambda *_: None)
     return data, out, results
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("tiny") / "data", users=30, items=24, length=6)
 
 
 def test_every_experiment_is_reported_with_plots_and_raw_numbers(report):
@@ -157,36 +163,50 @@ def test_a_killed_reproduce_resumes_without_retraining(report):
 
 def test_a_run_trained_with_other_settings_is_neither_reused_nor_resumed(report, tmp_path):
     """A finished run whose config.json differs from what today's defaults give it (a default changed since)
-    would put two configurations into one table: refused, naming the setting, and nothing written."""
+    would put two configurations into one table: refused, naming each setting, and nothing written into it."""
     data, out, _ = report
     copy = tmp_path / "report"
     shutil.copytree(out, copy)
     run = copy / "runs" / "quick" / "gru4rec-seed1"
     record = read_json(run / "config.json")
     record["train"]["lr"] = 0.01  # as if trained when the default rate was 0.01
-    del record["train"]["plateau_steps"]  # a setting older runs lack: its field's default, so no difference
+    del record["train"]["patience_steps"]  # trained before it existed: the code then waited for epochs only (0)
+    del record["train"]["precision"]  # added without changing what runs learn: its field's default, no difference
     write_json(run / "config.json", record)
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     config = ReproduceConfig(out=copy, seeds=2, budget="quick", models=("mahn", "popularity", "gru4rec"), batch_size=64)
-    with pytest.raises(DataError, match=r"lr 0\.01 \(now 0\.001\)") as refused:
+    with pytest.raises(DataError, match=r"lr 0\.01 \(now 0\.001\), patience_steps 0 \(now 500\);") as refused:
         reproduce(data, config, say=lambda *_: None)
-    assert refused.value.where == str(run / "config.json") and "plateau_steps" not in str(refused.value)
+    assert refused.value.where == str(run / "config.json") and "precision" not in str(refused.value)
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
-def test_changed_settings_ignores_how_a_run_computes_and_a_cap_it_never_reached(report):
-    _, out, _ = report
-    run = out / "runs" / "quick" / "gru4rec-seed0"
-    record = read_json(run / "config.json")
-    trained = resolve(("trained", {"model": "gru4rec", **record["train"]}))
-    assert changed_settings(run, trained) == {}
-    assert changed_settings(run, replace(trained, train=replace(trained.train, threads=7, device="cpu"))) == {}
-    assert changed_settings(run, replace(trained, train=replace(trained.train, lr=0.5))) == {
-        "lr": (record["train"]["lr"], 0.5)}
-    summary = read_json(run / "summary.json")
-    longer = replace(trained, train=replace(trained.train, epochs=summary["epochs"] + 100))
-    assert ("epochs" in changed_settings(run, longer)) == (not summary["stopped_early"])
-    assert changed_settings(run / "absent", trained) == {}
+def test_changed_settings_counts_only_what_changes_what_a_run_learns(tiny_data, tmp_path):
+    stopped = tmp_path / "stopped"  # a rate of 0 never improves: patience 1 stops it after epoch 2 of 5
+    trained = resolve(("test", {"model": "gru4rec", "epochs": 5, "patience": 1, "patience_steps": 0, "lr": 0.0,
+                                "batch_size": 8, "dim": 8, "max_len": 6, "progress": False}))
+    summary = train(tiny_data, stopped, trained)
+    assert summary["stopped_early"] and summary["epochs"] == 2
+
+    def changed(run: Path, **train_values) -> dict:
+        return changed_settings(run, replace(trained, train=replace(trained.train, **train_values)))
+
+    assert changed(stopped) == {} and changed(stopped, threads=7, device="cpu", progress=True) == {}
+    assert changed(stopped, lr=0.5) == {"lr": (0.0, 0.5)}
+    assert changed(stopped, lr_step=3, lr_gamma=0.1) == {}  # a constant rate has neither
+    assert changed(stopped, lr_schedule="step", lr_step=3) == {"lr_schedule": ("constant", "step"), "lr_step": (10, 3)}
+    assert changed(stopped, epochs=2) == {} and changed(stopped, epochs=50) == {}  # it never needed more than 2
+    assert changed(stopped, epochs=1) == {"epochs": (5, 1)}
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(stopped, unfinished)
+    (unfinished / "summary.json").unlink()
+    assert changed(unfinished, epochs=3) == {} and changed(unfinished, epochs=2) == {"epochs": (5, 2)}
+    assert changed_settings(stopped, resolve(("other", {"model": "sasrec"}))) == {"model": ("gru4rec", "sasrec")}
+    assert changed_settings(tmp_path / "absent", trained) == {}
+    counted = tmp_path / "popularity"  # nothing to learn: no trainer setting changes it
+    popularity = resolve(("test", {"model": "popularity", "progress": False}))
+    train(tiny_data, counted, popularity)
+    assert changed_settings(counted, replace(popularity, train=replace(popularity.train, lr=0.5, epochs=3))) == {}
 
 
 def test_settings_equal_to_defaults_share_a_key_and_bad_config_is_refused(tmp_path):

@@ -96,17 +96,21 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny, tmp_path):
 
 
 def test_resume_refuses_other_settings_but_may_train_longer(tiny, tmp_path):
-    """A resumed run keeps the settings it started with (a different rate would leave a config.json that lies);
-    its stopping rules may change, and config.json then records the new ones."""
+    """A resumed run keeps the settings it started with, the trainer's and the model's (a different rate would
+    leave a config.json that lies); its stopping rules may change, and config.json then records the new ones."""
     run = tmp_path / "run"
-    train(tiny, run, quick(epochs=1))
+    train(tiny, run, quick(epochs=2))
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(DataError, match=r"lr 0\.001 there, 0\.02 now") as refused:
-        train(tiny, run, quick(epochs=2, lr=0.02), resume=True)
-    assert refused.value.where == str(run / "config.json")
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
-    longer = train(tiny, run, quick(epochs=2, patience=7, threads=1), resume=True)
-    assert longer["epochs"] == 2 and read_json(run / "config.json")["train"]["patience"] == 7
+    refusals = (({"lr": 0.02}, r"lr 0\.001 there, 0\.02 now"), ({"loss": "bpr"}, "loss 'ce' there, 'bpr' now"),
+                ({"epochs": 1}, "a cap of 1 epochs: the run has trained 2"))
+    for changed, said in refusals:
+        with pytest.raises(DataError, match=said):
+            train(tiny, run, quick(**{"epochs": 3, **changed}), resume=True)
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    record = read_json(run / "config.json")
+    longer = train(tiny, run, quick(epochs=3, patience=7, threads=1), resume=True)
+    record["train"] |= {"epochs": 3, "patience": 7}  # and nothing else: threads are how it ran, not what it learnt
+    assert longer["epochs"] == 3 and read_json(run / "config.json") == record
 
 
 def test_run_records_budget_and_keeps_the_best_epoch(tiny, tmp_path):

@@ -28,8 +28,8 @@ def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tune") / "data", users=30, items=20, length=6, modalities=())
 
 
-def tune(data: Path, out: Path, trials: int, **kwargs) -> dict:
-    return tune_module.tune(data, out, "gru4rec", trials, base=BASE, say=lambda line: None, **kwargs)
+def tune(data: Path, out: Path, trials: int, base: dict = BASE, **kwargs) -> dict:
+    return tune_module.tune(data, out, "gru4rec", trials, base=base, say=lambda line: None, **kwargs)
 
 
 def test_the_full_budgets_grid_is_the_search_space():
@@ -68,6 +68,20 @@ def test_a_shorter_tune_resumes_and_best_toml_trains_the_best_trial(data, tmp_pa
     trained = read_json(out / "trials" / f"{best['number']:04d}" / "config.json")
     assert settings.model == "gru4rec"
     assert settings.flat() == {"model": "gru4rec", **trained["model_config"], **trained["train"]}
+
+
+def test_a_study_whose_trials_trained_under_other_defaults_is_refused(data, tmp_path, monkeypatch):
+    """A newer mahn whose defaults differ must not add trials to a study of the old ones (nor hand its best to
+    `mahn reproduce --budget full`): refused, naming the setting; where and how loudly trials train may change."""
+    import mahn.settings
+
+    out = tmp_path / "tuned"
+    tune(data, out, 1)
+    assert tune(data, out, 1, base={**BASE, "threads": 2, "progress": True})["finished"] == 1
+    monkeypatch.setitem(mahn.settings.MODEL_DEFAULTS, "gru4rec", {"patience_steps": 7})
+    with pytest.raises(DataError, match="other defaults \\(patience_steps 500 there, 7 now\\)"):
+        tune(data, out, 2)
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0000"]
 
 
 def test_a_trial_left_running_by_a_kill_is_tried_again(data, tmp_path, monkeypatch):

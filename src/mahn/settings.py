@@ -154,27 +154,35 @@ def defaults(model: str) -> dict[str, Any]:
 
 
 # settings an older run's config.json lacks (or holds as null) because it was trained before they existed, with
-# the value that reproduces what the code did then; a setting added without changing behaviour needs no entry
-BEFORE_IT_EXISTED: dict[str, Any] = {"patience_steps": 0, "skip_untrained": False, "impute_ids": False,
-                                     "feature_dropout": 0.0, "content_dropout": 0.0, "gates": True}
+# the value that reproduces what the code did then ("*": every model); a setting added without changing
+# behaviour needs no entry. MAHN trained with BPR and SASRec with BCE before 2cf2c31, Caser with BCE before c4b0bd2.
+BEFORE_IT_EXISTED: dict[str, dict[str, Any]] = {
+    "*": {"patience_steps": 0, "skip_untrained": False, "impute_ids": False, "feature_dropout": 0.0,
+          "content_dropout": 0.0, "gates": True},
+    "mahn": {"loss": "bpr"}, "sasrec": {"loss": "bce"}, "caser": {"loss": "bce"},
+}
 HOW_NOT_WHAT = frozenset({"threads", "device", "progress"})  # how a run computes, not what it learns
 
 
 def as_trained(record: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting of the run whose config.json is `record`, as one flat dict; what an older record lacks is
     filled in as the code then behaved."""
+    model = record["model"]
     saved = {**record["model_config"], **record["train"]}
     if saved.get("lr_schedule") is None:  # before lr_schedule: StepLR, constant when lr_gamma was 1
         saved["lr_schedule"] = "constant" if saved.get("lr_gamma") == 1 else "step"
-    every = asdict(model_class(record["model"]).Config()) | asdict(TrainConfig())
-    return {key: BEFORE_IT_EXISTED.get(key, default) if saved.get(key) is None else saved[key]
-            for key, default in every.items()}
+    before = BEFORE_IT_EXISTED["*"] | BEFORE_IT_EXISTED.get(model, {})
+    every = asdict(model_class(model).Config()) | asdict(TrainConfig())
+    return {key: before.get(key, default) if saved.get(key) is None else saved[key] for key, default in every.items()}
 
 
-def inert(values: Mapping[str, Any]) -> set[str]:
-    """The settings that change nothing given the others (a constant rate has no step or factor), and those that
-    change how a run computes rather than what it learns."""
+def inert(model: str, values: Mapping[str, Any]) -> set[str]:
+    """The settings of a `model` run that change nothing given the others (a constant rate has no step or factor;
+    a model with nothing to learn has no trainer settings), and those that change how a run computes rather than
+    what it learns."""
     unused = set(HOW_NOT_WHAT)
+    if not model_class(model).trainable:
+        return unused | TRAIN_KEYS
     if values.get("lr_schedule") == "constant":
         unused |= {"lr_step", "lr_gamma"}
     if values.get("lr_schedule") != "plateau":

@@ -311,10 +311,10 @@ def finish_items(table: pl.DataFrame | None, items_path: Path | None, options: R
             resolved.append(value if value and value.strip() else None)
             continue
         if "\0" in value:
-            raise DataError(f"item {key}: its image path contains a NUL character", items_path)
+            raise DataError(f"item {key!r}: its image path contains a NUL character", items_path)
         local = os.path.abspath(os.path.join(root, os.path.expanduser(value)))
         if confined and not inside(local, root):
-            raise DataError(f"item {key}: image {value[:200]!r} leads out of the image folder {root}; give paths "
+            raise DataError(f"item {key!r}: image {value[:200]!r} leads out of the image folder {root}; give paths "
                             "inside it, or pass --images-anywhere to allow others", items_path)
         if os.path.isfile(local):
             resolved.append(local)

@@ -150,7 +150,9 @@ class Reproduction:
         """Train (or resume) and test one run; cached in runs/<key>/result.json."""
         folder = self.runs_dir / run.key
         settings = self.settings(run)
-        changed = changed_settings(folder, settings)
+        checkpoint = folder / "checkpoints" / "last.safetensors"
+        # a folder with neither (killed before its first checkpoint) is trained again from the start anyway
+        changed = changed_settings(folder, settings) if (folder / "result.json").exists() or checkpoint.exists() else {}
         if changed:  # e.g. a default changed since: reusing or resuming it would mix two configurations
             said = ", ".join(f"{name} {then!r} (now {now!r})" for name, (then, now) in sorted(changed.items()))
             raise DataError(f"this run was trained with other settings than this mahn gives it: {said}; move the "
@@ -159,7 +161,6 @@ class Reproduction:
             return read_json(folder / "result.json")
         self.say(f"training {run.key}")
         started = time.perf_counter()
-        checkpoint = folder / "checkpoints" / "last.safetensors"
         tested: dict = {}
 
         def test() -> dict:  # once, whether a tracker asks for it or not

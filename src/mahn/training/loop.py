@@ -125,25 +125,31 @@ def read_history(run: Path) -> list[dict]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.is_file() else []
 
 
-RUN_IDENTITY = ("model", "model_config", "dataset")  # what a resumed run must share with its config.json
+RUN_IDENTITY = ("model", "model_config", "dataset")  # what a run killed before its first checkpoint shares with
+# its config.json when it is started again (a resumed run is checked setting by setting: changed_settings)
 STOPPING = ("epochs", "patience", "patience_steps")  # the settings a resumed run may change
 
 
 def changed_settings(run: Path, settings: RunSettings) -> dict[str, tuple]:
     """The settings a run in `run` was trained (or started) with that differ from `settings`: {name: (then, now)};
-    {} when the run has no config.json yet. Settings that act on neither side are no difference, and neither is
-    the epoch cap of a run that is unfinished or stopped early within both caps."""
+    {} when the run has no config.json yet. Settings that act on neither side are no difference, and neither is a
+    new epoch cap that the run has not reached, or did not need as it stopped early before it."""
     if not (run / "config.json").is_file():
         return {}
     record = read_json(run / "config.json")
-    then = as_trained(record)
+    if record["model"] != settings.model:
+        return {"model": (record["model"], settings.model)}
+    then = orjson.loads(orjson.dumps(as_trained(record)))
     now = orjson.loads(orjson.dumps(asdict(settings.model_config) | asdict(settings.train)))
-    ignored = inert(then) & inert(now)
-    changed = {"model": (record["model"], settings.model)} if record["model"] != settings.model else {}
-    changed |= {key: (then[key], value) for key, value in now.items() if key not in ignored and then[key] != value}
+    ignored = inert(settings.model, then) & inert(settings.model, now)
+    changed = {key: (then[key], value) for key, value in now.items() if key not in ignored and then[key] != value}
     if "epochs" in changed:
         summary = read_json(run / "summary.json") if (run / "summary.json").is_file() else None
-        if summary is None or (summary["stopped_early"] and summary["epochs"] < min(changed["epochs"])):
+        if summary is None:  # unfinished: metrics.jsonl may be one epoch behind its checkpoint
+            same = len(read_history(run)) + 1 <= settings.train.epochs
+        else:
+            same = summary["stopped_early"] and summary["epochs"] <= settings.train.epochs
+        if same:
             del changed["epochs"]
     return changed
 
@@ -191,12 +197,12 @@ def train(dataset_dir: str | Path, run: str | Path, settings: RunSettings | None
 
 def check_run_dir(run: Path, run_record: dict, settings: RunSettings, dataset: Dataset, resuming: bool, resume: bool,
                   force: bool) -> None:
-    """A run resumes only with the settings and data it started with (its stopping rules may change: a longer
-    cap or more patience trains it on); an existing run is never overwritten unless asked (--force), or it was
-    killed before it wrote anything worth keeping."""
+    """A run resumes only with the model, data and settings it started with (its stopping rules may change: a
+    longer cap or more patience trains it on); an existing run is never overwritten unless asked (--force), or it
+    was killed before it wrote anything worth keeping."""
     if resuming:
         saved = read_json(run / "config.json")
-        for key in RUN_IDENTITY:
+        for key in ("model", "dataset"):
             if saved[key] != run_record[key]:
                 raise DataError(f"cannot resume: {key} differs from the run's config.json", run / "config.json")
         changed = {k: v for k, v in changed_settings(run, settings).items() if k not in STOPPING}
@@ -204,10 +210,23 @@ def check_run_dir(run: Path, run_record: dict, settings: RunSettings, dataset: D
             said = ", ".join(f"{name} {then!r} there, {now!r} now" for name, (then, now) in sorted(changed.items()))
             raise DataError(f"cannot resume with other settings than the run's config.json ({said})",
                             run / "config.json")
+        trained = len(read_history(run))
+        if settings.train.epochs < trained:
+            raise DataError(f"cannot resume with a cap of {settings.train.epochs} epochs: the run has trained "
+                            f"{trained}", "--epochs")
         check_fingerprint(saved, dataset, run)
     elif (run.exists() and any(not p.name.startswith(".") for p in run.iterdir()) and not force
           and not (resume and killed_before_first_checkpoint(run, run_record))):
         raise DataError("run directory exists (pass --resume to continue it or --force to overwrite)", run)
+
+
+def record_stopping(run: Path, config: TrainConfig) -> None:
+    """A resumed run's config.json takes the stopping rules it now trains under (the rest it started with)."""
+    saved = read_json(run / "config.json")
+    stopping = {key: getattr(config, key) for key in STOPPING}
+    if {key: saved["train"].get(key) for key in STOPPING} != stopping:
+        saved["train"] |= stopping
+        write_json(run / "config.json", saved)
 
 
 def set_threads(config: TrainConfig, world: World, device: torch.device) -> None:
@@ -253,7 +272,7 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, rng)
         if world.main:  # a kill between the checkpoint and the metrics leaves them one epoch behind
             write_history(run, state["history"])
-            write_json(run / "config.json", run_record)  # its stopping rules may have changed
+            record_stopping(run, config)
     elif world.main:
         write_json(run / "config.json", run_record)
     eval_config = EvalConfig(split="valid", max_len=config.max_len, groups=False)
