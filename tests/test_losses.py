@@ -172,10 +172,12 @@ def test_the_paper_preset_pins_the_papers_settings_under_any_defaults():
         ours, theirs = resolve(("x", {"model": model})), resolve(("x", {"model": model}), preset="paper")
         assert (theirs.train.lr_schedule, theirs.train.lr_step, theirs.train.patience, theirs.train.patience_steps,
                 theirs.train.epochs) == ("step", 10, 5, 0, 100)
-        assert ours.train.lr_schedule == "constant" and ours.train.patience_steps > 0
+        assert ours.train.lr_schedule == ("plateau" if model == "bert4rec" else "constant")
+        assert ours.train.patience_steps > 0 and theirs.train.lr_gamma == 0.5
         if loss is not None:
             assert (ours.model_config.loss, theirs.model_config.loss) == ("ce", loss)
-    assert resolve(("x", {"model": "bert4rec"})).train.patience == 20
+    bert4rec = resolve(("x", {"model": "bert4rec"})).train
+    assert (bert4rec.patience, bert4rec.lr_step, bert4rec.lr_gamma, bert4rec.plateau_steps) == (20, 5, 0.3, 250)
     assert resolve(("x", {"model": "bert4rec"})).train.epochs == 2000
     assert resolve(("x", {"model": "bert4rec", "epochs": 3})).train.epochs == 3  # a flag still wins
     with pytest.raises(DataError, match="unknown preset 'best'"):
