@@ -123,6 +123,26 @@ def best_vs_best(models: dict) -> dict | None:
     return result
 
 
+def below_tests(found: dict) -> dict:
+    """For each row where today's defaults score below the old ones under full ranking: is the loss real? Two-sided
+    Wilcoxon signed-rank over the test users of per-user NDCG@10, each side averaged over its seeds."""
+    tests: dict = {}
+    for dataset, models in found.items():
+        for model, pair in models.items():
+            if not (pair["before"] and pair["after"]) or pair["after"]["full"] >= pair["before"]["full"]:
+                continue
+            sides = {side: [per_user(run) for run in pair[side].get("per_seed", [pair[side]])]
+                     for side in ("before", "after")}
+            result = {"seeds": len(sides["after"])}
+            for protocol in ("full", "uni100"):
+                before, after = (np.mean([scores[protocol] for scores in sides[side]], axis=0)
+                                 for side in ("before", "after"))
+                result[protocol] = {"p": paired_p(after, before),
+                                    "higher": "after" if after.mean() >= before.mean() else "before"}
+            tests.setdefault(dataset, {})[model] = result
+    return tests
+
+
 def cell(run: dict | None, protocol: str) -> str:
     return "…" if run is None else f"{run[protocol]:.4f}"
 
@@ -163,12 +183,20 @@ def main() -> None:
             cells = [f"{pair[p]['multimodal']:.4f} / {pair[p]['id_only']:.4f} | {pair[p]['p']:.2g}, {pair[p]['higher']}"
                      for p in ("full", "uni100")]
             print(f"| {dataset} | {pair['multimodal']} | {pair['id_only']} | " + " | ".join(cells) + " |")
+    below = below_tests(found)
+    print("\n| dataset | model, below its old defaults | seeds | p (full), higher | p (uni100), higher |\n"
+          "|---|---|---|---|---|")
+    for dataset, models in below.items():
+        for model, test in models.items():
+            print(f"| {dataset} | {LABELS[model]} | {test['seeds']} | "
+                  + " | ".join(f"{test[p]['p']:.2g}, {test[p]['higher']}" for p in ("full", "uni100")) + " |")
     if args.json:
         complete = {dataset: {model: {side: pair[side] for side in ("before", "after")}
                               for model, pair in models.items() if pair["before"] and pair["after"]}
                     for dataset, models in found.items()}
         complete = {dataset: models for dataset, models in complete.items() if models}
-        complete = {"before_after": complete, "best_vs_best": {d: pair for d, pair in pairs.items() if pair}}
+        complete = {"before_after": complete, "best_vs_best": {d: pair for d, pair in pairs.items() if pair},
+                    "below": below}
         temporary = args.json.with_name(f".{args.json.name}.tmp")
         temporary.write_bytes(orjson.dumps(complete, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
         os.replace(temporary, args.json)
