@@ -44,9 +44,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # the experiments behind each value: docs/investigations/defaults.md.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # a slow learner: its validation score climbs in small steps with long pauses, and on a small dataset it was
-    # still climbing at the common cap of 500 epochs (H&M, 4 steps an epoch: best epoch 483); patience ends it.
+    # still climbing at the common cap of 500 epochs (H&M, 3 steps an epoch: best epoch 483); patience ends it.
     # Its rate falls to 0.3 of itself after 5 epochs and 250 steps without a better score: on validation as good
-    # as the constant rate or better on four datasets of five (Phones +4%), 1.6% below on H&M
+    # as the constant rate or better on four datasets of five (Phones +4%), 1.4% below on H&M
     "bert4rec": {"patience": 20, "epochs": 2000, "lr_schedule": "plateau", "lr_step": 5, "lr_gamma": 0.3,
                  "plateau_steps": 250},
 }
@@ -60,7 +60,7 @@ OPTIMIZERS = ("adam", "adamw", "lazy-adam")
 class TrainConfig:
     """The trainer's settings (model-agnostic)."""
 
-    epochs: int = 500  # upper bound (a small dataset needs many: H&M is 4 steps an epoch); early stopping ends sooner
+    epochs: int = 500  # upper bound (a small dataset needs many: H&M is 3 steps an epoch); early stopping ends sooner
     batch_size: int = 256  # sequences per step (the paper used 5: slow on CPU, reachable by flag)
     lr: float = 1e-3
     weight_decay: float = 1e-4  # the paper's "regularisation": L2 on weight matrices and embeddings, not biases
@@ -74,7 +74,7 @@ class TrainConfig:
     lr_step: int = 10
     lr_gamma: float = 0.5
     # plateau: a cut also waits for this many optimiser steps without a better score, as early stopping does
-    # (at 4 steps an epoch, 5 epochs are 20 steps); 0: epochs only
+    # (at 3 steps an epoch, 5 epochs are 15 steps); 0: epochs only
     plateau_steps: int = 0
     max_len: int = MAX_LEN  # histories are cut to their last max_len items
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping...
