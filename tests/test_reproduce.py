@@ -179,6 +179,13 @@ def test_a_run_trained_with_other_settings_is_neither_reused_nor_resumed(report,
         reproduce(data, config, say=lambda *_: None)
     assert refused.value.where == str(run / "config.json") and "precision" not in str(refused.value)
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    # --move-changed keeps the old run, whole, under changed/ and trains the run again with today's settings
+    moved = reproduce(data, replace(config, move_changed=True), say=lambda *_: None)
+    kept = copy / "changed" / "quick" / "gru4rec-seed1.1"
+    assert {p.relative_to(run): b for p, b in before.items() if p.is_relative_to(run)} == {
+        p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()}
+    assert read_json(run / "config.json")["train"]["lr"] == 0.001 and (run / "result.json").is_file()
+    assert moved["compare"].keys() == read_json(out / "results.json")["compare"].keys()
 
 
 def test_changed_settings_counts_only_what_changes_what_a_run_learns(tiny_data, tmp_path):

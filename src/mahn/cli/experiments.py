@@ -55,6 +55,9 @@ def reproduce(
                                      "does (pip install \"mahn[track]\")."),
     track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`; default: OUT/tensorboard "
                                          "for TensorBoard, sqlite:///mlflow.db for MLflow)."),
+    move_changed: bool = typer.Option(False, help="Move each run trained with other settings than this mahn gives it "
+                                      "(a default changed since) into OUT/changed/ and train it again, instead of "
+                                      "stopping at it."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
     from mahn.reproduce import BUDGETS, ReproduceConfig
@@ -67,7 +70,7 @@ def reproduce(
                              experiments=tuple(e.strip() for e in experiments.split(",") if e.strip()),
                              budget=budget, models=tuple(m.strip() for m in models.split(",") if m.strip()),
                              batch_size=batch_size, threads=threads, device=device,
-                             progress=progress, preset=preset, trials=trials,
+                             progress=progress, preset=preset, trials=trials, move_changed=move_changed,
                              track=None if track is None else TrackConfig(
                                  track, track_uri or (str(out / "tensorboard") if track == "tensorboard" else None)))
     run_reproduce(dataset, config, command="mahn " + " ".join(sys.argv[1:]), say=typer.echo)

@@ -101,6 +101,7 @@ class ReproduceConfig:
     preset: str | None = None  # a settings preset (mahn.settings.PRESETS), e.g. "paper"
     track: TrackConfig | None = None  # send every run to TensorBoard or MLflow (mahn.tracking)
     trials: int | None = None  # tune trials per searched model (None: the budget's)
+    move_changed: bool = False  # a run trained with other settings than today's: moved to OUT/changed/ and retrained
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -155,8 +156,17 @@ class Reproduction:
         changed = changed_settings(folder, settings) if (folder / "result.json").exists() or checkpoint.exists() else {}
         if changed:  # e.g. a default changed since: reusing or resuming it would mix two configurations
             said = ", ".join(f"{name} {then!r} (now {now!r})" for name, (then, now) in sorted(changed.items()))
-            raise DataError(f"this run was trained with other settings than this mahn gives it: {said}; move the "
-                            "folder aside to train it again, or reproduce into another --out", folder / "config.json")
+            if not self.config.move_changed:
+                raise DataError(f"this run was trained with other settings than this mahn gives it: {said}; pass "
+                                "--move-changed to move it aside and train it again, or reproduce into another --out",
+                                folder / "config.json")
+            kept = self.config.out / "changed" / self.runs_dir.name
+            kept.mkdir(parents=True, exist_ok=True)
+            number = 1
+            while (kept / f"{run.key}.{number}").exists():
+                number += 1
+            folder.rename(kept / f"{run.key}.{number}")  # never deleted: the user's finished run
+            self.say(f"{run.key} was trained with {said}: moved to {kept / f'{run.key}.{number}'}")
         if (folder / "result.json").exists():
             return read_json(folder / "result.json")
         self.say(f"training {run.key}")
