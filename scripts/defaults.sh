@@ -45,7 +45,7 @@ probes() {  # each probe's flags are its settings that differ from today's defau
   for dataset in "$@"; do
     case $dataset in
       office)
-        probe office bert4rec-p30 --model bert4rec --set epochs=400 --set patience=30 --set patience_steps=0
+        probe office bert4rec-p30 --model bert4rec --set lr_schedule=constant --set epochs=400 --set patience=30 --set patience_steps=0
         probe office caser --model caser --set loss=bce --set epochs=200 --set patience_steps=0
         probe office caser-ce --model caser --set epochs=200 --set patience_steps=0
         probe office gru4rec-ce-p30 --model gru4rec --set epochs=400 --set patience=30 --set patience_steps=0
@@ -61,7 +61,7 @@ probes() {  # each probe's flags are its settings that differ from today's defau
         probe office sasrec-plateau --model sasrec --set epochs=200 --set lr_schedule=plateau --set lr_step=3 --set lr_gamma=0.3
         ;;
       hm)
-        probe hm bert4rec-ps500 --model bert4rec --set epochs=400 --set patience=10
+        probe hm bert4rec-ps500 --model bert4rec --set lr_schedule=constant --set epochs=400 --set patience=10
         probe hm mahn --model mahn --set skip_untrained=false --set epochs=200 --set patience_steps=0
         probe hm mahn-l2 --model mahn --set feature_norm=l2 --set skip_untrained=false --set epochs=200 --set patience_steps=0
         probe hm mahn-ps500 --model mahn --set skip_untrained=false --set epochs=400

@@ -113,6 +113,25 @@ def test_resume_refuses_other_settings_but_may_train_longer(tiny, tmp_path):
     assert longer["epochs"] == 3 and read_json(run / "config.json") == record
 
 
+def test_a_forced_fresh_start_leaves_nothing_of_the_run_it_replaces(tiny, tmp_path):
+    """--force over a finished run, cut in its first epoch: the old run's summary, weights and checkpoint must
+    not stand in for the new one's (a later --resume or a caller that skips finished runs would use them)."""
+    run = tmp_path / "run"
+    train(tiny, run, quick(epochs=3))
+
+    def cut(record: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, run, quick(epochs=3, lr=0.02), force=True, on_epoch_end=cut)
+    assert not (run / "summary.json").exists()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) <= 1
+    assert read_json(run / "config.json")["train"]["lr"] == 0.02
+    resumed = train(tiny, run, quick(epochs=3, lr=0.02), resume=True)
+    fresh = train(tiny, tmp_path / "fresh", quick(epochs=3, lr=0.02))
+    assert resumed["epochs"] == 3 and resumed["steps"] == fresh["steps"]
+
+
 def test_run_records_budget_and_keeps_the_best_epoch(tiny, tmp_path):
     """summary.json counts the steps, sequences and time actually spent; best_epoch is the argmax of the
     selected protocol's validation NDCG@10, and best.safetensors holds that epoch's weights."""

@@ -79,7 +79,8 @@ def test_a_study_whose_trials_trained_under_other_defaults_is_refused(data, tmp_
     tune(data, out, 1)
     assert tune(data, out, 1, base={**BASE, "threads": 2, "progress": True})["finished"] == 1
     monkeypatch.setitem(mahn.settings.MODEL_DEFAULTS, "gru4rec", {"patience_steps": 7})
-    with pytest.raises(DataError, match="other defaults \\(patience_steps 500 there, 7 now\\)"):
+    with pytest.raises(DataError, match="other settings than this mahn gives them \\(trial 0000: patience_steps 500 "
+                       "there, 7 now\\)"):
         tune(data, out, 2)
     assert sorted(p.name for p in (out / "trials").iterdir()) == ["0000"]
 

@@ -24,7 +24,6 @@ import os
 import shutil
 import time
 import tomllib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from mahn.search import search_space
 from mahn.settings import HOW_NOT_WHAT, defaults, resolve
 from mahn.tracking import TrackConfig, TrackedRun, close_abandoned
 from mahn.training import train
+from mahn.training.loop import changed_settings
 
 PRUNE_AFTER_TRIALS = 4  # completed trials before any is pruned: the median needs some to compare with
 PRUNE_AFTER_EPOCHS = 5  # epochs every trial trains before it can be pruned: the first few say little
@@ -106,21 +106,23 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=fixed["seed"]), pruner=make_pruner())
     # what decides the trials' results: not where or how loudly they train
-    settled = resolve(("tune", fixed))  # and what the defaults make of the rest: a newer mahn's may differ
-    resolved = json.loads(json.dumps(asdict(settled.model_config) | asdict(settled.train)))
-    chosen = {k: v for k, v in fixed.items() if k not in HOW_NOT_WHAT}
-    identity = {"dataset": str(dataset_dir.resolve()), "space": space, "settings": chosen,
-                "defaults": {k: v for k, v in resolved.items() if k not in {*space, *chosen, *HOW_NOT_WHAT}}}
+    identity = {"dataset": str(dataset_dir.resolve()), "space": space,
+                "settings": {k: v for k, v in fixed.items() if k not in HOW_NOT_WHAT}}
     saved = study.user_attrs.get("identity")
     if saved is None:
         study.set_user_attr("identity", identity)
-    elif {k: v for k, v in saved.items() if k != "defaults"} != {k: v for k, v in identity.items() if k != "defaults"}:
+    elif saved != identity:
         raise DataError(f"holds a study of other data, settings or space ({json.dumps(saved)}); choose another --out",
                         out)
-    elif "defaults" in saved and saved["defaults"] != identity["defaults"]:  # older studies did not record them
-        said = ", ".join(f"{k} {saved['defaults'].get(k)!r} there, {v!r} now" for k, v in identity["defaults"].items()
-                         if saved["defaults"].get(k) != v)
-        raise DataError(f"holds a study whose trials trained under other defaults ({said}); choose another --out", out)
+    # and what the defaults made of the rest: a newer mahn's may differ, and its trials must not join theirs
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        folder = out / "trials" / f"{trial.number:04d}"
+        settings = resolve(("tune", {"progress": progress, **fixed}), (f"trial {trial.number}", trial.params))
+        changed = changed_settings(folder, settings)
+        if changed:
+            said = ", ".join(f"{name} {then!r} there, {now!r} now" for name, (then, now) in sorted(changed.items()))
+            raise DataError(f"holds trials trained under other settings than this mahn gives them (trial "
+                            f"{trial.number:04d}: {said}); choose another --out", folder / "config.json")
     # this process holds the folder's lock, so a running trial is one a killed tune left: try its settings again
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)

@@ -56,8 +56,8 @@ def reproduce(
     track_uri: str | None = typer.Option(None, help="Where (see `mahn train --track-uri`; default: OUT/tensorboard "
                                          "for TensorBoard, sqlite:///mlflow.db for MLflow)."),
     move_changed: bool = typer.Option(False, help="Move each run trained with other settings than this mahn gives it "
-                                      "(a default changed since) into OUT/changed/ and train it again, instead of "
-                                      "stopping at it."),
+                                      "(a default changed since) into OUT/changed/ (OUT/cold/changed/ for the new-item "
+                                      "runs) and train it again, instead of stopping at it."),
 ) -> None:
     """Run the paper's experiments (Tables 2-5, Figs. 3-5) and write REPORT/report.md, plots and JSON."""
     from mahn.reproduce import BUDGETS, ReproduceConfig

@@ -14,6 +14,8 @@ per-user NDCG@10 (averaged over seeds).
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,14 +25,14 @@ import numpy as np
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.evaluation import PROTOCOLS, EvalConfig, evaluate, rank_users
-from mahn.io import read_json, save_npy, write_json
+from mahn.io import lock_folder, read_json, save_npy, write_json
 from mahn.models import MODELS, build_model, label, make_config, model_class
 from mahn.models.mahn import VARIANTS
 from mahn.reproduce.report import write_report
 from mahn.reproduce.stats import best_vs_best, group_means, paired_tests
 from mahn.search import search_space
 from mahn.settings import RunSettings, TrainConfig, defaults, preset_layer, resolve
-from mahn.tracking import TrackConfig, train_tracked
+from mahn.tracking import TrackConfig, close_abandoned, train_tracked
 from mahn.training import load_run
 from mahn.training.loop import changed_settings
 
@@ -165,7 +167,12 @@ class Reproduction:
             number = 1
             while (kept / f"{run.key}.{number}").exists():
                 number += 1
-            folder.rename(kept / f"{run.key}.{number}")  # never deleted: the user's finished run
+            lock = lock_folder(folder, "training into this run")  # never move a run another process trains
+            try:
+                close_abandoned(folder)  # a tracked run a kill left open
+                shutil.move(folder, kept / f"{run.key}.{number}")  # never deleted: the user's finished run
+            finally:
+                os.close(lock)
             self.say(f"{run.key} was trained with {said}: moved to {kept / f'{run.key}.{number}'}")
         if (folder / "result.json").exists():
             return read_json(folder / "result.json")
@@ -187,8 +194,8 @@ class Reproduction:
                                 resume=checkpoint.exists(),
                                 force=not checkpoint.exists())
         test_metrics = test()
-        result = {"run": run.key, "budget_name": self.budget.name, "model": run.model, "seed": run.seed,
-                  "settings": dict(run.settings),
+        result = {"run": run.key, "budget_name": self.budget.name, "runs_dir": self.runs_dir.name, "model": run.model,
+                  "seed": run.seed, "settings": dict(run.settings),
                   "test": test_metrics, "valid": summary["valid"],
                   "budget": {k: summary[k] for k in ("epochs", "steps", "sequences", "train_seconds",
                                                      "stopped_early", "best_epoch")},

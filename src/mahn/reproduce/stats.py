@@ -25,7 +25,9 @@ def group_means(runs: list[dict]) -> list[dict]:
 
 def per_user_ndcg(out: Path, runs: list[dict]) -> np.ndarray:
     """(protocols, users) test NDCG@10 averaged over a cell's seeds."""
-    return np.mean([load_npy(out / "runs" / r["budget_name"] / r["run"] / "test_ndcg10.npy") for r in runs], axis=0)
+    # runs of a preset live in runs/<budget>-<preset> (older results name only the budget)
+    return np.mean([load_npy(out / "runs" / r.get("runs_dir", r["budget_name"]) / r["run"] / "test_ndcg10.npy")
+                    for r in runs], axis=0)
 
 
 def best_vs_best(out: Path, compare: dict, multimodal: list[str]) -> dict:

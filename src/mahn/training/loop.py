@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -274,6 +275,11 @@ def _train(dataset: Dataset, run: Path, settings: RunSettings, resume: bool, for
             write_history(run, state["history"])
             record_stopping(run, config)
     elif world.main:
+        # a fresh start over an earlier run (--force): none of its outputs may outlive this run's config.json, or
+        # a kill before this run's first checkpoint would leave them to be resumed or reused as this run's
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        for earlier in ("summary.json", "best.safetensors", "metrics.jsonl"):
+            (run / earlier).unlink(missing_ok=True)
         write_json(run / "config.json", run_record)
     eval_config = EvalConfig(split="valid", max_len=config.max_len, groups=False)
 
