@@ -33,36 +33,40 @@ def fresh() -> tuple[SASRec, torch.optim.Optimizer]:
     return model, torch.optim.SGD(model.parameters(), lr=0.5)  # linear in the gradient (Adam magnifies float noise)
 
 
+def check(world) -> None:
+    """One DDP step on two processes against the single-process step on the whole batch (rank 0 prints OK)."""
+    model, optimizer = fresh()
+    step = wrap(model, world, torch.device("cpu"))
+    batch = whole_batch()
+    part, weight, _ = rank_part(batch, world, N_ITEMS)
+    loss = step(part.histories, part.targets, part.negatives, part.users)
+    (loss * weight).backward()
+    optimizer.step()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(world.size)]
+    dist.all_gather(gathered, flat)
+    if world.main:
+        alone, alone_optimizer = fresh()
+        alone.loss(batch).backward()
+        alone_optimizer.step()
+        expected = torch.cat([p.detach().flatten() for p in alone.parameters()])
+        assert torch.equal(gathered[0], gathered[1]), "the ranks' parameters differ"
+        difference = (gathered[0] - expected).abs().max().item()
+        assert difference < 1e-5, f"not the single-process step: max difference {difference}"
+        moved = (expected - torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])).abs().max()
+        assert moved > 1e-3, "the step changed nothing"
+        print("OK", difference)
+
+
 def main() -> None:
     world = world_from_env()
     join(world, torch.device("cpu"))
     finished = False
     try:
-        model, optimizer = fresh()
-        step = wrap(model, world, torch.device("cpu"))
-        batch = whole_batch()
-        part, weight, _ = rank_part(batch, world, N_ITEMS)
-        loss = step(part.histories, part.targets, part.negatives, part.users)
-        (loss * weight).backward()
-        optimizer.step()
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        gathered = [torch.zeros_like(flat) for _ in range(world.size)]
-        dist.all_gather(gathered, flat)
-        if world.main:
-            alone, alone_optimizer = fresh()
-            alone.loss(batch).backward()
-            alone_optimizer.step()
-            expected = torch.cat([p.detach().flatten() for p in alone.parameters()])
-            assert torch.equal(gathered[0], gathered[1]), "the ranks' parameters differ"
-            difference = (gathered[0] - expected).abs().max().item()
-            assert difference < 1e-5, f"not the single-process step: max difference {difference}"
-            moved = (expected - torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])).abs().max()
-            assert moved > 1e-3, "the step changed nothing"
-            print("OK", difference)
+        check(world)  # its DDP wrapper is gone when leave() tears the group down, as in the trainer
         finished = True
     finally:
         leave(world, finished)
-
 
 if __name__ == "__main__":
     sys.exit(main())

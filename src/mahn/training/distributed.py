@@ -23,6 +23,7 @@ One process (no torchrun) keeps the single-process trainer unchanged.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -87,6 +88,9 @@ def leave(world: World, finished: bool) -> None:
     if world.distributed and dist.is_initialized():
         if finished:
             dist.barrier()
+        # DistributedDataParallel's reducer holds the group and sits in reference cycles: freed here, while the
+        # group can still be torn down in order, not at interpreter exit (where gloo's threads abort the process)
+        gc.collect()
         dist.destroy_process_group()
 
 
