@@ -35,7 +35,7 @@ from mahn.search import search_space
 from mahn.settings import HOW_NOT_WHAT, defaults, resolve
 from mahn.tracking import TrackConfig, TrackedRun, close_abandoned
 from mahn.training import train
-from mahn.training.loop import changed_settings
+from mahn.training.loop import changed_settings, described
 
 PRUNE_AFTER_TRIALS = 4  # completed trials before any is pruned: the median needs some to compare with
 PRUNE_AFTER_EPOCHS = 5  # epochs every trial trains before it can be pruned: the first few say little
@@ -120,9 +120,8 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
         settings = resolve(("tune", {"progress": progress, **fixed}), (f"trial {trial.number}", trial.params))
         changed = changed_settings(folder, settings)
         if changed:
-            said = ", ".join(f"{name} {then!r} there, {now!r} now" for name, (then, now) in sorted(changed.items()))
             raise DataError(f"holds trials trained under other settings than this mahn gives them (trial "
-                            f"{trial.number:04d}: {said}); choose another --out", folder / "config.json")
+                            f"{trial.number:04d}: {described(changed)}); choose another --out", folder / "config.json")
     # this process holds the folder's lock, so a running trial is one a killed tune left: try its settings again
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)

@@ -69,7 +69,7 @@ def train_models(config: DemoConfig, data: Path, say=print) -> dict[str, list[di
     from mahn.api import load
     from mahn.settings import resolve
     from mahn.training import train
-    from mahn.training.loop import STOPPING, changed_settings, read_history
+    from mahn.training.loop import resume_refusal
 
     results: dict[str, list[dict]] = {label: [] for label in MODELS}
     for seed in range(config.seeds):
@@ -83,9 +83,7 @@ def train_models(config: DemoConfig, data: Path, say=print) -> dict[str, list[di
                                              "batch_size": config.batch_size, "seed": seed,
                                              "progress": config.progress}))
                 # a cut run continues; one cut under other settings (another --batch-size) starts again
-                resume = ((run / "checkpoints" / "last.safetensors").exists()
-                          and not set(changed_settings(run, settings)) - set(STOPPING)
-                          and len(read_history(run)) <= settings.train.epochs)
+                resume = (run / "checkpoints" / "last.safetensors").exists() and resume_refusal(run, settings) is None
                 train(data, run, settings, resume=resume, force=True)
                 say(f"      done in {time.perf_counter() - started:.0f} s")
             test_file = run / "test.json"

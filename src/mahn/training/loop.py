@@ -155,6 +155,25 @@ def changed_settings(run: Path, settings: RunSettings) -> dict[str, tuple]:
     return changed
 
 
+def described(changed: dict[str, tuple]) -> str:
+    """Each changed setting (changed_settings) as "name then there, now now", in name order."""
+    return ", ".join(f"{name} {then!r} there, {now!r} now" for name, (then, now) in sorted(changed.items()))
+
+
+def resume_refusal(run: Path, settings: RunSettings) -> DataError | None:
+    """Why the run in `run` cannot resume under `settings` (None: it can): a setting other than its stopping rules
+    changed, or a cap below the epochs it has trained."""
+    changed = {k: v for k, v in changed_settings(run, settings).items() if k not in STOPPING}
+    if changed:
+        return DataError(f"cannot resume with other settings than the run's config.json ({described(changed)})",
+                         run / "config.json")
+    trained = len(read_history(run))
+    if settings.train.epochs < trained:
+        return DataError(f"cannot resume with a cap of {settings.train.epochs} epochs: the run has trained {trained}",
+                         "--epochs")
+    return None
+
+
 def killed_before_first_checkpoint(run: Path, record: dict) -> bool:
     """A run killed before its first checkpoint holds no more than its config (the same as `record`'s), a
     first best.safetensors and metrics: `--resume` starts it again from epoch 1."""
@@ -206,15 +225,9 @@ def check_run_dir(run: Path, run_record: dict, settings: RunSettings, dataset: D
         for key in ("model", "dataset"):
             if saved[key] != run_record[key]:
                 raise DataError(f"cannot resume: {key} differs from the run's config.json", run / "config.json")
-        changed = {k: v for k, v in changed_settings(run, settings).items() if k not in STOPPING}
-        if changed:
-            said = ", ".join(f"{name} {then!r} there, {now!r} now" for name, (then, now) in sorted(changed.items()))
-            raise DataError(f"cannot resume with other settings than the run's config.json ({said})",
-                            run / "config.json")
-        trained = len(read_history(run))
-        if settings.train.epochs < trained:
-            raise DataError(f"cannot resume with a cap of {settings.train.epochs} epochs: the run has trained "
-                            f"{trained}", "--epochs")
+        refusal = resume_refusal(run, settings)
+        if refusal is not None:
+            raise refusal
         check_fingerprint(saved, dataset, run)
     elif (run.exists() and any(not p.name.startswith(".") for p in run.iterdir()) and not force
           and not (resume and killed_before_first_checkpoint(run, run_record))):
