@@ -12,7 +12,8 @@ of its trials up to then (pruned trials included, a repeated point costs nothing
 The same point with the same seed trains the same run on either side, so the tune reaches the grid's best
 exactly when it trains the grid's best point (or one as good) without pruning it. Both sides are resumable:
 finished grid runs and tune trials are kept in --work. Run it on a quiet machine or both sides under the same
-load; the load average before and after each side is recorded.
+load; the load average before and after each side is recorded. The grid can be trained by N processes side by
+side (`--part 1/2`, `--part 2/2`), each point's CPU seconds its own process's.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def shared_settings(model: str, threads: int) -> dict:
             "progress": False}
 
 
-def run_grid(dataset: Path, work: Path, model: str, threads: int) -> dict:
+def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[int, int] | None = None) -> dict:
     from mahn.search import search_space
     from mahn.settings import resolve
     from mahn.training import train
@@ -49,6 +50,8 @@ def run_grid(dataset: Path, work: Path, model: str, threads: int) -> dict:
     for number, values in enumerate(itertools.product(*space.values())):
         point = dict(zip(space, values, strict=True))
         folder, timing = work / "grid" / f"{number:04d}", work / "grid" / f"{number:04d}.time.json"
+        if part is not None and number % part[1] != part[0] - 1:
+            continue
         if not timing.is_file():  # resumable: a finished point is not trained again
             started, cpu = time.perf_counter(), time.process_time()  # as mahn tune times its trials
             train(dataset, folder, resolve(("grid", shared_settings(model, threads)), (f"point {number}", point)),
@@ -96,7 +99,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/tune.json"),
                         help="results file; the entry for this dataset and model is replaced, others kept")
+    parser.add_argument("--part", help="K/N: train only the grid points whose number is K-1 modulo N, then stop "
+                        "(N such processes side by side fill N cores; a last call without --part gathers them "
+                        "and runs the tune)")
     args = parser.parse_args()
+    if args.part:
+        part = tuple(int(n) for n in args.part.split("/"))
+        run_grid(args.dataset, args.work, args.model, args.threads, part)
+        return
     grid = run_grid(args.dataset, args.work, args.model, args.threads)
     tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"])
     entry = {"dataset": str(args.dataset), "model": args.model,

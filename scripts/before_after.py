@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from mahn.data import Dataset
 from mahn.reproduce.stats import paired_p
 
 DATASETS = ("demo", "office", "instruments", "hm", "phones", "clothing")
@@ -47,7 +48,7 @@ def report_run(report: Path, model: str, data: Path) -> dict | None:
     """Seed 0 of `model` at its defaults in a `standard` report (scripts/defaults.sh report): the same command."""
     key = model
     if model == "mahn":  # MAHN drops the modalities the dataset lacks, as `mahn reproduce` runs it
-        have = orjson.loads((data / "manifest.json").read_bytes()).get("features", {})
+        have = Dataset(data).covered_modalities()
         ablate = ("" if "image" in have else "v") + ("" if "text" in have else "t")
         key = f"mahn-ablate={ablate}" if ablate else "mahn"
     result_file = report / "runs" / "standard" / f"{key}-seed0" / "result.json"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# MAHN vs MAHN-V-T on the real multimodal data in ../shared/data (README "Measured results"):
-#   Amazon 2018 Instruments with image/text code features, H&M with EfficientNet-Lite0 / MiniLM features.
+# Prepares the real data in ../shared/data under WORK_DIR (Office with MiniLM title/description features, Phones
+# and Clothing ID-only, Instruments with image/text code features, H&M with EfficientNet-Lite0 / MiniLM features),
+# then trains MAHN vs MAHN-V-T on Instruments and H&M (README "Measured results").
 # Usage: scripts/real_data.sh [WORK_DIR]   (default: runs/real). Test metrics go to WORK_DIR/*.test.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,13 @@ WORK=${1:-runs/real}
 M=.venv/bin/mahn
 export HF_HUB_OFFLINE=1
 mkdir -p "$WORK"
+
+for amazon2014 in office phones clothing; do
+  [ -f "$WORK/$amazon2014/manifest.json" ] || $M prepare "$DATA/amazon2014-$amazon2014/user_sequence.txt" \
+      --format sequences $([ -f "$DATA/amazon2014-$amazon2014/items.jsonl" ] && echo --items "$DATA/amazon2014-$amazon2014/items.jsonl") \
+      --kcore 5 --out "$WORK/$amazon2014"
+done
+$M features "$WORK/office" --no-progress
 
 [ -f "$WORK/instruments/manifest.json" ] || $M prepare "$DATA/amazon2018-instruments/user_sequence.txt" \
     --format sequences --items "$DATA/amazon2018-instruments/items.jsonl" --kcore 5 --out "$WORK/instruments"

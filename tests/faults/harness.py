@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from ledger import record
 
 # values that differ between two uninterrupted runs of the same command: wall-clock times and the paths
 # of the temporary folders a result was built in
@@ -216,3 +217,26 @@ def kill_and_rerun(argv: list[str], log: Path, horizon: float, kills: int, rng: 
             raise AssertionError(f"mahn {' '.join(argv)} exited {code} after {delivered} kills:\n"
                                  f"{log.read_text()[-3000:]}")
         return delivered
+
+
+def trials(tally: Tally, argv: list[str], work: Path, reset, artifacts: Path, reference: dict[str, str],
+           horizon: float, total: int, seed: int, after_kill=None, skip=lambda p: False) -> None:
+    """Kill-and-rerun sequences (1-3 kills each) from a fresh pre-state until `total` kills are delivered."""
+    rng = random.Random(seed)
+    while tally.injected < total:
+        reset()
+        tally.injected += kill_and_rerun(argv, work / "attempt.log", horizon, rng.randint(1, 3), rng, after_kill)
+        tally.end_trial(digest(artifacts, skip), reference, orphans(work))
+
+
+def finish(tally: Tally) -> None:
+    record("kill", tally.command, **tally.as_counts())
+    assert tally.injected > 0
+    assert tally.problems == []
+    assert tally.recovered == tally.trials
+
+
+def reference_run(argv: list[str], work: Path, reset, artifacts: Path, skip=lambda p: False) -> tuple[dict, float]:
+    reset()
+    seconds = run(argv, work / "reference.log")
+    return digest(artifacts, skip), seconds

@@ -12,39 +12,15 @@ import contextlib
 import random
 import shutil
 import time
-from pathlib import Path
 
 import pytest
-from harness import Tally, digest, forked, kill, kill_and_rerun, orphans, run
-from ledger import record, scaled
+from harness import Tally, digest, finish, forked, kill, kill_and_rerun, orphans, reference_run, run, trials
+from ledger import scaled
 
 from mahn.io import read_json
 from synthetic import make_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def trials(tally: Tally, argv: list[str], work: Path, reset, artifacts: Path, reference: dict[str, str],
-           horizon: float, total: int, seed: int, after_kill=None, skip=lambda p: False) -> None:
-    """Kill-and-rerun sequences (1-3 kills each) from a fresh pre-state until `total` kills are delivered."""
-    rng = random.Random(seed)
-    while tally.injected < total:
-        reset()
-        tally.injected += kill_and_rerun(argv, work / "attempt.log", horizon, rng.randint(1, 3), rng, after_kill)
-        tally.end_trial(digest(artifacts, skip), reference, orphans(work))
-
-
-def finish(tally: Tally) -> None:
-    record("kill", tally.command, **tally.as_counts())
-    assert tally.injected > 0
-    assert tally.problems == []
-    assert tally.recovered == tally.trials
-
-
-def reference_run(argv: list[str], work: Path, reset, artifacts: Path, skip=lambda p: False) -> tuple[dict, float]:
-    reset()
-    seconds = run(argv, work / "reference.log")
-    return digest(artifacts, skip), seconds
 
 
 def test_prepare_killed_anywhere_leaves_the_old_output_or_the_new_one(shop, tmp_path):
@@ -76,22 +52,6 @@ def test_features_killed_anywhere_resume_to_the_same_bytes(shop, tmp_path):
     reference, seconds = reference_run(argv, tmp_path, reset, data)
     tally = Tally("features")
     trials(tally, argv, tmp_path, reset, data, reference, seconds, scaled(3), seed=2)
-    finish(tally)
-
-
-@pytest.mark.parametrize("model", ["mahn", "sasrec", "mgt"])
-def test_train_killed_anywhere_resumes_to_the_same_weights(tmp_path, model):
-    data = make_dataset(tmp_path / "data", users=60, items=30)
-    out = tmp_path / "run"
-    argv = ["train", str(data), "--out", str(out), "--model", model, "--dim", "8", "--epochs", "6", "--patience",
-            "6", "--threads", "1", "--no-progress", "--resume"]
-
-    def reset():
-        shutil.rmtree(out, ignore_errors=True)
-
-    reference, seconds = reference_run(argv, tmp_path, reset, out)
-    tally = Tally("train")
-    trials(tally, argv, tmp_path, reset, out, reference, seconds, scaled(25), seed=3)
     finish(tally)
 
 

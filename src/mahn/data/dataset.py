@@ -117,6 +117,11 @@ class Dataset:
     def feature_modalities(self) -> list[str]:
         return sorted(self.manifest.get("features", {}))
 
+    def covered_modalities(self) -> list[str]:
+        """The modalities whose features cover at least one item (Office's images: none could be fetched)."""
+        records = self.manifest.get("features", {})
+        return [m for m in self.feature_modalities() if records[m].get("coverage", 1.0) > 0]
+
     def features(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
         """(matrix float (items, dim) memory-mapped, mask bool (items,)) for a modality such as 'image'."""
         record = self.manifest.get("features", {}).get(modality)

@@ -249,8 +249,7 @@ class Reproduction:
     def mahn_base(self) -> dict:
         """MAHN's settings on this dataset: ablated as far as the dataset's features require. A modality whose
         features cover no item (Office's images: none could be fetched) counts as absent."""
-        records = self.dataset.manifest.get("features", {})
-        have = {m for m in self.dataset.feature_modalities() if records[m].get("coverage", 1.0) > 0}
+        have = self.dataset.covered_modalities()
         ablate = ("" if "image" in have else "v") + ("" if "text" in have else "t")
         if ablate:
             missing = {"v": "image", "t": "text", "vt": "image and text"}[ablate]
