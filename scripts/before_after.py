@@ -5,6 +5,9 @@ Usage: python scripts/before_after.py [--runs runs] [--json docs/investigations/
 The runs come from `scripts/defaults.sh before|after DATASET...` (an "after" run missing there is read from
 seed 0 of `scripts/defaults.sh report DATASET`, the same command); a run still missing on either side is shown
 as "…" and left out of the JSON. The JSON is what the README's numbers on today's defaults are read from.
+A row the JSON already holds whose runs are not under --runs (runs/ is not committed: a later session adds a
+row without training every other again) is kept as it is, marked "kept", with its test against the old defaults;
+a dataset with a kept row keeps its committed best-against-best test (it needs every run's per-user scores).
 
 Where a row has more seeds (`MODEL-seed1`, `MODEL-seed2` in runs/before/DATASET and runs/after/DATASET:
 runs/lanes-style `scripts/probe.sh ... --seed N`), the row is the mean over the seeds both sides have, and
@@ -144,6 +147,25 @@ def below_tests(found: dict) -> dict:
     return tests
 
 
+def keep_committed(found: dict, committed: dict) -> set[str]:
+    """Adds the committed rows whose runs are not here; returns the datasets that have such a row (their paired
+    tests need every run's per-user scores, so they are kept from the JSON too)."""
+    kept = set()
+    for dataset, models in committed.get("before_after", {}).items():
+        for model, pair in models.items():
+            local = found.get(dataset, {}).get(model)
+            if not (local and local["before"] and local["after"]):
+                found.setdefault(dataset, {})[model] = {**pair, "kept": True}
+                kept.add(dataset)
+    for dataset in found:
+        found[dataset] = dict(sorted(found[dataset].items(), key=lambda item: MODELS.index(item[0])))
+    order = sorted(found, key=DATASETS.index)
+    found_sorted = {dataset: found[dataset] for dataset in order}
+    found.clear()
+    found.update(found_sorted)
+    return kept
+
+
 def cell(run: dict | None, protocol: str) -> str:
     return "…" if run is None else f"{run[protocol]:.4f}"
 
@@ -175,8 +197,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the finished pairs here (atomically)")
     args = parser.parse_args()
     found = collect(args.runs)
+    committed = orjson.loads(args.json.read_bytes()) if args.json and args.json.is_file() else {}
+    kept = keep_committed(found, committed)
     print(markdown(found))
-    pairs = {dataset: best_vs_best(models) for dataset, models in found.items()}
+    pairs = {dataset: committed.get("best_vs_best", {}).get(dataset) if dataset in kept else best_vs_best(models)
+             for dataset, models in found.items()}
     print("\n| dataset | best multimodal | best ID-only | test full NDCG@10 | p (full), higher | "
           "test uni100 NDCG@10 | p (uni100), higher |\n|---|---|---|---|---|---|---|")
     for dataset, pair in pairs.items():
@@ -184,7 +209,12 @@ def main() -> None:
             cells = [f"{pair[p]['multimodal']:.4f} / {pair[p]['id_only']:.4f} | {pair[p]['p']:.2g}, {pair[p]['higher']}"
                      for p in ("full", "uni100")]
             print(f"| {dataset} | {pair['multimodal']} | {pair['id_only']} | " + " | ".join(cells) + " |")
-    below = below_tests(found)
+    below = below_tests({dataset: {model: pair for model, pair in models.items() if "kept" not in pair}
+                         for dataset, models in found.items()})
+    for dataset, tests in committed.get("below", {}).items():  # a kept row keeps its test
+        for model, test in tests.items():
+            if "kept" in found.get(dataset, {}).get(model, {}):
+                below.setdefault(dataset, {})[model] = test
     print("\n| dataset | model, below its old defaults | seeds | p (full), higher | p (uni100), higher |\n"
           "|---|---|---|---|---|")
     for dataset, models in below.items():
@@ -192,7 +222,7 @@ def main() -> None:
             print(f"| {dataset} | {LABELS[model]} | {test['seeds']} | "
                   + " | ".join(f"{test[p]['p']:.2g}, {test[p]['higher']}" for p in ("full", "uni100")) + " |")
     if args.json:
-        complete = {dataset: {model: {side: pair[side] for side in ("before", "after")}
+        complete = {dataset: {model: {side: pair[side] for side in ("before", "after", "kept") if side in pair}
                               for model, pair in models.items() if pair["before"] and pair["after"]}
                     for dataset, models in found.items()}
         complete = {dataset: models for dataset, models in complete.items() if models}
