@@ -13,7 +13,10 @@ The same point with the same seed trains the same run on either side, so the tun
 exactly when it trains the grid's best point (or one as good) without pruning it. Both sides are resumable:
 finished grid runs and tune trials are kept in --work. Run it on a quiet machine or both sides under the same
 load; the load average before and after each side is recorded. The grid can be trained by N processes side by
-side (`--part 1/2`, `--part 2/2`), each point's CPU seconds its own process's.
+side (`--part 1/2`, `--part 2/2`), each point's CPU seconds its own process's, and the tune beside them
+(`--tune-only`): its trials do not depend on the grid, and its cost is counted up to the first trial that
+reaches the grid's best, as if it had stopped there. A last call with neither flag gathers both and writes the
+JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from mahn.io import read_json, write_json
 
 TRIALS_AT_MOST = 16  # as many as the grid: a tune that needs more has lost
+FINISHED = ("COMPLETE", "PRUNED")
 
 
 def shared_settings(model: str, threads: int) -> dict:
@@ -69,25 +73,58 @@ def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[in
             "loadavg_after": os.getloadavg()}
 
 
-def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float) -> dict:
+def grid_best(work: Path, model: str) -> float | None:
+    """The grid's best validation score once every point is trained, else None."""
+    from mahn.search import search_space
+
+    points = len(list(itertools.product(*search_space(model).values())))
+    scores = []
+    for number in range(points):
+        summary = work / "grid" / f"{number:04d}" / "summary.json"
+        if not (work / "grid" / f"{number:04d}.time.json").is_file():
+            return None
+        scores.append(read_json(summary)["valid"]["full"]["NDCG@10"])
+    return max(scores)
+
+
+def reaching(rows: list[dict], target: float | None) -> tuple[bool, list[dict]]:
+    """Whether the tune reached `target`, and its finished trials up to the first that did (all if none did). The
+    trials are sampled one after another, each from those before it, so those after the first to reach the
+    target change nothing before it: they are left out of the cost, as if the tune had stopped there."""
+    taken = []
+    for row in rows:
+        if row["state"] not in ("COMPLETE", "PRUNED"):
+            continue
+        taken.append(row)
+        if target is not None and row["valid_full_ndcg10"] >= target:
+            return True, taken
+    return False, taken
+
+
+def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float | None) -> dict:
+    """One more trial a call (the study resumes each time) until one reaches the grid's best. With target None
+    (--tune-only: the grid is still training beside it) the target is read again before each trial, known once
+    the grid is finished."""
     from mahn.tune import tune
 
     base = {k: v for k, v in shared_settings(model, threads).items() if k not in ("model", "seed")}
-    load_before = os.getloadavg()
-    for trials in range(1, TRIALS_AT_MOST + 1):  # one more trial a call: the study resumes each time
+    load_before, summary = os.getloadavg(), None
+    for trials in range(1, TRIALS_AT_MOST + 1):
+        goal = target if target is not None else grid_best(work, model)
+        if summary is not None and (reaching(summary["trials"], goal)[0] or summary["stopped"]):
+            break
         summary = tune(dataset, work / "tune", model, trials, seed=0, base=base, say=lambda line: None)
-        done = [t for t in summary["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+        done = [t for t in summary["trials"] if t["state"] in FINISHED]
         latest = done[-1]
         print(f"tune {latest['number']:2d}: {latest['state'].lower()} valid NDCG@10 full "
               f"{latest['valid_full_ndcg10']:.4f}  {latest['cpu_seconds']:.0f} CPU s  {latest['settings']}",
               flush=True)
-        reached = summary["best"] is not None and summary["best"]["valid_full_ndcg10"] >= target
-        if reached or summary["stopped"]:
-            break
-    # every finished trial's CPU (a trial a kill cut short recorded none: run the benchmark without kills)
-    spent = sum(t["cpu_seconds"] or 0.0 for t in summary["trials"])
-    return {"reached": reached, "trials": len(done), "best": summary["best"], "cpu_seconds": spent,
-            "wall_seconds": sum(t["seconds"] or 0.0 for t in summary["trials"]), "loadavg_before": load_before,
+    reached, taken = reaching(summary["trials"], target if target is not None else grid_best(work, model))
+    # the CPU of every trial up to the one that reached the target (a trial a kill cut short recorded none: run
+    # the benchmark without kills)
+    return {"reached": reached, "trials": len(taken), "best": max(taken, key=lambda t: t["valid_full_ndcg10"]),
+            "cpu_seconds": sum(t["cpu_seconds"] or 0.0 for t in taken),
+            "wall_seconds": sum(t["seconds"] or 0.0 for t in taken), "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(), "trial_rows": summary["trials"]}
 
 
@@ -102,7 +139,13 @@ def main() -> None:
     parser.add_argument("--part", help="K/N: train only the grid points whose number is K-1 modulo N, then stop "
                         "(N such processes side by side fill N cores; a last call without --part gathers them "
                         "and runs the tune)")
+    parser.add_argument("--tune-only", action="store_true", help="run the tune's trials beside a grid still "
+                        "training (--part), until one reaches the grid's best once that is known; a last call "
+                        "without it writes the JSON")
     args = parser.parse_args()
+    if args.tune_only:
+        run_tune(args.dataset, args.work, args.model, args.threads, None)
+        return
     if args.part:
         part = tuple(int(n) for n in args.part.split("/"))
         run_grid(args.dataset, args.work, args.model, args.threads, part)

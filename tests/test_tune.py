@@ -70,6 +70,16 @@ def test_a_shorter_tune_resumes_and_best_toml_trains_the_best_trial(data, tmp_pa
     assert settings.flat() == {"model": "gru4rec", **trained["model_config"], **trained["train"]}
 
 
+def test_a_tune_resumed_a_trial_at_a_time_samples_what_one_call_samples(data, tmp_path):
+    # a sampler seeded once a call drew its first random point again in every resumed call
+    whole = tune(data, tmp_path / "whole", 4)
+    for trials in range(1, 5):
+        stepped = tune(data, tmp_path / "stepped", trials)
+    settings = [[t["settings"] for t in summary["trials"]] for summary in (whole, stepped)]
+    assert settings[0] == settings[1]
+    assert len({tuple(point.values()) for point in settings[0]}) > 1
+
+
 def test_a_study_whose_trials_trained_under_other_defaults_is_refused(data, tmp_path, monkeypatch):
     """A newer mahn whose defaults differ must not add trials to a study of the old ones (nor hand its best to
     `mahn reproduce --budget full`): refused, naming the setting; where and how loudly trials train may change."""

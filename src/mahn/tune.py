@@ -104,7 +104,7 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
     if others:
         raise DataError(f"holds another study ({others[0]}); choose another --out", out)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=fixed["seed"]), pruner=make_pruner())
+                                sampler=trial_sampler(optuna, fixed["seed"], 0), pruner=make_pruner())
     # what decides the trials' results: not where or how loudly they train
     identity = {"dataset": str(dataset_dir.resolve()), "space": space,
                 "settings": {k: v for k, v in fixed.items() if k not in HOW_NOT_WHAT}}
@@ -142,6 +142,10 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
         if stopped:
             say(f"{stopped}: no new trial started")
             break
+        # seeded by the trial's number, not once per call: a sampler seeded once a call would draw again, in each
+        # resumed call, the points its first call drew (TPE's first trials are random), so a resumed tune would
+        # spend its trials repeating them
+        study.sampler = trial_sampler(optuna, fixed["seed"], len(study.trials))
         trial = study.ask(distributions)
         earlier = next((t for t in done if t.params == trial.params), None)
         if earlier is None:
@@ -150,6 +154,14 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
             repeat(study, trial, earlier, say)
     return write_summary(study, out, space, trials, fixed, stopped,
                          {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu})
+
+
+def trial_sampler(optuna, seed: int, number: int):
+    """TPE seeded by the tune's seed and the trial's number: the trials depend on the seed and on the trials
+    before them, not on how many calls they took."""
+    import numpy as np
+
+    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]))
 
 
 def finished_trials(study) -> list:
