@@ -10,7 +10,8 @@ only when every point is trained): its cost is the CPU seconds of all 16 runs. T
 time until its best trial's validation full NDCG@10 is at least the grid's best: its cost is the CPU seconds
 of its trials up to then (pruned trials included, a repeated point costs nothing). time_ratio = tune / grid.
 The same point with the same seed trains the same run on either side, so the tune reaches the grid's best
-exactly when it trains the grid's best point (or one as good) without pruning it. Both sides are resumable:
+exactly when it trains the grid's best point (or one as good) far enough (a trial is pruned only below the
+median, so one on its way to the best is not). Both sides are resumable:
 finished grid runs and tune trials are kept in --work. Run it on a quiet machine or both sides under the same
 load; the load average before and after each side is recorded. The grid can be trained by N processes side by
 side (`--part 1/2`, `--part 2/2`), each point's CPU seconds its own process's, and the tune beside them
@@ -50,7 +51,7 @@ def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[in
     from mahn.training import train
 
     space = search_space(model)
-    runs, load_before = [], os.getloadavg()
+    runs = []
     for number, values in enumerate(itertools.product(*space.values())):
         point = dict(zip(space, values, strict=True))
         folder, timing = work / "grid" / f"{number:04d}", work / "grid" / f"{number:04d}.time.json"
@@ -69,8 +70,10 @@ def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[in
               f"{runs[-1]['cpu_seconds']:.0f} CPU s  {point}", flush=True)
     best = max(runs, key=lambda r: r["valid_full_ndcg10"])
     return {"runs": runs, "best": best, "cpu_seconds": sum(r["cpu_seconds"] for r in runs),
-            "wall_seconds": sum(r["wall_seconds"] for r in runs), "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg()}
+            "wall_seconds": sum(r["wall_seconds"] for r in runs),
+            # each point's own record: a gather of points trained earlier (--part) ran under no load of its own
+            "loadavg_1min_after_points": [min(r["loadavg_after"][0] for r in runs),
+                                          max(r["loadavg_after"][0] for r in runs)]}
 
 
 def grid_best(work: Path, model: str) -> float | None:
@@ -108,24 +111,35 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float 
     from mahn.tune import tune
 
     base = {k: v for k, v in shared_settings(model, threads).items() if k not in ("model", "seed")}
-    load_before, summary = os.getloadavg(), None
-    for trials in range(1, TRIALS_AT_MOST + 1):
+    load_before, summary, trained_here = os.getloadavg(), None, False
+    earlier = work / "tune" / "tune.json"  # a gather after --tune-only starts where it stopped
+    first = read_json(earlier)["finished"] if earlier.is_file() else 1
+    for trials in range(max(first, 1), TRIALS_AT_MOST + 1):
         goal = target if target is not None else grid_best(work, model)
         if summary is not None and (reaching(summary["trials"], goal)[0] or summary["stopped"]):
             break
         summary = tune(dataset, work / "tune", model, trials, seed=0, base=base, say=lambda line: None)
+        trained_here = trained_here or summary["this_call_seconds"]["cpu"] > 1.0
         done = [t for t in summary["trials"] if t["state"] in FINISHED]
         latest = done[-1]
         print(f"tune {latest['number']:2d}: {latest['state'].lower()} valid NDCG@10 full "
               f"{latest['valid_full_ndcg10']:.4f}  {latest['cpu_seconds']:.0f} CPU s  {latest['settings']}",
               flush=True)
+    if target is None:  # beside the grid: the gather reads the load it ran under
+        write_json(work / "tune-load.json", {"loadavg_before": load_before, "loadavg_after": os.getloadavg()})
     reached, taken = reaching(summary["trials"], target if target is not None else grid_best(work, model))
+    if (work / "tune-load.json").is_file():
+        load = read_json(work / "tune-load.json")
+    elif trained_here:
+        load = {"loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+    else:
+        load = {"loadavg_before": None, "loadavg_after": None,
+                "load_note": "the trials ran in an earlier call that did not record its load"}
     # the CPU of every trial up to the one that reached the target (a trial a kill cut short recorded none: run
     # the benchmark without kills)
     return {"reached": reached, "trials": len(taken), "best": max(taken, key=lambda t: t["valid_full_ndcg10"]),
             "cpu_seconds": sum(t["cpu_seconds"] or 0.0 for t in taken),
-            "wall_seconds": sum(t["seconds"] or 0.0 for t in taken), "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(), "trial_rows": summary["trials"]}
+            "wall_seconds": sum(t["seconds"] or 0.0 for t in taken), **load, "trial_rows": summary["trials"]}
 
 
 def main() -> None:
@@ -147,7 +161,11 @@ def main() -> None:
         run_tune(args.dataset, args.work, args.model, args.threads, None)
         return
     if args.part:
-        part = tuple(int(n) for n in args.part.split("/"))
+        try:
+            part = tuple(int(n) for n in args.part.split("/"))
+            assert len(part) == 2 and 1 <= part[0] <= part[1]
+        except (ValueError, AssertionError):
+            parser.error(f"--part {args.part}: expected K/N with 1 <= K <= N")
         run_grid(args.dataset, args.work, args.model, args.threads, part)
         return
     grid = run_grid(args.dataset, args.work, args.model, args.threads)

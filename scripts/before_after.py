@@ -7,7 +7,8 @@ seed 0 of `scripts/defaults.sh report DATASET`, the same command); a run still m
 as "…" and left out of the JSON. The JSON is what the README's numbers on today's defaults are read from.
 A row the JSON already holds whose runs are not under --runs (runs/ is not committed: a later session adds a
 row without training every other again) is kept as it is, marked "kept", with its test against the old defaults;
-a dataset with a kept row keeps its committed best-against-best test (it needs every run's per-user scores).
+the best-against-best test is kept where both of its runs are kept rows (it needs their per-user scores), and
+marked stale where one is kept and the other new.
 
 Where a row has more seeds (`MODEL-seed1`, `MODEL-seed2` in runs/before/DATASET and runs/after/DATASET:
 runs/lanes-style `scripts/probe.sh ... --seed N`), the row is the mean over the seeds both sides have, and
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from mahn.data import Dataset
+from mahn.data.dataset import covered_modalities
 from mahn.reproduce.stats import paired_p
 
 DATASETS = ("demo", "office", "instruments", "hm", "phones", "clothing")
@@ -51,7 +52,7 @@ def report_run(report: Path, model: str, data: Path) -> dict | None:
     """Seed 0 of `model` at its defaults in a `standard` report (scripts/defaults.sh report): the same command."""
     key = model
     if model == "mahn":  # MAHN drops the modalities the dataset lacks, as `mahn reproduce` runs it
-        have = Dataset(data).covered_modalities()
+        have = covered_modalities(orjson.loads((data / "manifest.json").read_bytes()))
         ablate = ("" if "image" in have else "v") + ("" if "text" in have else "t")
         key = f"mahn-ablate={ablate}" if ablate else "mahn"
     result_file = report / "runs" / "standard" / f"{key}-seed0" / "result.json"
@@ -109,13 +110,33 @@ def per_user(run: dict) -> dict[str, np.ndarray]:
     return {protocol: scores[protocol]["NDCG@10"] for protocol in PROTOCOLS}
 
 
-def best_vs_best(models: dict) -> dict | None:
-    """The best multimodal run against the best ID-only run of today's defaults on one dataset (see the top)."""
+def chosen(models: dict) -> tuple[str, str] | None:
+    """The best multimodal and the best ID-only model of today's defaults on one dataset, by validation."""
     after = {model: pair["after"] for model, pair in models.items() if pair["after"] is not None}
     sides = [[m for m in after if m in MULTIMODAL], [m for m in after if m not in MULTIMODAL]]
     if not all(sides):
         return None
     multimodal, id_only = (max(side, key=lambda m: after[m]["valid_full"]) for side in sides)
+    return multimodal, id_only
+
+
+def paired_test(models: dict, committed: dict | None) -> dict | None:
+    """best_vs_best from the runs here; a committed test where both chosen rows are kept; else a stale mark."""
+    pair = chosen(models)
+    if pair is None:
+        return None
+    kept = ["kept" in models[model] for model in pair]
+    if not any(kept):
+        return best_vs_best(models, *pair)
+    if all(kept) and committed and (committed["multimodal"], committed["id_only"]) == tuple(LABELS[m] for m in pair):
+        return committed
+    return {"multimodal": LABELS[pair[0]], "id_only": LABELS[pair[1]],
+            "stale": "one of the two runs is not here and the other is new: train both again to test them"}
+
+
+def best_vs_best(models: dict, multimodal: str, id_only: str) -> dict:
+    """The best multimodal run against the best ID-only run of today's defaults on one dataset (see the top)."""
+    after = {model: pair["after"] for model, pair in models.items()}
     first, second = per_user(after[multimodal]), per_user(after[id_only])
     result = {"multimodal": LABELS[multimodal], "id_only": LABELS[id_only], "chosen_by": "validation full NDCG@10",
               "seeds": 1}
@@ -147,23 +168,19 @@ def below_tests(found: dict) -> dict:
     return tests
 
 
-def keep_committed(found: dict, committed: dict) -> set[str]:
-    """Adds the committed rows whose runs are not here; returns the datasets that have such a row (their paired
-    tests need every run's per-user scores, so they are kept from the JSON too)."""
-    kept = set()
+def keep_committed(found: dict, committed: dict) -> None:
+    """Adds the committed rows whose runs are not here, marked "kept", and orders the rows as DATASETS, MODELS."""
     for dataset, models in committed.get("before_after", {}).items():
         for model, pair in models.items():
             local = found.get(dataset, {}).get(model)
             if not (local and local["before"] and local["after"]):
                 found.setdefault(dataset, {})[model] = {**pair, "kept": True}
-                kept.add(dataset)
     for dataset in found:
         found[dataset] = dict(sorted(found[dataset].items(), key=lambda item: MODELS.index(item[0])))
     order = sorted(found, key=DATASETS.index)
     found_sorted = {dataset: found[dataset] for dataset in order}
     found.clear()
     found.update(found_sorted)
-    return kept
 
 
 def cell(run: dict | None, protocol: str) -> str:
@@ -198,14 +215,16 @@ def main() -> None:
     args = parser.parse_args()
     found = collect(args.runs)
     committed = orjson.loads(args.json.read_bytes()) if args.json and args.json.is_file() else {}
-    kept = keep_committed(found, committed)
+    keep_committed(found, committed)
     print(markdown(found))
-    pairs = {dataset: committed.get("best_vs_best", {}).get(dataset) if dataset in kept else best_vs_best(models)
+    pairs = {dataset: paired_test(models, committed.get("best_vs_best", {}).get(dataset))
              for dataset, models in found.items()}
     print("\n| dataset | best multimodal | best ID-only | test full NDCG@10 | p (full), higher | "
           "test uni100 NDCG@10 | p (uni100), higher |\n|---|---|---|---|---|---|---|")
     for dataset, pair in pairs.items():
-        if pair is not None:
+        if pair is not None and "stale" in pair:
+            print(f"| {dataset} | {pair['multimodal']} | {pair['id_only']} | {pair['stale']} | | | |")
+        elif pair is not None:
             cells = [f"{pair[p]['multimodal']:.4f} / {pair[p]['id_only']:.4f} | {pair[p]['p']:.2g}, {pair[p]['higher']}"
                      for p in ("full", "uni100")]
             print(f"| {dataset} | {pair['multimodal']} | {pair['id_only']} | " + " | ".join(cells) + " |")

@@ -142,10 +142,11 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
         if stopped:
             say(f"{stopped}: no new trial started")
             break
-        # seeded by the trial's number, not once per call: a sampler seeded once a call would draw again, in each
-        # resumed call, the points its first call drew (TPE's first trials are random), so a resumed tune would
-        # spend its trials repeating them
-        study.sampler = trial_sampler(optuna, fixed["seed"], len(study.trials))
+        # seeded by how many trials have finished, not once per call: a sampler seeded once a call would draw
+        # again, in each resumed call, the points its first call drew (TPE's first trials are random), so a
+        # resumed tune would spend its trials repeating them. Finished, not all: a trial a kill cut short (FAIL,
+        # then retried) must not shift the seeds of those after it
+        study.sampler = trial_sampler(optuna, fixed["seed"], len(done))
         trial = study.ask(distributions)
         earlier = next((t for t in done if t.params == trial.params), None)
         if earlier is None:
@@ -157,8 +158,8 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
 
 
 def trial_sampler(optuna, seed: int, number: int):
-    """TPE seeded by the tune's seed and the trial's number: the trials depend on the seed and on the trials
-    before them, not on how many calls they took."""
+    """TPE seeded by the tune's seed and the number of trials finished before this one: the trials depend on the
+    seed and on the trials before them, not on how many calls (or kills) they took."""
     import numpy as np
 
     return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]))

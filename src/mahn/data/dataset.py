@@ -35,6 +35,12 @@ class EvalSet:
     targets: np.ndarray  # int64 (n,)
 
 
+def covered_modalities(manifest: dict) -> list[str]:
+    """The modalities whose features cover at least one item (Office's images: none could be fetched)."""
+    records = manifest.get("features", {})
+    return sorted(m for m, record in records.items() if record.get("coverage", 1.0) > 0)
+
+
 class Dataset:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -118,9 +124,7 @@ class Dataset:
         return sorted(self.manifest.get("features", {}))
 
     def covered_modalities(self) -> list[str]:
-        """The modalities whose features cover at least one item (Office's images: none could be fetched)."""
-        records = self.manifest.get("features", {})
-        return [m for m in self.feature_modalities() if records[m].get("coverage", 1.0) > 0]
+        return covered_modalities(self.manifest)
 
     def features(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
         """(matrix float (items, dim) memory-mapped, mask bool (items,)) for a modality such as 'image'."""
