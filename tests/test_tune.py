@@ -113,6 +113,9 @@ def test_a_trial_left_running_by_a_kill_is_tried_again(data, tmp_path, monkeypat
     assert [t["state"] for t in summary["trials"]] == ["FAIL", "COMPLETE"] and summary["finished"] == 1
     assert sorted(p.name for p in (out / "trials").iterdir()) == ["0001"]  # the cut trial's folder is gone
     assert summary["trials"][0]["settings"] == summary["trials"][1]["settings"]
+    # and the kill shifts nothing after it: the finished trials are an unkilled tune's
+    finished = [t["settings"] for t in tune(data, out, 3)["trials"] if t["state"] != "FAIL"]
+    assert finished == [t["settings"] for t in tune(data, tmp_path / "unkilled", 3)["trials"]]
 
 
 def test_settings_tried_before_are_not_trained_again_and_a_spent_space_ends_the_tune(data, tmp_path, monkeypatch):
