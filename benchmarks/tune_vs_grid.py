@@ -104,7 +104,7 @@ def reaching(rows: list[dict], target: float | None) -> tuple[bool, list[dict]]:
     return False, taken
 
 
-def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float | None) -> dict:
+def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float | None, more: bool = True) -> dict:
     """One more trial a call (the study resumes each time) until one reaches the grid's best. With target None
     (--tune-only: the grid is still training beside it) the target is read again before each trial, known once
     the grid is finished."""
@@ -116,7 +116,7 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float 
     first = read_json(earlier)["finished"] if earlier.is_file() else 1
     for trials in range(max(first, 1), TRIALS_AT_MOST + 1):
         goal = target if target is not None else grid_best(work, model)
-        if summary is not None and (reaching(summary["trials"], goal)[0] or summary["stopped"]):
+        if summary is not None and (reaching(summary["trials"], goal)[0] or summary["stopped"] or not more):
             break
         summary = tune(dataset, work / "tune", model, trials, seed=0, base=base, say=lambda line: None)
         trained_here = trained_here or summary["this_call_seconds"]["cpu"] > 1.0
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--part", help="K/N: train only the grid points whose number is K-1 modulo N, then stop "
                         "(N such processes side by side fill N cores; a last call without --part gathers them "
                         "and runs the tune)")
+    parser.add_argument("--gather-only", action="store_true", help="write the JSON from the trials finished so "
+                        "far, training none (a tune that has not reached the grid's best gets time_ratio_at_least)")
     parser.add_argument("--tune-only", action="store_true", help="run the tune's trials beside a grid still "
                         "training (--part), until one reaches the grid's best once that is known; a last call "
                         "without it writes the JSON")
@@ -169,12 +171,16 @@ def main() -> None:
         run_grid(args.dataset, args.work, args.model, args.threads, part)
         return
     grid = run_grid(args.dataset, args.work, args.model, args.threads)
-    tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"])
+    tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"],
+                     more=not args.gather_only)
+    ratio = tuned["cpu_seconds"] / grid["cpu_seconds"]
     entry = {"dataset": str(args.dataset), "model": args.model,
              "command": " ".join(["python", *sys.argv]), "date": datetime.now(UTC).isoformat(timespec="seconds"),
              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads},
-             "grid": grid, "tune": tuned, "time_ratio": tuned["cpu_seconds"] / grid["cpu_seconds"],
-             "tune_reached_grid_best": tuned["reached"]}
+             "grid": grid, "tune": tuned, "tune_reached_grid_best": tuned["reached"],
+             # a tune that has not reached the grid's best has no ratio yet, only a lower bound
+             "time_ratio": ratio if tuned["reached"] else None,
+             **({} if tuned["reached"] else {"time_ratio_at_least": ratio})}
     results = read_json(args.json) if args.json.is_file() else {}
     results[f"{args.dataset.name}/{args.model}"] = entry
     write_json(args.json, results)
@@ -182,7 +188,7 @@ def main() -> None:
           f" {grid['cpu_seconds']:.0f} CPU s over 16 runs")
     verdict = "reached it" if tuned["reached"] else "did not reach it"
     print(f"tune: {verdict} after {tuned['trials']} trials, {tuned['cpu_seconds']:.0f} CPU s "
-          f"(best {tuned['best']['valid_full_ndcg10']:.4f}); time_ratio {entry['time_ratio']:.2f}")
+          f"(best {tuned['best']['valid_full_ndcg10']:.4f}); CPU time over the grid's {ratio:.2f}")
 
 
 if __name__ == "__main__":
