@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import platform
 import sys
@@ -43,6 +44,20 @@ def shared_settings(model: str, threads: int) -> dict:
     full = BUDGETS["full"]
     return {"model": model, "epochs": full.epochs, "patience": full.patience, "seed": 0, "threads": threads,
             "progress": False}
+
+
+CHECKED_EPOCHS = (5, 10, 20, 30, 40, 60)  # where a pruner could compare trials
+
+
+def best_so_far(folder: Path) -> dict[str, float]:
+    """The run's best validation full NDCG@10 up to each of CHECKED_EPOCHS (what a pruner sees there)."""
+    best, at = 0.0, {}
+    with open(folder / "metrics.jsonl", encoding="utf-8") as lines:
+        for epoch, line in enumerate(lines, start=1):
+            best = max(best, json.loads(line)["valid"]["full"]["NDCG@10"])
+            if epoch in CHECKED_EPOCHS:
+                at[str(epoch)] = best
+    return at
 
 
 def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[int, int] | None = None) -> dict:
@@ -65,7 +80,7 @@ def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[in
                                 "loadavg_after": os.getloadavg()})
         summary = read_json(folder / "summary.json")
         runs.append({"number": number, "settings": point, "valid_full_ndcg10": summary["valid"]["full"]["NDCG@10"],
-                     "epochs": summary["epochs"], **read_json(timing)})
+                     "epochs": summary["epochs"], "best_so_far_at_epoch": best_so_far(folder), **read_json(timing)})
         print(f"grid {number:2d}: valid NDCG@10 full {runs[-1]['valid_full_ndcg10']:.4f}  "
               f"{runs[-1]['cpu_seconds']:.0f} CPU s  {point}", flush=True)
     best = max(runs, key=lambda r: r["valid_full_ndcg10"])
