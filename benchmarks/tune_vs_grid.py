@@ -157,6 +157,21 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float 
             "wall_seconds": sum(t["seconds"] or 0.0 for t in taken), **load, "trial_rows": summary["trials"]}
 
 
+def commit() -> str | None:
+    """The commit of the call that writes the JSON (+changes: src/ had uncommitted changes); the runs it gathers
+    may have trained under an earlier one (their config.json hold their settings)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, required=True)
@@ -168,6 +183,9 @@ def main() -> None:
     parser.add_argument("--part", help="K/N: train only the grid points whose number is K-1 modulo N, then stop "
                         "(N such processes side by side fill N cores; a last call without --part gathers them "
                         "and runs the tune)")
+    parser.add_argument("--grid-from", type=Path, help="take the grid (its points' scores and CPU seconds) from "
+                        "this results file's entry for the dataset and model instead of training it: to measure a "
+                        "changed tune against a grid measured before (the entry records where its grid came from)")
     parser.add_argument("--gather-only", action="store_true", help="write the JSON from the trials finished so "
                         "far, training none (a tune that has not reached the grid's best gets time_ratio_at_least)")
     parser.add_argument("--tune-only", action="store_true", help="run the tune's trials beside a grid still "
@@ -185,11 +203,19 @@ def main() -> None:
             parser.error(f"--part {args.part}: expected K/N with 1 <= K <= N")
         run_grid(args.dataset, args.work, args.model, args.threads, part)
         return
-    grid = run_grid(args.dataset, args.work, args.model, args.threads)
+    key = f"{args.dataset.name}/{args.model}"
+    if args.grid_from:  # the grid of an earlier run of this benchmark: the grid is what changes least and costs most
+        earlier = read_json(args.grid_from).get(key)
+        if earlier is None:
+            parser.error(f"--grid-from {args.grid_from}: no entry {key}")
+        grid = {**earlier["grid"], "from": {"file": str(args.grid_from), "date": earlier["date"],
+                                            "commit": earlier.get("gathered_at_commit")}}
+    else:
+        grid = run_grid(args.dataset, args.work, args.model, args.threads)
     tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"],
                      more=not args.gather_only)
     ratio = tuned["cpu_seconds"] / grid["cpu_seconds"]
-    entry = {"dataset": str(args.dataset), "model": args.model,
+    entry = {"dataset": str(args.dataset), "model": args.model, "gathered_at_commit": commit(),
              "command": " ".join(["python", *sys.argv]), "date": datetime.now(UTC).isoformat(timespec="seconds"),
              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads},
              "grid": grid, "tune": tuned, "tune_reached_grid_best": tuned["reached"],
@@ -197,7 +223,7 @@ def main() -> None:
              "time_ratio": ratio if tuned["reached"] else None,
              **({} if tuned["reached"] else {"time_ratio_at_least": ratio})}
     results = read_json(args.json) if args.json.is_file() else {}
-    results[f"{args.dataset.name}/{args.model}"] = entry
+    results[key] = entry
     write_json(args.json, results)
     print(f"\ngrid: best valid NDCG@10 full {grid['best']['valid_full_ndcg10']:.4f} (point {grid['best']['number']}),"
           f" {grid['cpu_seconds']:.0f} CPU s over 16 runs")
