@@ -140,13 +140,11 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float 
         print(f"tune {latest['number']:2d}: {latest['state'].lower()} valid NDCG@10 full "
               f"{latest['valid_full_ndcg10']:.4f}  {latest['cpu_seconds']:.0f} CPU s  {latest['settings']}",
               flush=True)
-    if target is None:  # beside the grid: the gather reads the load it ran under
+    if trained_here:  # the load this call trained under, for a later gather to read
         write_json(work / "tune-load.json", {"loadavg_before": load_before, "loadavg_after": os.getloadavg()})
     reached, taken = reaching(summary["trials"], target if target is not None else grid_best(work, model))
     if (work / "tune-load.json").is_file():
         load = read_json(work / "tune-load.json")
-    elif trained_here:
-        load = {"loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     else:
         load = {"loadavg_before": None, "loadavg_after": None,
                 "load_note": "the trials ran in an earlier call that did not record its load"}
@@ -192,8 +190,16 @@ def main() -> None:
                         "training (--part), until one reaches the grid's best once that is known; a last call "
                         "without it writes the JSON")
     args = parser.parse_args()
+    key, grid = f"{args.dataset.name}/{args.model}", None
+    if args.grid_from:  # the grid of an earlier run of this benchmark: the grid is what changes least and costs most
+        earlier = read_json(args.grid_from).get(key)
+        if earlier is None:
+            parser.error(f"--grid-from {args.grid_from}: no entry {key}")
+        grid = {**earlier["grid"], "from": {"file": str(args.grid_from), "date": earlier["date"],
+                                            "commit": earlier.get("gathered_at_commit")}}
     if args.tune_only:
-        run_tune(args.dataset, args.work, args.model, args.threads, None)
+        run_tune(args.dataset, args.work, args.model, args.threads,
+                 None if grid is None else grid["best"]["valid_full_ndcg10"])
         return
     if args.part:
         try:
@@ -203,14 +209,7 @@ def main() -> None:
             parser.error(f"--part {args.part}: expected K/N with 1 <= K <= N")
         run_grid(args.dataset, args.work, args.model, args.threads, part)
         return
-    key = f"{args.dataset.name}/{args.model}"
-    if args.grid_from:  # the grid of an earlier run of this benchmark: the grid is what changes least and costs most
-        earlier = read_json(args.grid_from).get(key)
-        if earlier is None:
-            parser.error(f"--grid-from {args.grid_from}: no entry {key}")
-        grid = {**earlier["grid"], "from": {"file": str(args.grid_from), "date": earlier["date"],
-                                            "commit": earlier.get("gathered_at_commit")}}
-    else:
+    if grid is None:
         grid = run_grid(args.dataset, args.work, args.model, args.threads)
     tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"],
                      more=not args.gather_only)
