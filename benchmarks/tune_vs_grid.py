@@ -49,6 +49,12 @@ def shared_settings(model: str, threads: int) -> dict:
 CHECKED_EPOCHS = (5, 10, 20, 30, 40, 60)  # where a pruner could compare trials
 
 
+def curve(folder: Path) -> list[float]:
+    """The run's validation full NDCG@10 after each epoch: all a pruner sees (scripts/tune_replay.py replays it)."""
+    with open(folder / "metrics.jsonl", encoding="utf-8") as lines:
+        return [json.loads(line)["valid"]["full"]["NDCG@10"] for line in lines]
+
+
 def best_so_far(folder: Path) -> dict[str, float]:
     """The run's best validation full NDCG@10 up to each of CHECKED_EPOCHS (what a pruner sees there)."""
     best, at = 0.0, {}
@@ -80,7 +86,8 @@ def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[in
                                 "loadavg_after": os.getloadavg()})
         summary = read_json(folder / "summary.json")
         runs.append({"number": number, "settings": point, "valid_full_ndcg10": summary["valid"]["full"]["NDCG@10"],
-                     "epochs": summary["epochs"], "best_so_far_at_epoch": best_so_far(folder), **read_json(timing)})
+                     "epochs": summary["epochs"], "best_so_far_at_epoch": best_so_far(folder),
+                     "valid_full_ndcg10_by_epoch": curve(folder), **read_json(timing)})
         print(f"grid {number:2d}: valid NDCG@10 full {runs[-1]['valid_full_ndcg10']:.4f}  "
               f"{runs[-1]['cpu_seconds']:.0f} CPU s  {point}", flush=True)
     best = max(runs, key=lambda r: r["valid_full_ndcg10"])
