@@ -17,7 +17,7 @@ load; the load average before and after each side is recorded. The grid can be t
 side (`--part 1/2`, `--part 2/2`), each point's CPU seconds its own process's, and the tune beside them
 (`--tune-only`): its trials do not depend on the grid, and its cost is counted up to the first trial that
 reaches the grid's best, as if it had stopped there. A last call with neither flag gathers both and writes the
-JSON.
+JSON; `--gather-only` before any tune writes the grid alone (its curves are what scripts/tune_replay.py replays).
 """
 
 from __future__ import annotations
@@ -218,21 +218,27 @@ def main() -> None:
         return
     if grid is None:
         grid = run_grid(args.dataset, args.work, args.model, args.threads)
-    tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"],
-                     more=not args.gather_only)
-    ratio = tuned["cpu_seconds"] / grid["cpu_seconds"]
     entry = {"dataset": str(args.dataset), "model": args.model, "gathered_at_commit": commit(),
              "command": " ".join(["python", *sys.argv]), "date": datetime.now(UTC).isoformat(timespec="seconds"),
              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads},
-             "grid": grid, "tune": tuned, "tune_reached_grid_best": tuned["reached"],
-             # a tune that has not reached the grid's best has no ratio yet, only a lower bound
-             "time_ratio": ratio if tuned["reached"] else None,
-             **({} if tuned["reached"] else {"time_ratio_at_least": ratio})}
+             "grid": grid}
+    grid_only = args.gather_only and not (args.work / "tune" / "study.db").is_file()
+    if not grid_only:  # a gather before any tune keeps the grid alone (its curves: scripts/tune_replay.py)
+        tuned = run_tune(args.dataset, args.work, args.model, args.threads, grid["best"]["valid_full_ndcg10"],
+                         more=not args.gather_only)
+        ratio = tuned["cpu_seconds"] / grid["cpu_seconds"]
+        entry |= {"tune": tuned, "tune_reached_grid_best": tuned["reached"],
+                  # a tune that has not reached the grid's best has no ratio yet, only a lower bound
+                  "time_ratio": ratio if tuned["reached"] else None,
+                  **({} if tuned["reached"] else {"time_ratio_at_least": ratio})}
     results = read_json(args.json) if args.json.is_file() else {}
     results[key] = entry
     write_json(args.json, results)
     print(f"\ngrid: best valid NDCG@10 full {grid['best']['valid_full_ndcg10']:.4f} (point {grid['best']['number']}),"
           f" {grid['cpu_seconds']:.0f} CPU s over 16 runs")
+    if grid_only:
+        print("tune: none yet (the grid alone is written)")
+        return
     verdict = "reached it" if tuned["reached"] else "did not reach it"
     print(f"tune: {verdict} after {tuned['trials']} trials, {tuned['cpu_seconds']:.0f} CPU s "
           f"(best {tuned['best']['valid_full_ndcg10']:.4f}); CPU time over the grid's {ratio:.2f}")
