@@ -33,9 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mahn.io import read_json, write_json
+from mahn.tune import FINISHED
 
 TRIALS_AT_MOST = 16  # as many as the grid: a tune that needs more has lost
-FINISHED = ("COMPLETE", "PRUNED")
 
 
 def shared_settings(model: str, threads: int) -> dict:
@@ -55,15 +55,9 @@ def curve(folder: Path) -> list[float]:
         return [json.loads(line)["valid"]["full"]["NDCG@10"] for line in lines]
 
 
-def best_so_far(folder: Path) -> dict[str, float]:
-    """The run's best validation full NDCG@10 up to each of CHECKED_EPOCHS (what a pruner sees there)."""
-    best, at = 0.0, {}
-    with open(folder / "metrics.jsonl", encoding="utf-8") as lines:
-        for epoch, line in enumerate(lines, start=1):
-            best = max(best, json.loads(line)["valid"]["full"]["NDCG@10"])
-            if epoch in CHECKED_EPOCHS:
-                at[str(epoch)] = best
-    return at
+def best_so_far(curve: list[float]) -> dict[str, float]:
+    """The best of `curve` up to each of CHECKED_EPOCHS the run reached (what a pruner sees there)."""
+    return {str(epoch): max(curve[:epoch]) for epoch in CHECKED_EPOCHS if epoch <= len(curve)}
 
 
 def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[int, int] | None = None) -> dict:
@@ -84,10 +78,10 @@ def run_grid(dataset: Path, work: Path, model: str, threads: int, part: tuple[in
                   force=True)
             write_json(timing, {"cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - started,
                                 "loadavg_after": os.getloadavg()})
-        summary = read_json(folder / "summary.json")
+        summary, by_epoch = read_json(folder / "summary.json"), curve(folder)
         runs.append({"number": number, "settings": point, "valid_full_ndcg10": summary["valid"]["full"]["NDCG@10"],
-                     "epochs": summary["epochs"], "best_so_far_at_epoch": best_so_far(folder),
-                     "valid_full_ndcg10_by_epoch": curve(folder), **read_json(timing)})
+                     "epochs": summary["epochs"], "best_so_far_at_epoch": best_so_far(by_epoch),
+                     "valid_full_ndcg10_by_epoch": by_epoch, **read_json(timing)})
         print(f"grid {number:2d}: valid NDCG@10 full {runs[-1]['valid_full_ndcg10']:.4f}  "
               f"{runs[-1]['cpu_seconds']:.0f} CPU s  {point}", flush=True)
     best = max(runs, key=lambda r: r["valid_full_ndcg10"])
@@ -118,7 +112,7 @@ def reaching(rows: list[dict], target: float | None) -> tuple[bool, list[dict]]:
     target change nothing before it: they are left out of the cost, as if the tune had stopped there."""
     taken = []
     for row in rows:
-        if row["state"] not in ("COMPLETE", "PRUNED"):
+        if row["state"] not in FINISHED:
             continue
         taken.append(row)
         if target is not None and row["valid_full_ndcg10"] >= target:

@@ -168,19 +168,16 @@ def below_tests(found: dict) -> dict:
     return tests
 
 
-def keep_committed(found: dict, committed: dict) -> None:
-    """Adds the committed rows whose runs are not here, marked "kept", and orders the rows as DATASETS, MODELS."""
+def keep_committed(found: dict, committed: dict) -> dict:
+    """`found` with the committed rows whose runs are not here, marked "kept", in the order DATASETS, MODELS."""
+    merged = {dataset: dict(models) for dataset, models in found.items()}
     for dataset, models in committed.get("before_after", {}).items():
         for model, pair in models.items():
-            local = found.get(dataset, {}).get(model)
+            local = merged.get(dataset, {}).get(model)
             if not (local and local["before"] and local["after"]):
-                found.setdefault(dataset, {})[model] = {**pair, "kept": True}
-    for dataset in found:
-        found[dataset] = dict(sorted(found[dataset].items(), key=lambda item: MODELS.index(item[0])))
-    order = sorted(found, key=DATASETS.index)
-    found_sorted = {dataset: found[dataset] for dataset in order}
-    found.clear()
-    found.update(found_sorted)
+                merged.setdefault(dataset, {})[model] = {**pair, "kept": True}
+    return {dataset: {model: merged[dataset][model] for model in MODELS if model in merged[dataset]}
+            for dataset in DATASETS if dataset in merged}
 
 
 def cell(run: dict | None, protocol: str) -> str:
@@ -215,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     found = collect(args.runs)
     committed = orjson.loads(args.json.read_bytes()) if args.json and args.json.is_file() else {}
-    keep_committed(found, committed)
+    found = keep_committed(found, committed)
     print(markdown(found))
     pairs = {dataset: paired_test(models, committed.get("best_vs_best", {}).get(dataset))
              for dataset, models in found.items()}

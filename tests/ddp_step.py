@@ -68,5 +68,6 @@ def main() -> None:
     finally:
         leave(world, finished)
 
+
 if __name__ == "__main__":
     sys.exit(main())

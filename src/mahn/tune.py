@@ -27,6 +27,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mahn.data import Dataset
 from mahn.errors import DataError
 from mahn.io import lock_folder, write_bytes, write_json
@@ -160,8 +162,6 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
 def trial_sampler(optuna, seed: int, number: int):
     """TPE seeded by the tune's seed and the number of trials finished before this one: the trials depend on the
     seed and on the trials before them, not on how many calls (or kills) they took."""
-    import numpy as np
-
     return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]))
 
 
