@@ -129,7 +129,7 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float 
     base = {k: v for k, v in shared_settings(model, threads).items() if k not in ("model", "seed")}
     load_before, summary, trained_here = os.getloadavg(), None, False
     earlier = work / "tune" / "tune.json"  # a gather after --tune-only starts where it stopped
-    first = read_json(earlier)["finished"] if earlier.is_file() else 1
+    first = read_json(earlier)["trained"] if earlier.is_file() else 1
     for trials in range(max(first, 1), TRIALS_AT_MOST + 1):
         goal = target if target is not None else grid_best(work, model)
         if summary is not None and (reaching(summary["trials"], goal)[0] or summary["stopped"] or not more):

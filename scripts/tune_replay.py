@@ -1,14 +1,16 @@
 """Replay `mahn tune` over a grid that benchmarks/tune_vs_grid.py trained, without training: each trial's
 validation curve is read from the grid run with the same settings (the same settings and seed train the same
-run), so the real tune code (TPE, the MedianPruner, repeats) decides exactly as it would, in seconds. A trial
+run), so the real tune code (TPE, the pruner, repeats) decides exactly as it would, in seconds. A trial
 pruned after e of a run's E epochs is charged e/E of that run's CPU seconds.
 
-    python scripts/tune_replay.py --dataset runs/real/office --warmup 5 25 --startup 2 4   # the grid of
-        # benchmarks/results/tune.json (office/sasrec); --dataset is only checked (features, settings)
+    python scripts/tune_replay.py --dataset runs/real/office --pruner bound median none --seeds 30
+        # the grid of benchmarks/results/tune.json (office/sasrec); --dataset is only checked (features, settings)
 
-Check first that the replay with today's warm-up gives the trials a real tune gave (`tune` in
-benchmarks/results/tune.json); then each other warm-up says whether the tune would have reached the grid's best
-and at what share of the grid's CPU. An investigation aid: the numbers it prints come from one grid.
+For each pruner (and --window / --warmup / --startup, the knobs of each) and each tune seed 0..N-1: whether the
+tune reached the grid's best and at what share of the grid's CPU (counted up to the trial that reached it, as
+benchmarks/tune_vs_grid.py counts). A real tune of the same seed gives the same trials (check against `tune` in
+benchmarks/results/tune.json); the seeds say how much of one result is the sampler's luck. An investigation aid:
+the numbers it prints come from one grid.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def load_grid(results: Path, key: str, model: str) -> dict[tuple, dict]:
     return runs
 
 
-def replay(dataset: Path, model: str, runs: dict[tuple, dict], warmup: int, startup: int, trials: int) -> list[dict]:
+def replay(dataset: Path, model: str, runs: dict[tuple, dict], pruner: str, knobs: dict[str, int], trials: int,
+           seed: int) -> list[dict]:
     space = search_space(model)
     charged: dict[int, float] = {}
 
@@ -52,16 +55,29 @@ def replay(dataset: Path, model: str, runs: dict[tuple, dict], warmup: int, star
             on_epoch_end(record)  # raises TrialPruned when the pruner stops it
         return {}
 
-    real = tune_module.train, tune_module.PRUNE_AFTER_EPOCHS, tune_module.PRUNE_AFTER_TRIALS
-    tune_module.train, tune_module.PRUNE_AFTER_EPOCHS, tune_module.PRUNE_AFTER_TRIALS = train, warmup, startup
+    real = {name: getattr(tune_module, name) for name in ("train", *knobs)}
+    for name, value in {"train": train, **knobs}.items():
+        setattr(tune_module, name, value)
     try:
         with tempfile.TemporaryDirectory() as out:
-            summary = tune_module.tune(dataset, Path(out) / "tune", model, trials, seed=0,
+            summary = tune_module.tune(dataset, Path(out) / "tune", model, trials, seed=seed,
                                        base={"epochs": 200, "patience": 10, "threads": 1, "progress": False},
-                                       say=lambda line: None)
+                                       say=lambda line: None, pruner=pruner)
     finally:
-        tune_module.train, tune_module.PRUNE_AFTER_EPOCHS, tune_module.PRUNE_AFTER_TRIALS = real
+        for name, value in real.items():
+            setattr(tune_module, name, value)
     return [{**row, "cpu_charged": charged.get(row["number"], 0.0)} for row in summary["trials"]]
+
+
+def reached(rows: list[dict], target: float) -> tuple[int | None, float]:
+    """The first trial at or above `target` (None if none) and the CPU charged up to it (all, if none)."""
+    spent = 0.0
+    for row in rows:
+        if row["state"] in tune_module.FINISHED:
+            spent += row["cpu_charged"]
+            if row["valid_full_ndcg10"] >= target:
+                return row["number"], spent
+    return None, spent
 
 
 def main() -> None:
@@ -71,27 +87,47 @@ def main() -> None:
                         help="the results file of benchmarks/tune_vs_grid.py holding the grid's curves")
     parser.add_argument("--model", default="sasrec")
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--warmup", type=int, nargs="+", default=[tune_module.PRUNE_AFTER_EPOCHS],
-                        help="epochs every trial trains before it can be pruned (PRUNE_AFTER_EPOCHS)")
-    parser.add_argument("--startup", type=int, nargs="+", default=[tune_module.PRUNE_AFTER_TRIALS],
-                        help="completed trials before any is pruned (PRUNE_AFTER_TRIALS)")
+    parser.add_argument("--seeds", type=int, default=1, help="replay the tune with seeds 0..N-1")
+    parser.add_argument("--pruner", nargs="+", default=["bound"], choices=tune_module.PRUNERS)
+    parser.add_argument("--window", type=int, nargs="+", default=[tune_module.RISE_WINDOW],
+                        help="--pruner bound: epochs of the rate of gain (RISE_WINDOW)")
+    parser.add_argument("--warmup", type=int, nargs="+", default=[tune_module.MEDIAN_AFTER_EPOCHS],
+                        help="--pruner median: epochs every trial trains before it can be pruned")
+    parser.add_argument("--startup", type=int, nargs="+", default=[tune_module.MEDIAN_AFTER_TRIALS],
+                        help="--pruner median: completed trials before any is pruned")
+    parser.add_argument("--verbose", action="store_true", help="every trial of every replay")
     args = parser.parse_args()
     runs = load_grid(args.grid_from, f"{args.dataset.name}/{args.model}", args.model)
     target, grid_cpu = max(r["best"] for r in runs.values()), sum(r["cpu"] for r in runs.values())
     print(f"grid: {len(runs)} points, best {target:.4f}, {grid_cpu:.0f} CPU s")
-    for warmup, startup in itertools.product(args.warmup, args.startup):
-        rows, spent, reached = replay(args.dataset, args.model, runs, warmup, startup, args.trials), 0.0, None
-        for row in rows:
-            if row["state"] in ("COMPLETE", "PRUNED"):
-                spent += row["cpu_charged"]
-                if row["valid_full_ndcg10"] >= target:
-                    reached = row["number"]
-                    break
-        trail = " ".join(f"{r['number']}:{r['state'][0]}{'=' if r['same_as'] is not None else ''}"
-                         f"{r['valid_full_ndcg10']:.4f}" for r in rows)
-        verdict = f"reached at trial {reached}" if reached is not None else "not reached"
-        print(f"warm-up {warmup:3d} epochs, {startup} completed first: {verdict}, {spent:.0f} CPU s = "
-              f"{spent / grid_cpu:.2f} of the grid | {trail}")
+    settings = []
+    for pruner in args.pruner:
+        if pruner == "bound":
+            settings += [(pruner, {"RISE_WINDOW": w}) for w in args.window]
+        elif pruner == "median":
+            settings += [(pruner, {"MEDIAN_AFTER_EPOCHS": w, "MEDIAN_AFTER_TRIALS": n})
+                         for w, n in itertools.product(args.warmup, args.startup)]
+        else:
+            settings.append((pruner, {}))
+    for pruner, knobs in settings:
+        shares, hits = [], []
+        for seed in range(args.seeds):
+            rows = replay(args.dataset, args.model, runs, pruner, knobs, args.trials, seed)
+            number, spent = reached(rows, target)
+            shares.append(spent / grid_cpu)
+            hits.append(number is not None)
+            if args.verbose or args.seeds == 1:
+                trail = " ".join(f"{r['number']}:{r['state'][0]}{'=' if r['same_as'] is not None else ''}"
+                                 f"{r['valid_full_ndcg10']:.4f}" for r in rows if r["state"] in tune_module.FINISHED)
+                verdict = f"reached at trial {number}" if number is not None else "not reached"
+                print(f"  seed {seed}: {verdict}, {spent:.0f} CPU s = {spent / grid_cpu:.2f} of the grid | {trail}")
+        within = sum(hit and share <= 1 / 3 for hit, share in zip(hits, shares, strict=True))
+        reached_shares = sorted(share for hit, share in zip(hits, shares, strict=True) if hit)
+        median = reached_shares[len(reached_shares) // 2] if reached_shares else float("nan")
+        print(f"{pruner} {' '.join(f'{k}={v}' for k, v in knobs.items())}: reached the grid's best in "
+              f"{sum(hits)}/{args.seeds} seeds, within a third of the grid's CPU in {within}/{args.seeds}; "
+              f"share of the grid's CPU when reached: median {median:.2f}, seed 0 {shares[0]:.2f}"
+              f"{'' if hits[0] else ' (not reached)'}")
 
 
 if __name__ == "__main__":

@@ -323,7 +323,7 @@ def test_the_full_budget_chooses_each_models_settings_with_the_same_number_of_tu
     assert results["trials"] == {"mahn": 3, "gru4rec": 3, "sasrec": 3}  # MAHN: chosen for every experiment
     for model, label in (("gru4rec", "GRU4Rec"), ("sasrec", "SASRec")):
         tuned = read_json(out / "tunes" / "full" / model / "tune.json")
-        assert tuned["finished"] == 3 and tuned["settings"]["epochs"] == 2 and tuned["settings"]["batch_size"] == 64
+        assert tuned["trained"] == 3 and tuned["settings"]["epochs"] == 2 and tuned["settings"]["batch_size"] == 64
         assert {k: results["chosen"][model][k] for k in tuned["best"]["settings"]} == tuned["best"]["settings"]
         (run,) = results["compare"][label]
         # the chosen settings' seed 0 trains the same run the best trial did

@@ -4,6 +4,7 @@ best.toml trains the best trial's settings, bad input writes nothing."""
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -46,12 +47,14 @@ def test_the_full_budgets_grid_is_the_search_space():
 
 def test_a_shorter_tune_resumes_and_best_toml_trains_the_best_trial(data, tmp_path):
     out = tmp_path / "tuned"
-    assert tune(data, out, 2)["finished"] == 2
-    first = {n: (out / "trials" / f"{n:04d}" / "summary.json").stat().st_mtime_ns for n in (0, 1)}
+    first = tune(data, out, 2)
+    assert first["trained"] == 2
+    first = {t["number"]: (out / "trials" / f"{t['number']:04d}" / "summary.json").stat().st_mtime_ns
+             for t in first["trials"] if t["same_as"] is None}
     summary = tune(data, out, 4)
-    assert summary["finished"] == 4 and [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
-    assert {n: (out / "trials" / f"{n:04d}" / "summary.json").stat().st_mtime_ns for n in (0, 1)} == first
-    assert tune(data, out, 3)["finished"] == 4  # already done: nothing trains
+    assert summary["trained"] == 4 and [t["number"] for t in summary["trials"]] == list(range(len(summary["trials"])))
+    assert {n: (out / "trials" / f"{n:04d}" / "summary.json").stat().st_mtime_ns for n in first} == first
+    assert tune(data, out, 3)["trained"] == 4  # already done: nothing trains
     with pytest.raises(DataError, match="other data, settings or space"):
         tune(data, out, 5, seed=1)
     (tmp_path / "other" / "notes.txt").parent.mkdir()
@@ -87,7 +90,7 @@ def test_a_study_whose_trials_trained_under_other_defaults_is_refused(data, tmp_
 
     out = tmp_path / "tuned"
     tune(data, out, 1)
-    assert tune(data, out, 1, base={**BASE, "threads": 2, "progress": True})["finished"] == 1
+    assert tune(data, out, 1, base={**BASE, "threads": 2, "progress": True})["trained"] == 1
     monkeypatch.setitem(mahn.settings.MODEL_DEFAULTS, "gru4rec", {"patience_steps": 7})
     with pytest.raises(DataError, match="other settings than this mahn gives them \\(trial 0000: patience_steps 500 "
                        "there, 7 now\\)"):
@@ -110,7 +113,7 @@ def test_a_trial_left_running_by_a_kill_is_tried_again(data, tmp_path, monkeypat
         tune(data, out, 1)
     monkeypatch.undo()
     summary = tune(data, out, 1)
-    assert [t["state"] for t in summary["trials"]] == ["FAIL", "COMPLETE"] and summary["finished"] == 1
+    assert [t["state"] for t in summary["trials"]] == ["FAIL", "COMPLETE"] and summary["trained"] == 1
     assert sorted(p.name for p in (out / "trials").iterdir()) == ["0001"]  # the cut trial's folder is gone
     assert summary["trials"][0]["settings"] == summary["trials"][1]["settings"]
     # and the kill shifts nothing after it: the finished trials are an unkilled tune's
@@ -130,11 +133,46 @@ def test_settings_tried_before_are_not_trained_again_and_a_spent_space_ends_the_
             assert t["valid_full_ndcg10"] == summary["trials"][t["same_as"]]["valid_full_ndcg10"]
 
 
+def test_repeats_do_not_use_up_the_trials_and_a_run_of_them_gives_way_to_an_untried_point(data, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(tune_module, "search_space", lambda model: {"lr": [1e-3, 3e-4], "weight_decay": [1e-4, 0.0]})
+    summary = tune(data, tmp_path / "tuned", 4)
+    trained = [t for t in summary["trials"] if t["same_as"] is None]
+    assert any(t["same_as"] is not None for t in summary["trials"])  # TPE's random start repeats on 4 points
+    assert summary["trained"] == len(trained) == 4 and len({json.dumps(t["settings"]) for t in trained}) == 4
+    monkeypatch.setattr(tune_module, "REPEATS_AT_MOST", 1)
+    rows = tune(data, tmp_path / "impatient", 4)["trials"]
+    assert all(a["same_as"] is None or b["same_as"] is None for a, b in itertools.pairwise(rows))
+
+
+def running(curve: list[float]):
+    """A running trial that has reported `curve` (its best score so far after each epoch)."""
+    return optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                     intermediate_values=dict(enumerate(curve, start=1)))
+
+
+def test_the_bound_stops_a_curve_that_cannot_reach_the_best_and_keeps_one_that_can():
+    pruner = tune_module.RisingBoundPruner(epochs=100, min_epochs=10, window=10)
+    study = optuna.create_study(direction="maximize")
+    rising = [0.01 * epoch for epoch in range(1, 21)]  # 0.2 after 20 epochs, 0.01 an epoch: 1.0 by epoch 100
+    flat = [0.3] * 20
+    assert not pruner.prune(study, running(flat))  # nothing completed yet: nothing to compare with
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    assert pruner.prune(study, running(flat))
+    assert not pruner.prune(study, running(rising))
+    assert not pruner.prune(study, running(flat[:10]))  # fewer epochs than the window: no rate yet
+    slowing = rising[:10] + [0.1 + 0.001 * epoch for epoch in range(1, 11)]  # 0.11 + 0.001 x 80 = 0.19 < 0.5
+    assert pruner.prune(study, running(slowing))
+    assert not tune_module.RisingBoundPruner(epochs=1000, min_epochs=10, window=10).prune(study, running(slowing))
+    # not judged before it has trained as long as early stopping waits
+    assert not tune_module.RisingBoundPruner(epochs=100, min_epochs=21, window=10).prune(study, running(flat))
+
+
 def test_a_trial_below_the_pruners_bar_is_pruned(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(tune_module, "make_pruner", lambda: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(tune_module, "make_pruner", lambda *args: optuna.pruners.ThresholdPruner(lower=2.0))
     summary = tune(data, tmp_path / "tuned", 1)
     assert summary["trials"][0]["state"] == "PRUNED" and summary["trials"][0]["epochs"] == 1
-    assert summary["finished"] == 1 and summary["best"]["number"] == 0
+    assert summary["trained"] == 1 and summary["best"]["number"] == 0
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -142,6 +180,7 @@ def test_a_trial_below_the_pruners_bar_is_pruned(data, tmp_path, monkeypatch):
     (["DATA", "--model", "sasrec", "--trials", "0"], "--trials: trials must be at least 1, got 0"),
     (["DATA", "--model", "popularity", "--trials", "2"], "--model: popularity learns nothing"),
     (["DATA", "--model", "sasrec", "--trials", "2", "--minutes", "0"], "--minutes: minutes must be positive"),
+    (["DATA", "--model", "sasrec", "--trials", "2", "--pruner", "hyper"], "--pruner: unknown pruner 'hyper'"),
     (["missing", "--model", "sasrec", "--trials", "2"], "missing: not a prepared dataset"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(data, tmp_path, monkeypatch, capsys, args, fragment):

@@ -237,7 +237,7 @@ class Reproduction:
         summary = tune(self.dataset_dir, tunes / key, model, trials,
                        seed=0, base=preset | base | shared, progress=self.config.progress, say=lambda line: None,
                        track=self.config.track)
-        self.trials[model] = summary["finished"]
+        self.trials[model] = summary["trained"]
         return {**base, **summary["best"]["settings"]}
 
     def cell(self, model: str, settings: dict) -> list[dict]:
