@@ -7,6 +7,7 @@
 #   scripts/defaults.sh probes DATASET...   # the probes of sections 1-5 (office, hm, instruments-cold)
 #   scripts/defaults.sh report DATASET [EXPERIMENTS]   # docs/reports/defaults/DATASET: 3 seeds, `standard` budget
 #                                           # (SEEDS=1 first: seed 0 of every model, kept when 3 are asked for)
+#   scripts/defaults.sh lane DATASET MODELS # beside a report: MODELS (e.g. bert4rec,gru4rec) on the second core
 # Data: scripts/real_data.sh (runs/real/...); the demo's dataset: `mahn demo --out runs/real/demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,14 +110,34 @@ probes() {  # each probe's flags are its settings that differ from today's defau
   done
 }
 
-report() {  # mahn reproduce keeps every finished run: a cut report resumes
-  local dataset=$1 experiments=${2:-compare,groups}
-  $M reproduce "$(data "$dataset")" --out "runs/reproduce/defaults/$dataset" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
-    --models $MODELS --experiments "$experiments"
+report() {  # mahn reproduce keeps every finished run: a cut report resumes. The finished runs' results are kept in
+  # docs/reports/defaults/DATASET/runs (scripts/report_runs.py), so a report can span machines: restored first,
+  # saved again after (run the save by hand after stopping a report midway)
+  local dataset=$1 experiments=${2:-compare,groups} out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1/runs
+  [ -d "$kept" ] && .venv/bin/python scripts/report_runs.py restore "$kept" "$out"
+  local status=0
+  $M reproduce "$(data "$dataset")" --out "$out" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
+    --models $MODELS --experiments "$experiments" || status=$?
+  .venv/bin/python scripts/report_runs.py save "$out" "$kept"
+  return $status
+}
+
+lane() {  # a second core for a report running beside it: MODELS (compare only) into OUT-b, each finished run handed
+  # to the report (through its kept folder) as it finishes; the report trains what is not handed over in time
+  local dataset=$1 models=$2 out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1/runs
+  $M reproduce "$(data "$dataset")" --out "$out-b" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
+    --models "$models" --experiments compare &
+  local helper=$!
+  while kill -0 $helper 2>/dev/null; do
+    sleep 60
+    .venv/bin/python scripts/report_runs.py save "$out-b" "$kept" && .venv/bin/python scripts/report_runs.py restore "$kept" "$out"
+  done
+  wait $helper
 }
 
 case "${1:-}" in
   before|after|probes) "$1" "${@:2}" ;;
   report) report "${@:2}" ;;
-  *) echo "usage: $0 before|after|probes DATASET... | report DATASET [EXPERIMENTS]" >&2; exit 2 ;;
+  lane) lane "${@:2}" ;;
+  *) echo "usage: $0 before|after|probes DATASET... | report DATASET [EXPERIMENTS] | lane DATASET MODELS" >&2; exit 2 ;;
 esac

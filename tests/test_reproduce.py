@@ -225,6 +225,33 @@ def test_settings_equal_to_defaults_share_a_key_and_bad_config_is_refused(tmp_pa
         ReproduceConfig(out=tmp_path, budget="huge")
 
 
+def test_a_reports_finished_runs_kept_in_a_folder_finish_the_report_elsewhere_without_training(report, tmp_path):
+    """scripts/report_runs.py: the four files of each finished run, saved and restored on another machine, are all
+    `mahn reproduce` needs to write the same report without training anything."""
+    import subprocess
+    import sys
+
+    data, out, results = report
+    script = Path(__file__).parents[1] / "scripts" / "report_runs.py"
+    kept, elsewhere = tmp_path / "kept", tmp_path / "elsewhere"
+
+    def call(*args: Path) -> str:
+        return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                              check=True).stdout
+
+    runs = len(list(out.rglob("test_ndcg10.npy")))
+    assert call("save", out, kept) == f"saved {runs} runs: {out} -> {kept}\n"
+    assert call("save", out, kept) == f"saved 0 runs: {out} -> {kept}\n"  # unchanged runs are not written again
+    assert not list(kept.rglob("*.safetensors"))
+    assert call("restore", kept, elsewhere) == f"restored {runs} runs: {kept} -> {elsewhere}\n"
+    said: list[str] = []
+    again = reproduce(data, replace(ReproduceConfig(out=out, seeds=2, budget="quick", batch_size=64,
+                                                    models=("mahn", "popularity", "gru4rec")), out=elsewhere),
+                      say=lambda *line: said.append(" ".join(map(str, line))))
+    assert not [line for line in said if line.startswith("training")]
+    assert again["compare"] == results["compare"] and again["paired_tests"] == results["paired_tests"]
+
+
 def test_paper_table_reads_a_folder_of_runs(tmp_path):
     """scripts/paper_table.py RUNS DATASET: one row per run, deltas against the paper, cut runs marked."""
     import subprocess
