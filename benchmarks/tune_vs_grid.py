@@ -166,6 +166,21 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float 
             "wall_seconds": sum(t["seconds"] or 0.0 for t in taken), **load, "trial_rows": summary["trials"]}
 
 
+def machine_speed(trials: list[dict], grid_runs: list[dict]) -> float | None:
+    """The median, over the tune's trained trials, of a trial's CPU seconds an epoch over the grid run's with the
+    same settings: how much slower (above 1) this machine trains the same epochs than the grid's machine did."""
+    import statistics
+
+    by_settings = {json.dumps(run["settings"], sort_keys=True): run for run in grid_runs}
+    ratios = []
+    for trial in trials:
+        run = by_settings.get(json.dumps(trial["settings"], sort_keys=True))
+        if trial["same_as"] is None and trial["state"] in FINISHED and trial["epochs"] and run is not None:
+            ratios.append((trial["cpu_seconds"] / trial["epochs"])
+                          / (run["cpu_seconds"] / len(run["valid_full_ndcg10_by_epoch"])))
+    return statistics.median(ratios) if ratios else None
+
+
 def commit() -> str | None:
     """The commit of the call that writes the JSON (+changes: src/ had uncommitted changes); the runs it gathers
     may have trained under an earlier one (their config.json hold their settings)."""
@@ -236,6 +251,10 @@ def main() -> None:
                   # a tune that has not reached the grid's best has no ratio yet, only a lower bound
                   "time_ratio": ratio if tuned["reached"] else None,
                   **({} if tuned["reached"] else {"time_ratio_at_least": ratio})}
+        if args.grid_from:  # the two sides ran on two machines: how much slower this one trained the same points
+            speed = machine_speed(tuned["trial_rows"], grid["runs"])
+            if speed is not None:
+                entry |= {"this_machine_over_grid_machine": speed, "time_ratio_same_machine": ratio / speed}
     results = read_json(args.json) if args.json.is_file() else {}
     results[key] = entry
     write_json(args.json, results)
@@ -248,6 +267,9 @@ def main() -> None:
                None: "did not reach it"}[tuned["reached_by"]]
     print(f"tune: {verdict} after {tuned['trials']} trials, {tuned['cpu_seconds']:.0f} CPU s "
           f"(best {tuned['best']['valid_full_ndcg10']:.4f}); CPU time over the grid's {ratio:.2f}")
+    if "time_ratio_same_machine" in entry:
+        print(f"this machine trained the same epochs {entry['this_machine_over_grid_machine']:.2f} times as slowly as "
+              f"the grid's: {entry['time_ratio_same_machine']:.2f} on one machine")
 
 
 if __name__ == "__main__":
