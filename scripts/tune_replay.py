@@ -42,7 +42,7 @@ def load_grid(results: Path, key: str, model: str) -> dict[tuple, dict]:
 
 
 def replay(dataset: Path, model: str, runs: dict[tuple, dict], pruner: str, knobs: dict[str, int], trials: int,
-           seed: int) -> list[dict]:
+           seed: int, min_steps: int = 500) -> list[dict]:
     space = search_space(model)
     charged: dict[int, float] = {}
 
@@ -61,7 +61,8 @@ def replay(dataset: Path, model: str, runs: dict[tuple, dict], pruner: str, knob
     try:
         with tempfile.TemporaryDirectory() as out:
             summary = tune_module.tune(dataset, Path(out) / "tune", model, trials, seed=seed,
-                                       base={"epochs": 200, "patience": 10, "threads": 1, "progress": False},
+                                       base={"epochs": 200, "patience": 10, "patience_steps": min_steps,
+                                             "threads": 1, "progress": False},
                                        say=lambda line: None, pruner=pruner)
     finally:
         for name, value in real.items():
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--pruner", nargs="+", default=["bound"], choices=tune_module.PRUNERS)
     parser.add_argument("--window", type=int, nargs="+", default=[tune_module.RISE_WINDOW],
                         help="--pruner bound: epochs of the rate of gain (RISE_WINDOW)")
+    parser.add_argument("--min-steps", type=int, nargs="+", default=[500],
+                        help="--pruner bound: steps before a trial is judged (the tune takes early stopping's "
+                        "patience_steps, 500; the replayed curves are the grid's, trained with 500)")
     parser.add_argument("--warmup", type=int, nargs="+", default=[tune_module.MEDIAN_AFTER_EPOCHS],
                         help="--pruner median: epochs every trial trains before it can be pruned")
     parser.add_argument("--startup", type=int, nargs="+", default=[tune_module.MEDIAN_AFTER_TRIALS],
@@ -103,7 +107,8 @@ def main() -> None:
     settings = []
     for pruner in args.pruner:
         if pruner == "bound":
-            settings += [(pruner, {"RISE_WINDOW": w}) for w in args.window]
+            settings += [(pruner, {"RISE_WINDOW": w, "min_steps": m})
+                         for w, m in itertools.product(args.window, args.min_steps)]
         elif pruner == "median":
             settings += [(pruner, {"MEDIAN_AFTER_EPOCHS": w, "MEDIAN_AFTER_TRIALS": n})
                          for w, n in itertools.product(args.warmup, args.startup)]
@@ -111,8 +116,10 @@ def main() -> None:
             settings.append((pruner, {}))
     for pruner, knobs in settings:
         shares, hits = [], []
+        constants = {k: v for k, v in knobs.items() if k != "min_steps"}
         for seed in range(args.seeds):
-            rows = replay(args.dataset, args.model, runs, pruner, knobs, args.trials, seed)
+            rows = replay(args.dataset, args.model, runs, pruner, constants, args.trials, seed,
+                          knobs.get("min_steps", 500))
             number, spent = reached(rows, target)
             shares.append(spent / grid_cpu)
             hits.append(number is not None)
