@@ -113,7 +113,7 @@ probes() {  # each probe's flags are its settings that differ from today's defau
 report() {  # mahn reproduce keeps every finished run: a cut report resumes. The finished runs' results are kept in
   # docs/reports/defaults/DATASET/runs (scripts/report_runs.py), so a report can span machines: restored first,
   # saved again after (run the save by hand after stopping a report midway)
-  local dataset=$1 experiments=${2:-compare,groups} out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1/runs
+  local dataset=$1 experiments=${2:-compare,groups} out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1
   [ -d "$kept" ] && .venv/bin/python scripts/report_runs.py restore "$kept" "$out"
   local status=0
   $M reproduce "$(data "$dataset")" --out "$out" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
@@ -124,7 +124,7 @@ report() {  # mahn reproduce keeps every finished run: a cut report resumes. The
 
 lane() {  # a second core for a report running beside it: MODELS (compare only) into OUT-b, each finished run handed
   # to the report (through its kept folder) as it finishes; the report trains what is not handed over in time
-  local dataset=$1 models=$2 out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1/runs
+  local dataset=$1 models=$2 out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1
   $M reproduce "$(data "$dataset")" --out "$out-b" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
     --models "$models" --experiments compare &
   local helper=$!

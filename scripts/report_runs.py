@@ -7,8 +7,8 @@ settings it trained with), summary.json, result.json (its validation and test me
 copies those four files of every finished run of a report folder into a committed folder (the .npy gzipped: most
 users score 0 under full ranking), and back:
 
-    python scripts/report_runs.py save runs/reproduce/defaults/office docs/reports/defaults/office/runs
-    python scripts/report_runs.py restore docs/reports/defaults/office/runs runs/reproduce/defaults/office
+    python scripts/report_runs.py save runs/reproduce/defaults/office docs/reports/defaults/office
+    python scripts/report_runs.py restore docs/reports/defaults/office runs/reproduce/defaults/office
 
 `restore` writes only runs the report folder lacks (a run there, finished or not, is left as it is), so
 `mahn reproduce` then trains only what no session has finished and writes the report from all of them. The
