@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -169,8 +170,6 @@ def run_tune(dataset: Path, work: Path, model: str, threads: int, target: float 
 def machine_speed(trials: list[dict], grid_runs: list[dict]) -> float | None:
     """The median, over the tune's trained trials, of a trial's CPU seconds an epoch over the grid run's with the
     same settings: how much slower (above 1) this machine trains the same epochs than the grid's machine did."""
-    import statistics
-
     by_settings = {json.dumps(run["settings"], sort_keys=True): run for run in grid_runs}
     ratios = []
     for trial in trials:

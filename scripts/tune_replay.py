@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import tempfile
 from pathlib import Path
 
 import mahn.tune as tune_module
 from mahn.io import read_json
 from mahn.search import search_space
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from tune_vs_grid import reaching  # noqa: E402
 
 
 def load_grid(results: Path, key: str, model: str) -> dict[tuple, dict]:
@@ -71,14 +75,10 @@ def replay(dataset: Path, model: str, runs: dict[tuple, dict], pruner: str, knob
 
 
 def reached(rows: list[dict], target: float) -> tuple[int | None, float]:
-    """The first trial at or above `target` (None if none) and the CPU charged up to it (all, if none)."""
-    spent = 0.0
-    for row in rows:
-        if row["state"] in tune_module.FINISHED:
-            spent += row["cpu_charged"]
-            if row["valid_full_ndcg10"] >= target:
-                return row["number"], spent
-    return None, spent
+    """The first trial at or above `target` (None if none) and the CPU charged up to it (all, if none), counted
+    as benchmarks/tune_vs_grid.py counts a real tune."""
+    how, taken = reaching(rows, target)
+    return (taken[-1]["number"] if how else None), sum(row["cpu_charged"] for row in taken)
 
 
 def main() -> None:
@@ -106,20 +106,17 @@ def main() -> None:
     print(f"grid: {len(runs)} points, best {target:.4f}, {grid_cpu:.0f} CPU s")
     settings = []
     for pruner in args.pruner:
-        if pruner == "bound":
-            settings += [(pruner, {"RISE_WINDOW": w, "min_steps": m})
-                         for w, m in itertools.product(args.window, args.min_steps)]
+        if pruner == "bound":  # (pruner, mahn.tune's constants it reads, the pruner's minimum in steps)
+            settings += [(pruner, {"RISE_WINDOW": w}, m) for w, m in itertools.product(args.window, args.min_steps)]
         elif pruner == "median":
-            settings += [(pruner, {"MEDIAN_AFTER_EPOCHS": w, "MEDIAN_AFTER_TRIALS": n})
+            settings += [(pruner, {"MEDIAN_AFTER_EPOCHS": w, "MEDIAN_AFTER_TRIALS": n}, 500)
                          for w, n in itertools.product(args.warmup, args.startup)]
         else:
-            settings.append((pruner, {}))
-    for pruner, knobs in settings:
+            settings.append((pruner, {}, 500))
+    for pruner, knobs, min_steps in settings:
         shares, hits = [], []
-        constants = {k: v for k, v in knobs.items() if k != "min_steps"}
         for seed in range(args.seeds):
-            rows = replay(args.dataset, args.model, runs, pruner, constants, args.trials, seed,
-                          knobs.get("min_steps", 500))
+            rows = replay(args.dataset, args.model, runs, pruner, knobs, args.trials, seed, min_steps)
             number, spent = reached(rows, target)
             shares.append(spent / grid_cpu)
             hits.append(number is not None)
@@ -131,7 +128,8 @@ def main() -> None:
         within = sum(hit and share <= 1 / 3 for hit, share in zip(hits, shares, strict=True))
         reached_shares = sorted(share for hit, share in zip(hits, shares, strict=True) if hit)
         median = reached_shares[len(reached_shares) // 2] if reached_shares else float("nan")
-        print(f"{pruner} {' '.join(f'{k}={v}' for k, v in knobs.items())}: reached the grid's best in "
+        shown = {**knobs, **({"min_steps": min_steps} if pruner == "bound" else {})}
+        print(f"{pruner} {' '.join(f'{k}={v}' for k, v in shown.items())}: reached the grid's best in "
               f"{sum(hits)}/{args.seeds} seeds, within a third of the grid's CPU in {within}/{args.seeds}; "
               f"share of the grid's CPU when reached: median {median:.2f}, seed 0 {shares[0]:.2f}"
               f"{'' if hits[0] else ' (not reached)'}")

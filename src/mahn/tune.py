@@ -181,8 +181,7 @@ def _tune(optuna, dataset_dir: Path, out: Path, model: str, space: dict[str, lis
     distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
     points = [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
     stopped = None
-    while len(trained_trials(study)) < trials:
-        done = finished_trials(study)
+    while len(trained(done := finished_trials(study))) < trials:
         tried = {json.dumps(t.params, sort_keys=True) for t in done}
         if minutes is not None and time.perf_counter() - started > minutes * 60:
             stopped = f"--minutes {minutes:g} spent"
@@ -220,9 +219,9 @@ def finished_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
 
 
-def trained_trials(study) -> list:
-    """Finished trials that trained: what `trials` counts (a repeat is told an earlier trial's result)."""
-    return [t for t in finished_trials(study) if "same_as" not in t.user_attrs]
+def trained(done: list) -> list:
+    """The finished trials `done` that trained: what `trials` counts (a repeat is told an earlier trial's result)."""
+    return [t for t in done if "same_as" not in t.user_attrs]
 
 
 def repeats_in_a_row(done: list) -> int:
