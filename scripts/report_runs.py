@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from mahn.errors import DataError
+from mahn.io import atomic_dir
 
 KEPT = ("config.json", "summary.json", "result.json")
 SCORES = "test_ndcg10.npy"
@@ -62,21 +63,17 @@ def restore(kept: Path, report: Path) -> int:
 
 
 def write_folder(target: Path, files: dict[str, bytes], replace: bool = True) -> bool:
-    """The folder whole or not at all: written beside it, then renamed into place. With replace False a folder
-    that appeared meanwhile (a reproduce beginning that run) is left as it is. Whether it was written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    """The folder whole or not at all (mahn.io.atomic_dir). With replace False a folder that is there, or that
+    appears meanwhile (a reproduce beginning that run), is left as it is. Whether it was written."""
     try:
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        if target.exists():
-            if not replace:
-                return False
-            shutil.rmtree(target)
-        staging.rename(target)
-        return True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_dir(target, force=replace) as staging:
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+    except (DataError, OSError):
+        if replace:
+            raise
+        return False
+    return True
 
 
 def main() -> None:
