@@ -7,7 +7,8 @@
 #   scripts/defaults.sh probes DATASET...   # the probes of sections 1-5 (office, hm, instruments-cold)
 #   scripts/defaults.sh report DATASET [EXPERIMENTS]   # docs/reports/defaults/DATASET: 3 seeds, `standard` budget
 #                                           # (SEEDS=1 first: seed 0 of every model, kept when 3 are asked for)
-#   scripts/defaults.sh lane DATASET MODELS # beside a report: MODELS (e.g. bert4rec,gru4rec) on the second core
+#   scripts/defaults.sh lane DATASET MODELS [EXPERIMENTS]   # beside a report: MODELS (e.g. bert4rec,gru4rec) on
+#                                           # the second core (experiments: compare, or e.g. cold)
 # Data: scripts/real_data.sh (runs/real/...); the demo's dataset: `mahn demo --out runs/real/demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,11 +123,12 @@ report() {  # mahn reproduce keeps every finished run: a cut report resumes. The
   return $status
 }
 
-lane() {  # a second core for a report running beside it: MODELS (compare only) into OUT-b, each finished run handed
-  # to the report (through its kept folder) as it finishes; the report trains what is not handed over in time
-  local dataset=$1 models=$2 out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1
+lane() {  # a second core for a report running beside it: MODELS (compare, or the experiments given) into OUT-b, each
+  # finished run handed to the report (through its kept folder) as it finishes; the report trains what is not handed
+  # over in time
+  local dataset=$1 models=$2 experiments=${3:-compare} out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1
   $M reproduce "$(data "$dataset")" --out "$out-b" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
-    --models "$models" --experiments compare &
+    --models "$models" --experiments "$experiments" &
   local helper=$!
   while kill -0 $helper 2>/dev/null; do
     sleep 60
@@ -139,5 +141,5 @@ case "${1:-}" in
   before|after|probes) "$1" "${@:2}" ;;
   report) report "${@:2}" ;;
   lane) lane "${@:2}" ;;
-  *) echo "usage: $0 before|after|probes DATASET... | report DATASET [EXPERIMENTS] | lane DATASET MODELS" >&2; exit 2 ;;
+  *) echo "usage: $0 before|after|probes DATASET... | report DATASET [EXPERIMENTS] | lane DATASET MODELS [EXPERIMENTS]" >&2; exit 2 ;;
 esac
