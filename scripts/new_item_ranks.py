@@ -5,9 +5,10 @@ dataset made by `mahn cold-split` (docs/investigations/defaults.md section 5e).
 
 For every test user whose target is a new item, the target's rank among every item (the user's earlier items
 left out, as full ranking does) and among the new items alone. Prints HR@10 over the catalogue and the share
-of these users whose target is within the first 1, 2, 3, 5 and 10 of the new items. Then a serving policy,
-measured on every test user: the top 10 with its last S places given to the best new items not already in
-it (S = 1, 2), against the plain top 10: full HR@10 and NDCG@10 over all users and over new-item targets.
+of these users whose target is within the first 1, 2, 3, 5 and 10 of the new items. Then the serving option
+`new_item_places` (`mahn recommend --new-item-places S`), measured on every test user: the top 10 with up to S
+places for the best new items (S = 1, 2), against the plain top 10: full HR@10 and NDCG@10 over all users and
+over new-item targets.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from mahn.data import left_padded
+from mahn.scoring import with_new_items
 from mahn.training import load_run
 
 
@@ -53,21 +55,20 @@ def ranks(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor) -> 
 
 def with_slots(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor, slots: int,
                k: int = 10) -> dict[str, float]:
-    """Test HR@k and NDCG@k over all users and over new-item targets when the last `slots` places of each top k
-    go to the best new items not already in it."""
+    """Test HR@k and NDCG@k over all users and over new-item targets when up to `slots` places of each top k go
+    to the best new items (mahn.scoring.with_new_items, the rule of `recommend --new-item-places`)."""
     new = torch.nonzero(is_new).squeeze(1)
-    top = scores.topk(k, dim=1).indices
-    if slots:
-        best_new = new[scores[:, new].topk(k, dim=1).indices]
-        for row in range(len(top)):
-            listed, already = top[row].tolist(), int(is_new[top[row]].sum())
-            missing = [i for i in best_new[row].tolist() if i not in listed][: max(0, slots - already)]
-            if missing:
-                keep = [i for i in listed if not is_new[i]][: k - len(missing) - already]
-                kept_new = [i for i in listed if is_new[i]]
-                merged = sorted(keep + kept_new, key=lambda i: -scores[row, i].item()) + missing
-                top[row] = torch.tensor(merged[:k])
-    place = (top == targets.unsqueeze(1)).float()
+    top = scores.topk(k, dim=1)
+    best_new = scores[:, new].topk(k, dim=1)
+    newness = is_new.tolist()
+    places = torch.empty(len(scores), k, dtype=torch.long)
+    for row in range(len(scores)):
+        ranked = list(zip(top.values[row].tolist(), top.indices[row].tolist(), strict=True))
+        if slots:
+            ranked = with_new_items(ranked, list(zip(best_new.values[row].tolist(), new[best_new.indices[row]].tolist(),
+                                                     strict=True)), slots, newness.__getitem__)
+        places[row] = torch.tensor([item for _, item in ranked])
+    place = (places == targets.unsqueeze(1)).float()
     hit = place.sum(1).numpy()
     gain = (place / torch.log2(torch.arange(2, k + 2).float())).sum(1).numpy()
     new_rows = is_new[targets].numpy()

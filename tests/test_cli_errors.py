@@ -71,6 +71,8 @@ CASES = [
     case(["evaluate", "run", "--protocols", "uni100,top5"], ["--protocols: unknown protocol(s) top5"]),
     case(["recommend", "run", "--history", "i001 nosuch"], ["items.parquet: unknown item key(s): nosuch"]),
     case(["recommend", "run", "--history", "i001", "-k", "0"], ["k must be between 1 and", "got 0"]),
+    case(["recommend", "run", "--history", "i001", "-k", "2", "--new-item-places", "3"],
+         ["new_item_places must be between 0 and k (2), got 3"]),
     case(["serve", "no-such-run"], ["no-such-run/config.json: file not found"]),
     case(["serve", "run", "--port", "70000"], ["--port must be between 0 and 65535, got 70000"]),
     case(["serve", "run", "--index", "annoy"], ["--index: unknown index 'annoy'"]),

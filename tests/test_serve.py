@@ -450,3 +450,58 @@ def test_mahn_serve_workers_answer_through_a_tcp_socket_with_nodelay(shop, monke
         with httpx.Client(timeout=30) as client:  # one keep-alive connection, several requests
             for _ in range(3):
                 assert [r["key"] for r in client.post(f"{served.url}/recommend", json=body).json()["items"]] == expected
+
+
+def test_new_item_places_rule():
+    """mahn.scoring.with_new_items: the new items listed count toward the places; the best new items not listed
+    replace the lowest-scored items that are not new; the list keeps its length and its order by score."""
+    from mahn.scoring import with_new_items
+
+    top = [(9.0, 0), (8.0, 1), (7.0, 2), (6.0, 3)]
+    best_new = [(7.0, 2), (5.0, 10), (4.0, 11)]
+    is_new = {2, 10, 11}.__contains__
+    assert with_new_items(top, best_new, 0, is_new) == top
+    assert with_new_items(top, best_new, 1, is_new) == top  # item 2 is new and listed already
+    assert with_new_items(top, best_new, 2, is_new) == [(9.0, 0), (8.0, 1), (7.0, 2), (5.0, 10)]
+    assert with_new_items(top, best_new, 3, is_new) == [(9.0, 0), (7.0, 2), (5.0, 10), (4.0, 11)]
+    assert with_new_items(top, best_new, 4, is_new) == [(9.0, 0), (7.0, 2), (5.0, 10), (4.0, 11)]  # no more new
+    assert with_new_items(top, [], 2, is_new) == top
+    assert with_new_items([(7.0, 2)], best_new, 3, is_new) == [(7.0, 2)]  # nothing that is not new to replace
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_new_item_places_give_the_last_places_to_the_best_added_items(shop, tmp_path, kind):
+    run = tmp_path / "run"
+    shutil.copytree(shop["runs"]["mahn"], run)
+    rng = np.random.default_rng(4)
+    new = [f"new{c}" for c in range(3)]
+    add_item_records(run, [{"key": key, "title": f"New of cluster {c}", "image_codes": codes(c, rng, 0),
+                            "text_codes": codes(c, rng, 10)} for c, key in enumerate(new)])
+    recommender = mahn.load(run, device="cpu", index=kind)
+    client = TestClient(create_app(run, device="cpu", index=kind))
+    changed = 0
+    for history in (KEYS[0:2], KEYS[4:9:4], KEYS[7:8]):
+        plain = [r.key for r in recommender.recommend(history, 5)]
+        best_new = [r.key for r in recommender.recommend(history, 3, candidates=new)]
+        for places in (1, 2, 3):
+            placed = [r.key for r in recommender.recommend(history, 5, new_item_places=places)]
+            listed_new = [key for key in plain if key in new]
+            extra = [key for key in best_new if key not in plain][: max(0, places - len(listed_new))]
+            kept = [key for key in plain if key not in new]
+            kept = kept[: len(kept) - len(extra)]
+            assert placed == sorted(kept + listed_new, key=plain.index) + extra, (history, places)
+            assert len(placed) == 5 and sum(key in new for key in placed) >= places
+            changed += placed != plain
+            body = {"history": history, "k": 5, "new_item_places": places}
+            assert [r["key"] for r in client.post("/recommend", json=body).json()["items"]] == placed
+    assert changed >= 6  # the model's own top 5 rarely lists a new item: the places are what bring them in
+    with pytest.raises(DataError, match="new_item_places must be between 0 and k"):
+        recommender.recommend(KEYS[:2], 2, new_item_places=3)
+    too_many = client.post("/recommend", json={"history": KEYS[:2], "k": 2, "new_item_places": 3})
+    assert too_many.status_code == 400 and "new_item_places" in too_many.json()["detail"]
+    assert client.post("/recommend", json={"history": KEYS[:2], "new_item_places": -1}).status_code == 422
+    batch = client.post("/recommend/batch", json={"requests": [{"history": KEYS[:2], "k": 5, "new_item_places": 2},
+                                                               {"history": KEYS[:2], "k": 5}]}).json()["results"]
+    assert [r["key"] for r in batch[0]["items"]] == [r.key for r in recommender.recommend(KEYS[:2], 5,
+                                                                                           new_item_places=2)]
+    assert [r["key"] for r in batch[1]["items"]] == [r.key for r in recommender.recommend(KEYS[:2], 5)]

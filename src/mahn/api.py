@@ -37,7 +37,9 @@ class Recommender:
         self.n_trained: int = dataset.n_items
         self.lock = threading.RLock()  # torch calls and refreshes; reads take one snapshot of the items
         self.items = LiveItems(model, dataset, self.run, self.lock)
-        self.scorer = Scorer(model, record["model"], self.n_trained, self.lock, check_index(index), hnsw, ivf)
+        held_out = dataset.new_items()  # a new-item split's items, new to the model like the added ones
+        self.scorer = Scorer(model, record["model"], self.n_trained, self.lock, check_index(index), hnsw, ivf,
+                             held_out=() if held_out is None else held_out.tolist())
 
     # --- the items -------------------------------------------------------------------------------
 
@@ -107,37 +109,47 @@ class Recommender:
             self.ann()
 
     def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True,
-                  candidates: list[str] | None = None) -> list[Recommendation]:
+                  candidates: list[str] | None = None, new_item_places: int = 0) -> list[Recommendation]:
         """Top-k items after a history of item keys (oldest first).
 
         `candidates`: rank only these keys. `exclude_history`: leave out every item of the history.
         Items added after training are recommended by their content, and read in a history by their content too
         (MAHN, MGT); models that cannot read them there (VBPR, JRL, MV-RNN) leave them out of the input window.
+        `new_item_places`: up to this many of the k places go to the best new items (added after training, or
+        held out by a new-item split) when the model's own top-k lists fewer: they replace its last items.
         """
-        return self.recommend_batch([history], k, exclude_history, None if candidates is None else [candidates])[0]
+        return self.recommend_batch([history], k, exclude_history, None if candidates is None else [candidates],
+                                    new_item_places)[0]
 
     def recommend_batch(self, histories: list[list[str]], k: int | Sequence[int] = 10,
                         exclude_history: bool | Sequence[bool] = True,
-                        candidates: Sequence[list[str] | None] | None = None) -> list[list[Recommendation]]:
-        """`recommend` for many histories with one encode: k, exclude_history and candidates per history
-        (or one k and one exclude_history for all; `candidates` has one entry, or None, per history)."""
+                        candidates: Sequence[list[str] | None] | None = None,
+                        new_item_places: int | Sequence[int] = 0) -> list[list[Recommendation]]:
+        """`recommend` for many histories with one encode: k, exclude_history, candidates and new_item_places per
+        history (or one k, exclude_history and new_item_places for all; `candidates` has one entry, or None, per
+        history)."""
         n = len(histories)
         ks = [k] * n if isinstance(k, int) else list(k)
         excludes = [exclude_history] * n if isinstance(exclude_history, bool) else list(exclude_history)
         candidates = [None] * n if candidates is None else list(candidates)
-        if not (len(ks) == len(excludes) == len(candidates) == n):
-            raise DataError(f"{n} histories need one k, exclude_history and candidates entry each", "recommend_batch")
+        places = [new_item_places] * n if isinstance(new_item_places, int) else list(new_item_places)
+        if not (len(ks) == len(excludes) == len(candidates) == len(places) == n):
+            raise DataError(f"{n} histories need one k, exclude_history, candidates and new_item_places entry each",
+                            "recommend_batch")
         if n == 0:
             return []
         items = self.items.current()
         total = len(items.keys)
         reader = items.reader or self.model
         known, windows, pools = [], [], []
-        for history, count, pool in zip(histories, ks, candidates, strict=True):
+        for history, count, pool, new_places in zip(histories, ks, candidates, places, strict=True):
             if not history:
                 raise DataError("the history is empty: give at least one item key", "history")
             if not 1 <= count <= total:
                 raise DataError(f"k must be between 1 and the number of items ({total}), got {count}", "k")
+            if not 0 <= new_places <= count:
+                raise DataError(f"new_item_places must be between 0 and k ({count}), got {new_places}",
+                                "new_item_places")
             ids = self.items.ids(items, history)
             window = [i for i in ids if i < reader.n_items][-self.max_len :]
             if not window:
@@ -147,7 +159,7 @@ class Recommender:
             known.append(ids)
             windows.append(window)
             pools.append(None if pool is None else sorted(set(self.items.ids(items, pool))))
-        return self.scorer.top_k(items, reader, windows, known, ks, excludes, pools)
+        return self.scorer.top_k(items, reader, windows, known, ks, excludes, pools, places)
 
     def evaluate(self, split: str = "test", keep_history: bool = False,
                  protocols: tuple[str, ...] = PROTOCOLS) -> dict:

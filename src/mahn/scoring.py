@@ -1,11 +1,13 @@
 """Scoring histories against a snapshot of the items: the trained items' rows of the item table computed once
 and kept, the added items' rows after them; a request is one `encode` of the windows, one matrix product and a
 top-k per history, or, with an approximate index (`ivf`, `hnsw`: mahn.index), a search of the trained rows plus
-an exact pass over the added ones. Every torch call runs under the Recommender's lock."""
+an exact pass over the added ones. A request may keep places of its top-k for new items (`with_new_items`).
+Every torch call runs under the Recommender's lock."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +26,32 @@ class Recommendation:
     image: str | None = None  # the item's image (a local path or a URL), when it has one
 
 
+def with_new_items(top: list[tuple[float, int]], best_new: list[tuple[float, int]], places: int,
+                   is_new: Callable[[int], bool]) -> list[tuple[float, int]]:
+    """A top list (score, item) with up to `places` of its last places given to new items: the new items it
+    already lists count toward them; the best new items not in it (`best_new`, best first) replace its
+    lowest-scored items that are not new, and follow the rest in their own order. The list keeps its length."""
+    listed = {item for _, item in top}
+    wanted = places - sum(is_new(item) for item in listed)
+    extra = [pair for pair in best_new if pair[1] not in listed][: max(0, wanted)]
+    if not extra:
+        return top
+    kept, dropped = [], 0
+    for pair in reversed(top):
+        if dropped < len(extra) and not is_new(pair[1]):
+            dropped += 1
+        else:
+            kept.append(pair)
+    return kept[::-1] + extra[:dropped]
+
+
 class Scorer:
     def __init__(self, model: SequentialModel, name: str, n_trained: int, lock: threading.RLock,
-                 index_kind: str, hnsw: HNSWSettings = HNSWSettings(), ivf: IVFSettings = IVFSettings()):
+                 index_kind: str, hnsw: HNSWSettings = HNSWSettings(), ivf: IVFSettings = IVFSettings(),
+                 held_out: Sequence[int] = ()):
         self.model, self.name, self.n_trained, self.lock = model, name, n_trained, lock
+        # new items: those added after training (ids from n_trained on) and a new-item split's held-out ones
+        self.held_out = frozenset(int(i) for i in held_out)
         self.index_kind = resolve_index(index_kind, n_trained)  # auto: exact, or ivf for a large catalogue
         self.hnsw_settings, self.ivf_settings = hnsw, ivf
         self._index: IVFIndex | HNSWIndex | None = None  # over the trained items' rows, built on first use
@@ -57,11 +81,20 @@ class Scorer:
                                           self.ivf_settings)
             return self._index
 
+    def is_new(self, item: int) -> bool:
+        return item >= self.n_trained or item in self.held_out
+
+    def new_ids(self, items: Snapshot) -> torch.Tensor:
+        return torch.tensor(sorted(self.held_out) + list(range(self.n_trained, len(items.keys))), dtype=torch.long)
+
     @torch.no_grad()
     def top_k(self, items: Snapshot, reader: SequentialModel, windows: list[list[int]], known: list[list[int]],
-              ks: list[int], excludes: list[bool], pools: list[list[int] | None]) -> list[list[Recommendation]]:
+              ks: list[int], excludes: list[bool], pools: list[list[int] | None],
+              new_places: list[int] | None = None) -> list[list[Recommendation]]:
         """Per history: its top-k, reading `windows` (ids the reader knows), leaving out `known` (every item of
-        the history) where `excludes` says so, among `pools` where one is given."""
+        the history) where `excludes` says so, among `pools` where one is given, with up to `new_places` of its
+        places for new items (`with_new_items`; such a history is ranked exactly)."""
+        new_places = new_places or [0] * len(windows)
         width = max(len(w) for w in windows)
         batch = torch.tensor([[reader.pad] * (width - len(w)) + w for w in windows], device=self.model.device)
         table = self.table(items)
@@ -74,11 +107,14 @@ class Scorer:
             scores = None if approximate else (states @ table.T).float()
         approximated = {}  # row -> its top-k from the index (rows with candidates are ranked exactly)
         if approximate:
-            rows = [r for r, pool in enumerate(pools) if pool is None]
+            rows = [r for r, (pool, places) in enumerate(zip(pools, new_places, strict=True))
+                    if pool is None and not places]
             approximated = self._approximate_tops(states, items, rows, [set(known[r]) if excludes[r] else set()
                                                                         for r in rows], [ks[r] for r in rows])
         results = []
-        for r, (ids, count, exclude, pool) in enumerate(zip(known, ks, excludes, pools, strict=True)):
+        new_ids = self.new_ids(items).to(table.device) if any(new_places) else None
+        for r, (ids, count, exclude, pool, places) in enumerate(zip(known, ks, excludes, pools, new_places,
+                                                                    strict=True)):
             if approximated.get(r) is not None:
                 results.append(approximated[r])
                 continue
@@ -91,8 +127,14 @@ class Scorer:
             if exclude:  # every item of the history, as full-ranking evaluation masks them, not only the window
                 row[ids] = -torch.inf
             top = torch.topk(row, min(count, int(torch.isfinite(row).sum())))
+            ranked = list(zip(top.values.tolist(), top.indices.tolist(), strict=True))
+            if places and len(new_ids):
+                new_scores = row[new_ids]
+                best = torch.topk(new_scores, min(count, int(torch.isfinite(new_scores).sum())))
+                ranked = with_new_items(ranked, list(zip(best.values.tolist(), new_ids[best.indices].tolist(),
+                                                         strict=True)), places, self.is_new)
             results.append([Recommendation(items.keys[i], items.titles[i], float(s), items.images[i])
-                            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
+                            for s, i in ranked])
         return results
 
     def _approximate_tops(self, states: torch.Tensor, items: Snapshot, rows: list[int], excluded: list[set[int]],

@@ -146,13 +146,18 @@ def recommend(
     history: list[str] = typer.Option(..., "--history", help="Item keys, oldest first (repeat or space-separate)."),
     k: int = typer.Option(10, "-k", help="How many items to recommend."),
     keep_history: bool = typer.Option(False, help="Allow items already in the history."),
+    new_item_places: int = typer.Option(
+        0, help="Up to this many of the k places go to the best items added after training (or held out by a "
+                "new-item split), replacing the last of the model's own top k."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Print the top-k items (key, title, score) after a history of item keys."""
     from mahn.api import load
 
     keys = [key for value in history for key in value.split()]
-    for rank, rec in enumerate(load(run, device=device).recommend(keys, k, exclude_history=not keep_history), start=1):
+    recommender = load(run, device=device)
+    recs = recommender.recommend(keys, k, exclude_history=not keep_history, new_item_places=new_item_places)
+    for rank, rec in enumerate(recs, start=1):
         typer.echo(f"{rank:>3}. {rec.key}  {rec.title}  ({rec.score:.3f})")
 
 

@@ -46,8 +46,11 @@ class RecommendRequest(Request):
     exclude_history: bool = Field(True, description="Leave out every item of the history.")
     candidates: list[Key] | None = Field(None, max_length=MAX_CANDIDATES,
                                          description="Rank only these items (null: every item).")
+    new_item_places: int = Field(0, ge=0, le=MAX_K, description=(
+        "Up to this many of the k places go to the best new items (added after training) when the model's own "
+        "top k lists fewer: they replace its last items. At most k."))
 
-    _k = field_validator("k", mode="before")(integral)
+    _k = field_validator("k", "new_item_places", mode="before")(integral)
 
 
 class RecommendedItem(BaseModel):
