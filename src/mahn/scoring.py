@@ -52,6 +52,7 @@ class Scorer:
         self.model, self.name, self.n_trained, self.lock = model, name, n_trained, lock
         # new items: those added after training (ids from n_trained on) and a new-item split's held-out ones
         self.held_out = frozenset(int(i) for i in held_out)
+        self._held_out_ids = torch.tensor(sorted(self.held_out), dtype=torch.long)
         self.index_kind = resolve_index(index_kind, n_trained)  # auto: exact, or ivf for a large catalogue
         self.hnsw_settings, self.ivf_settings = hnsw, ivf
         self._index: IVFIndex | HNSWIndex | None = None  # over the trained items' rows, built on first use
@@ -85,7 +86,7 @@ class Scorer:
         return item >= self.n_trained or item in self.held_out
 
     def new_ids(self, items: Snapshot) -> torch.Tensor:
-        return torch.tensor(sorted(self.held_out) + list(range(self.n_trained, len(items.keys))), dtype=torch.long)
+        return torch.cat([self._held_out_ids, torch.arange(self.n_trained, len(items.keys))])
 
     @torch.no_grad()
     def top_k(self, items: Snapshot, reader: SequentialModel, windows: list[list[int]], known: list[list[int]],
