@@ -23,12 +23,12 @@ from mahn.scoring import with_new_items
 from mahn.training import load_run
 
 
-def masked_scores(run: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every test user's scores over the catalogue, their earlier items at -inf as full ranking leaves them out
+def masked_scores(run: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every `split` user's scores over the catalogue, their earlier items at -inf as full ranking leaves them out
     (a repeated target kept); the targets; which items are new. One scoring pass per run."""
     model, dataset, record = load_run(run, device="cpu")
     model.eval()
-    evalset = dataset.eval_set("test")
+    evalset = dataset.eval_set(split)
     users, ends = evalset.users, evalset.input_ends
     starts, targets = dataset.offsets[users], torch.from_numpy(evalset.targets.astype(np.int64))
     with torch.no_grad():

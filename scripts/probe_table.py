@@ -5,6 +5,7 @@ training and the new items of a new-item split.
 Usage: python scripts/probe_table.py OUT [OUT ...] [--untrained] [--json FILE]
 Rows: one per NAME.test.json in OUT. `--untrained` reloads each run to split its test users by whether their
 target was bought in training (full-ranking HR@10 of each part); it needs the dataset the run was trained on.
+`--json FILE` adds the rows to FILE: a row whose run is here replaces the one it had, the others stay.
 """
 
 from __future__ import annotations
@@ -93,9 +94,16 @@ def main() -> None:
     args = parser.parse_args()
     print("\n\n".join(table(folder, args.untrained) for folder in args.folders))
     if args.json:
-        from mahn.io import write_json
+        from mahn.io import read_json, write_json
 
-        write_json(args.json, {str(folder): records(folder) for folder in args.folders})
+        # runs/ is not committed: a folder's records already in the file whose runs are gone here are kept, so a
+        # later session adds its probes without training the earlier ones again
+        written = read_json(args.json) if args.json.is_file() else {}
+        for folder in args.folders:
+            found = records(folder)
+            fresh = {record["run"] for record in found}
+            written[str(folder)] = [r for r in written.get(str(folder), []) if r["run"] not in fresh] + found
+        write_json(args.json, written)
 
 
 if __name__ == "__main__":

@@ -225,3 +225,26 @@ def test_trains_saves_reloads_and_ranks_new_items_by_content(cold, tmp_path):
     assert new["mgt"] > 0.9 and new["mgt"] > new["ids"] + 0.2, new
     assert results["mgt"]["full"]["HR@10"] > 0.5  # random: 10/30
     assert np.isfinite(results["ids"]["full"]["NDCG@10"])
+
+
+def test_a_fixed_content_projection_never_trains_and_still_places_new_items(tiny):
+    model = small(tiny, content_projection="fixed")
+    before = {m: model.content[m].project.weight.detach().clone() for m in model.sources}
+    assert all(torch.all(model.content[m].project.bias == 0) for m in model.sources)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    histories = torch.tensor([[tiny.n_items, 1, 2, 3], [4, 5, 6, 7]])
+    targets = torch.tensor([[tiny.n_items, 2, 3, 9], [5, 6, 7, 8]])
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.loss(Batch(histories, targets, targets, torch.tensor([0, 1]))).backward()
+        optimizer.step()
+    for m in model.sources:  # the projection stays the random one; the norm's gain is what content learns
+        assert torch.equal(model.content[m].project.weight, before[m])
+        assert not torch.all(model.content[m].norm.weight == model.config.content_scale)
+    features = {m: tiny.features(m)[0][[5]] for m in model.sources}
+    with torch.no_grad():
+        expected = torch.cat([model.content[m].vectors(torch.from_numpy(np.asarray(features[m])))
+                              for m in model.sources], -1)
+        torch.testing.assert_close(model.eval().content_vectors(features)[0, 8:], expected[0])
+    with pytest.raises(DataError, match="content_projection"):
+        small(tiny, content_projection="frozen")

@@ -161,7 +161,7 @@ def defaults(model: str) -> dict[str, Any]:
 # behaviour needs no entry. MAHN trained with BPR and SASRec with BCE before 2cf2c31, Caser with BCE before c4b0bd2.
 BEFORE_IT_EXISTED: dict[str, dict[str, Any]] = {
     "*": {"patience_steps": 0, "skip_untrained": False, "impute_ids": False, "feature_dropout": 0.0,
-          "content_dropout": 0.0, "gates": True},
+          "content_dropout": 0.0, "gates": True, "content_projection": "learned"},
     "mahn": {"loss": "bpr"}, "sasrec": {"loss": "bce"}, "caser": {"loss": "bce"},
 }
 HOW_NOT_WHAT = frozenset({"threads", "device", "progress"})  # how a run computes, not what it learns

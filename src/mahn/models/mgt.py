@@ -51,6 +51,7 @@ class MGTConfig:
     skip_untrained: bool = True  # the training softmax leaves out items never bought in training (base.py)
     impute_ids: bool = False  # an item without its ID vector gets one predicted from its content (else zero)
     feature_dropout: float = 0.0  # training only: dropout on the raw feature rows, before their projection
+    content_projection: str = "learned"  # learned W_m, or fixed: a random W_m never trained (no per-code memory)
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.blocks < 1 or self.heads < 1 or self.max_len < 1:
@@ -68,19 +69,26 @@ class MGTConfig:
             if unknown or not self.modalities:
                 raise DataError(f"MGT: modalities must be auto, none or a comma list of {', '.join(SOURCES)}; "
                                 f"got {self.modalities!r}", "--set modalities=...")
+        if self.content_projection not in ("learned", "fixed"):
+            raise DataError(f"MGT: content_projection must be learned or fixed; got {self.content_projection!r}",
+                            "--set content_projection=...")
         check_loss(self.loss, self.negatives, "MGT")
 
 
 class Content(nn.Module):
     """One source's fixed feature rows and their learned vectors c = LN(W f + b) (zero for a missing row)."""
 
-    def __init__(self, features: torch.Tensor, present: torch.Tensor, dim: int, scale: float, dropout: float = 0.0):
+    def __init__(self, features: torch.Tensor, present: torch.Tensor, dim: int, scale: float, dropout: float = 0.0,
+                 fixed: bool = False):
         super().__init__()
         self.input_dropout = nn.Dropout(dropout)
         # inputs, not parameters: rebuilt from the dataset's feature store, kept out of the checkpoint
         self.register_buffer("raw", torch.cat([features, features.new_zeros(1, features.shape[1])]), persistent=False)
         self.register_buffer("present", torch.cat([present, present.new_zeros(1)]).unsqueeze(1), persistent=False)
         self.project = nn.Linear(features.shape[1], dim)
+        if fixed:  # a random projection keeps the rows' inner products roughly; only the norm's gain is learned
+            nn.init.zeros_(self.project.bias)
+            self.project.requires_grad_(False)
         self.norm = nn.LayerNorm(dim)
         nn.init.constant_(self.norm.weight, scale)
         self.dropped: torch.Tensor | None = None  # this batch's items whose vector is dropped (content_dropout)
@@ -110,7 +118,8 @@ class MGT(SequentialModel):
         self.n_items = n_items
         d = config.dim
         self.sources = [m for m in SOURCES if m in content]
-        self.content = nn.ModuleDict({m: Content(*content[m], d, config.content_scale, config.feature_dropout)
+        fixed = config.content_projection == "fixed"
+        self.content = nn.ModuleDict({m: Content(*content[m], d, config.content_scale, config.feature_dropout, fixed)
                                       for m in self.sources})
         self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=n_items)
         self.position_embedding = nn.Embedding(config.max_len, d)
