@@ -105,6 +105,9 @@ probes() {  # each probe's flags are its settings that differ from today's defau
         probe instruments-cold mgt-id0.5-wd1e-3 --model mgt --set id_dropout=0.5 --set epochs=200 --set weight_decay=0.001
         probe instruments-cold mgt-id0.8 --model mgt --set id_dropout=0.8 --set epochs=200
         probe instruments-cold mgt-imp-id0.5 --model mgt --set id_dropout=0.5 --set impute_ids=true --set epochs=200 --set patience_steps=0
+        probe instruments-cold mgt-defaults --model mgt
+        probe instruments-cold mgt-defaults-id0.5 --model mgt --set id_dropout=0.5
+        probe instruments-cold mgt-fixed-id0.5 --model mgt --set content_projection=fixed --set id_dropout=0.5 --set skip_untrained=false --set epochs=200 --set patience_steps=0
         ;;
       *) echo "no probes for $dataset" >&2; exit 2 ;;
     esac
@@ -132,7 +135,9 @@ lane() {  # a second core for a report running beside it: MODELS (compare, or th
   local helper=$!
   while kill -0 $helper 2>/dev/null; do
     sleep 60
-    .venv/bin/python scripts/report_runs.py save "$out-b" "$kept" && .venv/bin/python scripts/report_runs.py restore "$kept" "$out"
+    # (each folder appears with the first run of its side: until then there is nothing to hand over)
+    if [ -d "$out-b" ]; then .venv/bin/python scripts/report_runs.py save "$out-b" "$kept"; fi
+    if [ -d "$kept" ]; then .venv/bin/python scripts/report_runs.py restore "$kept" "$out"; fi
   done
   wait $helper
 }
