@@ -116,12 +116,17 @@ probes() {  # each probe's flags are its settings that differ from today's defau
 
 report() {  # mahn reproduce keeps every finished run: a cut report resumes. The finished runs' results are kept in
   # docs/reports/defaults/DATASET/runs (scripts/report_runs.py), so a report can span machines: restored first,
-  # saved again after (run the save by hand after stopping a report midway)
+  # saved every minute while it trains and once more at the end
   local dataset=$1 experiments=${2:-compare,groups} out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1
-  [ -d "$kept" ] && .venv/bin/python scripts/report_runs.py restore "$kept" "$out"
-  local status=0
+  if [ -d "$kept" ]; then .venv/bin/python scripts/report_runs.py restore "$kept" "$out"; fi
   $M reproduce "$(data "$dataset")" --out "$out" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
-    --models $MODELS --experiments "$experiments" || status=$?
+    --models $MODELS --experiments "$experiments" &
+  local helper=$! status=0
+  while kill -0 $helper 2>/dev/null; do
+    sleep 60
+    if [ -d "$out" ]; then .venv/bin/python scripts/report_runs.py save "$out" "$kept" >/dev/null; fi
+  done
+  wait $helper || status=$?
   .venv/bin/python scripts/report_runs.py save "$out" "$kept"
   return $status
 }
