@@ -15,31 +15,17 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
-from mahn.data import Dataset
 from mahn.training import load_run
 from new_item_ranks import masked_scores
+from raw_content_ranks import fair, overlaps
 
 
-def overlaps(dataset: Dataset, split: str, last: int) -> torch.Tensor:
-    """(users, items): each item's raw feature row against the mean row of the user's last `last` input items."""
-    rows = torch.from_numpy(np.concatenate([np.asarray(dataset.features(m)[0], dtype=np.float32)
-                                            for m in dataset.feature_modalities()], axis=1))
-    evalset = dataset.eval_set(split)
-    queries = torch.stack([rows[torch.from_numpy(dataset.items[max(start, end - last):end])].mean(0)
-                           for start, end in zip(dataset.offsets[evalset.users], evalset.input_ends, strict=True)])
-    return queries @ rows.T
-
-
-def metrics(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor, k: int = 10) -> dict[str, float]:
-    rank = (scores > scores[torch.arange(len(targets)), targets].unsqueeze(1)).sum(1)
-    hit = rank < k
-    gain = torch.where(hit, 1 / torch.log2(rank.float() + 2), torch.zeros(()))
-    new = is_new[targets]
-    return {"HR": hit.float().mean().item(), "NDCG": gain.mean().item(),
-            "new HR": hit[new].float().mean().item() if new.any() else float("nan")}
+def metrics(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor) -> dict[str, float]:
+    per_user, new = fair(scores, targets), is_new[targets].numpy()
+    return {"HR": per_user["HR@10"].mean(), "NDCG": per_user["NDCG@10"].mean(),
+            "new HR": per_user["HR@10"][new].mean() if new.any() else float("nan")}  # no new validation target
 
 
 def main() -> None:

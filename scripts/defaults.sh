@@ -114,6 +114,16 @@ probes() {  # each probe's flags are its settings that differ from today's defau
   done
 }
 
+keep_saving() {  # while PID trains into OUT: each minute, its finished runs saved to KEPT (and handed on to REPORT, a
+  # report beside it). Each folder appears with its side's first run: until then there is nothing to save or hand on
+  local helper=$1 out=$2 kept=$3 report=${4:-}
+  while kill -0 "$helper" 2>/dev/null; do
+    sleep 60
+    if [ -d "$out" ]; then .venv/bin/python scripts/report_runs.py save "$out" "$kept" >/dev/null; fi
+    if [ -n "$report" ] && [ -d "$kept" ]; then .venv/bin/python scripts/report_runs.py restore "$kept" "$report"; fi
+  done
+}
+
 report() {  # mahn reproduce keeps every finished run: a cut report resumes. The finished runs' results are kept in
   # docs/reports/defaults/DATASET/runs (scripts/report_runs.py), so a report can span machines: restored first,
   # saved every minute while it trains and once more at the end
@@ -122,10 +132,7 @@ report() {  # mahn reproduce keeps every finished run: a cut report resumes. The
   $M reproduce "$(data "$dataset")" --out "$out" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
     --models $MODELS --experiments "$experiments" &
   local helper=$! status=0
-  while kill -0 $helper 2>/dev/null; do
-    sleep 60
-    if [ -d "$out" ]; then .venv/bin/python scripts/report_runs.py save "$out" "$kept" >/dev/null; fi
-  done
+  keep_saving $helper "$out" "$kept"
   wait $helper || status=$?
   .venv/bin/python scripts/report_runs.py save "$out" "$kept"
   return $status
@@ -138,12 +145,7 @@ lane() {  # a second core for a report running beside it: MODELS (compare, or th
   $M reproduce "$(data "$dataset")" --out "$out-b" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
     --models "$models" --experiments "$experiments" &
   local helper=$!
-  while kill -0 $helper 2>/dev/null; do
-    sleep 60
-    # (each folder appears with the first run of its side: until then there is nothing to hand over)
-    if [ -d "$out-b" ]; then .venv/bin/python scripts/report_runs.py save "$out-b" "$kept"; fi
-    if [ -d "$kept" ]; then .venv/bin/python scripts/report_runs.py restore "$kept" "$out"; fi
-  done
+  keep_saving $helper "$out-b" "$kept" "$out"
   wait $helper
 }
 

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import torch
 
-from mahn.data import left_padded
+from mahn.data import Dataset, EvalSet, left_padded
 from mahn.scoring import with_new_items
 from mahn.training import load_run
 
@@ -29,20 +29,28 @@ def masked_scores(run: str, split: str = "test") -> tuple[torch.Tensor, torch.Te
     model, dataset, record = load_run(run, device="cpu")
     model.eval()
     evalset = dataset.eval_set(split)
-    users, ends = evalset.users, evalset.input_ends
-    starts, targets = dataset.offsets[users], torch.from_numpy(evalset.targets.astype(np.int64))
+    starts = dataset.offsets[evalset.users]
     with torch.no_grad():
-        histories = left_padded(dataset.items, starts, ends, record["train"]["max_len"], dataset.n_items)
-        scores = model.encode(torch.from_numpy(histories), torch.from_numpy(users)) @ model.item_table().T
-    rows = torch.arange(len(users))
+        histories = left_padded(dataset.items, starts, evalset.input_ends, record["train"]["max_len"], dataset.n_items)
+        scores = model.encode(torch.from_numpy(histories), torch.from_numpy(evalset.users)) @ model.item_table().T
+    return masked(scores, dataset, evalset), torch.from_numpy(evalset.targets.astype(np.int64)), new_mask(dataset)
+
+
+def masked(scores: torch.Tensor, dataset: Dataset, evalset: EvalSet) -> torch.Tensor:
+    """`scores` (one row per user of `evalset`) with each user's earlier items at -inf, a repeated target kept."""
+    starts, ends = dataset.offsets[evalset.users], evalset.input_ends
+    rows, targets = torch.arange(len(starts)), torch.from_numpy(evalset.targets.astype(np.int64))
     target_scores = scores[rows, targets].clone()
-    lengths = ends - starts
     seen = torch.from_numpy(np.concatenate([dataset.items[a:b] for a, b in zip(starts, ends, strict=True)]))
-    scores[torch.repeat_interleave(rows, torch.from_numpy(lengths)), seen.long()] = -torch.inf
+    scores[torch.repeat_interleave(rows, torch.from_numpy(ends - starts)), seen.long()] = -torch.inf
     scores[rows, targets] = target_scores
+    return scores
+
+
+def new_mask(dataset: Dataset) -> torch.Tensor:
     is_new = torch.zeros(dataset.n_items, dtype=torch.bool)
     is_new[torch.from_numpy(np.asarray(dataset.new_items()))] = True
-    return scores, targets, is_new
+    return is_new
 
 
 def ranks(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
