@@ -1,19 +1,22 @@
 """Where a run ranks each new-item test target: among the whole catalogue and among the new items alone, on a
 dataset made by `mahn cold-split` (docs/investigations/defaults.md section 5e).
 
-    python scripts/new_item_ranks.py runs/defaults/instruments-cold/mgt-id0.5 [more runs...]
+    python scripts/new_item_ranks.py runs/defaults/instruments-cold/mgt-defaults-id0.5 [more runs...] [--boosts ...]
 
 For every test user whose target is a new item, the target's rank among every item (the user's earlier items
 left out, as full ranking does) and among the new items alone. Prints HR@10 over the catalogue and the share
 of these users whose target is within the first 1, 2, 3, 5 and 10 of the new items. Then the serving option
 `new_item_places` (`mahn recommend --new-item-places S`), measured on every test user: the top 10 with up to S
 places for the best new items (S = 1, 2), against the plain top 10: full HR@10 and NDCG@10 over all users and
-over new-item targets.
+over new-item targets. Last the serving option `new_item_boost` (`mahn recommend --new-item-boost B`): every
+new item's score raised by B, the same numbers plus validation full NDCG@10 (what a user could choose B by; no
+validation target is new on such a split) and the softmax's mass on the new items, the model's own estimate of
+how often a target is new, beside how often a test target is.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 import torch
@@ -80,11 +83,22 @@ def with_slots(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor
     hit = place.sum(1).numpy()
     gain = (place / torch.log2(torch.arange(2, k + 2).float())).sum(1).numpy()
     new_rows = is_new[targets].numpy()
+    if not new_rows.any():  # a validation split: no target is new
+        return {"HR": hit.mean(), "NDCG": gain.mean(), "new HR": float("nan"), "new NDCG": float("nan")}
     return {"HR": hit.mean(), "NDCG": gain.mean(), "new HR": hit[new_rows].mean(), "new NDCG": gain[new_rows].mean()}
 
 
+def new_mass(scores: torch.Tensor, is_new: torch.Tensor) -> float:
+    """The softmax's probability of the new items, averaged over users: the model's share of new targets."""
+    return torch.softmax(scores, 1)[:, is_new].sum(1).mean().item()
+
+
 def main() -> None:
-    scored = {run: masked_scores(run) for run in sys.argv[1:]}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--boosts", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    args = parser.parse_args()
+    scored = {run: masked_scores(run) for run in args.runs}
     print("| run | users | full HR@10 | first among new items: 1 | 2 | 3 | 5 | 10 |\n|---|---|---|---|---|---|---|---|")
     for run, found in scored.items():
         among_all, among_new = ranks(*found)
@@ -96,6 +110,16 @@ def main() -> None:
         for slots in (0, 1, 2):
             m = with_slots(*found, slots)
             print(f"| {run} | {slots} | {m['HR']:.4f} | {m['NDCG']:.4f} | {m['new HR']:.4f} | {m['new NDCG']:.4f} |")
+    print("\n| run | new-item boost | valid full NDCG@10 | full HR@10 | full NDCG@10 | new targets: HR@10 | NDCG@10 "
+          "| softmax mass on new items | new test targets |\n|---|---|---|---|---|---|---|---|---|")
+    for run, (scores, targets, is_new) in scored.items():
+        valid_scores, valid_targets, _ = masked_scores(run, "valid")
+        for boost in args.boosts:
+            raised = boost * is_new.float()
+            valid = with_slots(valid_scores + raised, valid_targets, is_new, 0)
+            m, mass = with_slots(scores + raised, targets, is_new, 0), new_mass(scores + raised, is_new)
+            print(f"| {run} | {boost:g} | {valid['NDCG']:.4f} | {m['HR']:.4f} | {m['NDCG']:.4f} | {m['new HR']:.4f} "
+                  f"| {m['new NDCG']:.4f} | {mass:.4f} | {is_new[targets].float().mean():.4f} |")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ CASES = [
     case(["recommend", "run", "--history", "i001", "-k", "0"], ["k must be between 1 and", "got 0"]),
     case(["recommend", "run", "--history", "i001", "-k", "2", "--new-item-places", "3"],
          ["new_item_places must be between 0 and k (2), got 3"]),
+    case(["recommend", "run", "--history", "i001", "--new-item-boost", "-1"],
+         ["new_item_boost must be between 0 and 20, got -1.0"]),
     case(["serve", "no-such-run"], ["no-such-run/config.json: file not found"]),
     case(["serve", "run", "--port", "70000"], ["--port must be between 0 and 65535, got 70000"]),
     case(["serve", "run", "--index", "annoy"], ["--index: unknown index 'annoy'"]),

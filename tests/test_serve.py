@@ -505,3 +505,44 @@ def test_new_item_places_give_the_last_places_to_the_best_added_items(shop, tmp_
     assert [r["key"] for r in batch[0]["items"]] == [r.key for r in recommender.recommend(KEYS[:2], 5,
                                                                                            new_item_places=2)]
     assert [r["key"] for r in batch[1]["items"]] == [r.key for r in recommender.recommend(KEYS[:2], 5)]
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_new_item_boost_raises_every_added_item_by_the_same_amount(shop, tmp_path, kind):
+    run = tmp_path / "run"
+    shutil.copytree(shop["runs"]["mahn"], run)
+    rng = np.random.default_rng(5)
+    new = [f"new{c}" for c in range(3)]
+    add_item_records(run, [{"key": key, "title": f"New of cluster {c}", "image_codes": codes(c, rng, 0),
+                            "text_codes": codes(c, rng, 10)} for c, key in enumerate(new)])
+    recommender = mahn.load(run, device="cpu", index=kind)
+    client = TestClient(create_app(run, device="cpu", index=kind))
+    total = len(recommender.items.current().keys)
+    entered = 0
+    for history in (KEYS[0:2], KEYS[4:9:4], KEYS[7:8]):
+        every = {r.key: r.score for r in recommender.recommend(history, total - len(set(history)))}
+        plain = [r.key for r in recommender.recommend(history, 5)]
+        gap = every[plain[-1]] - max(every[key] for key in new)  # how far the best new item is from the top 5
+        if gap <= 0:  # a new item in the model's own top 5 already
+            continue
+        for boost in (0.5 * gap, 1.01 * gap, gap + 1.0):
+            boosted = {key: score + boost * (key in new) for key, score in every.items()}
+            expected = sorted(boosted, key=boosted.get, reverse=True)[:5]
+            got = recommender.recommend(history, 5, new_item_boost=boost)
+            assert [r.key for r in got] == expected, (history, boost)
+            assert [r.score for r in got] == pytest.approx([boosted[key] for key in expected], abs=1e-4)
+            entered += any(key in new for key in expected) and not any(key in new for key in plain)
+            body = {"history": history, "k": 5, "new_item_boost": boost}
+            assert [r["key"] for r in client.post("/recommend", json=body).json()["items"]] == expected
+        assert [r.key for r in recommender.recommend(history, 5, new_item_boost=0.5 * gap)] == plain
+    assert entered >= 3  # a boost just past the gap brings the best new item in, a smaller one does not
+    for bad in (-1.0, float("nan"), 21.0):
+        with pytest.raises(DataError, match="new_item_boost must be between 0 and 20"):
+            recommender.recommend(KEYS[:2], 5, new_item_boost=bad)
+    for bad in (-1, 21, "1"):
+        assert client.post("/recommend", json={"history": KEYS[:2], "new_item_boost": bad}).status_code == 422
+    batch = client.post("/recommend/batch", json={"requests": [{"history": KEYS[:2], "k": 5, "new_item_boost": 20},
+                                                               {"history": KEYS[:2], "k": 5}]}).json()["results"]
+    assert [r["key"] for r in batch[0]["items"]][:3] == [r.key for r in recommender.recommend(KEYS[:2], 3,
+                                                                                              candidates=new)]
+    assert [r["key"] for r in batch[1]["items"]] == [r.key for r in recommender.recommend(KEYS[:2], 5)]

@@ -22,7 +22,7 @@ from mahn.evaluation import PROTOCOLS, EvalConfig, evaluate
 from mahn.index import HNSWIndex, HNSWSettings, IVFIndex, IVFSettings, check_index
 from mahn.items import Item, LiveItems, UnknownItemError
 from mahn.models.base import SequentialModel
-from mahn.scoring import Recommendation, Scorer
+from mahn.scoring import MAX_BOOST, Recommendation, Scorer
 from mahn.training import load_run
 
 
@@ -109,40 +109,45 @@ class Recommender:
             self.ann()
 
     def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True,
-                  candidates: list[str] | None = None, new_item_places: int = 0) -> list[Recommendation]:
+                  candidates: list[str] | None = None, new_item_places: int = 0,
+                  new_item_boost: float = 0.0) -> list[Recommendation]:
         """Top-k items after a history of item keys (oldest first).
 
         `candidates`: rank only these keys. `exclude_history`: leave out every item of the history.
         Items added after training are recommended by their content, and read in a history by their content too
         (MAHN, MGT); models that cannot read them there (VBPR, JRL, MV-RNN) leave them out of the input window.
-        `new_item_places`: up to this many of the k places go to the best new items (added after training, or
-        held out by a new-item split) when the model's own top-k lists fewer: they replace its last items.
+        `new_item_boost`: added to the score of every new item (added after training, or held out by a new-item
+        split) before ranking; to a model trained with the softmax, each new item's odds times e^boost.
+        `new_item_places`: up to this many of the k places go to the best new items when the (boosted) top-k lists
+        fewer: they replace its last items.
         """
         return self.recommend_batch([history], k, exclude_history, None if candidates is None else [candidates],
-                                    new_item_places)[0]
+                                    new_item_places, new_item_boost)[0]
 
     def recommend_batch(self, histories: list[list[str]], k: int | Sequence[int] = 10,
                         exclude_history: bool | Sequence[bool] = True,
                         candidates: Sequence[list[str] | None] | None = None,
-                        new_item_places: int | Sequence[int] = 0) -> list[list[Recommendation]]:
-        """`recommend` for many histories with one encode: k, exclude_history, candidates and new_item_places per
-        history (or one k, exclude_history and new_item_places for all; `candidates` has one entry, or None, per
+                        new_item_places: int | Sequence[int] = 0,
+                        new_item_boost: float | Sequence[float] = 0.0) -> list[list[Recommendation]]:
+        """`recommend` for many histories with one encode: k, exclude_history, candidates, new_item_places and
+        new_item_boost per history (or one value of each for all; `candidates` has one entry, or None, per
         history)."""
         n = len(histories)
         ks = [k] * n if isinstance(k, int) else list(k)
         excludes = [exclude_history] * n if isinstance(exclude_history, bool) else list(exclude_history)
         candidates = [None] * n if candidates is None else list(candidates)
         places = [new_item_places] * n if isinstance(new_item_places, int) else list(new_item_places)
-        if not (len(ks) == len(excludes) == len(candidates) == len(places) == n):
-            raise DataError(f"{n} histories need one k, exclude_history, candidates and new_item_places entry each",
-                            "recommend_batch")
+        boosts = [new_item_boost] * n if isinstance(new_item_boost, int | float) else list(new_item_boost)
+        if not (len(ks) == len(excludes) == len(candidates) == len(places) == len(boosts) == n):
+            raise DataError(f"{n} histories need one k, exclude_history, candidates, new_item_places and "
+                            "new_item_boost entry each", "recommend_batch")
         if n == 0:
             return []
         items = self.items.current()
         total = len(items.keys)
         reader = items.reader or self.model
         known, windows, pools = [], [], []
-        for history, count, pool, new_places in zip(histories, ks, candidates, places, strict=True):
+        for history, count, pool, new_places, boost in zip(histories, ks, candidates, places, boosts, strict=True):
             if not history:
                 raise DataError("the history is empty: give at least one item key", "history")
             if not 1 <= count <= total:
@@ -150,6 +155,8 @@ class Recommender:
             if not 0 <= new_places <= count:
                 raise DataError(f"new_item_places must be between 0 and k ({count}), got {new_places}",
                                 "new_item_places")
+            if not 0 <= boost <= MAX_BOOST:  # also refuses NaN
+                raise DataError(f"new_item_boost must be between 0 and {MAX_BOOST:g}, got {boost}", "new_item_boost")
             ids = self.items.ids(items, history)
             window = [i for i in ids if i < reader.n_items][-self.max_len :]
             if not window:
@@ -159,7 +166,8 @@ class Recommender:
             known.append(ids)
             windows.append(window)
             pools.append(None if pool is None else sorted(set(self.items.ids(items, pool))))
-        return self.scorer.top_k(items, reader, windows, known, ks, excludes, pools, places)
+        return self.scorer.top_k(items, reader, windows, known, ks, excludes, pools, places,
+                                 [float(b) for b in boosts])
 
     def evaluate(self, split: str = "test", keep_history: bool = False,
                  protocols: tuple[str, ...] = PROTOCOLS) -> dict:

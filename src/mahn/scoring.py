@@ -1,7 +1,8 @@
 """Scoring histories against a snapshot of the items: the trained items' rows of the item table computed once
 and kept, the added items' rows after them; a request is one `encode` of the windows, one matrix product and a
 top-k per history, or, with an approximate index (`ivf`, `hnsw`: mahn.index), a search of the trained rows plus
-an exact pass over the added ones. A request may keep places of its top-k for new items (`with_new_items`).
+an exact pass over the added ones. A request may raise the new items' scores by a boost, or keep places of its
+top-k for them (`with_new_items`).
 Every torch call runs under the Recommender's lock."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from mahn.errors import DataError
 from mahn.index import HNSWIndex, HNSWSettings, IVFIndex, IVFSettings, build_index, resolve_index
 from mahn.items import Snapshot
 from mahn.models.base import SequentialModel
+
+MAX_BOOST = 20.0  # a new-item boost's ceiling: e^20 already puts any new item above every trained one
 
 
 @dataclass
@@ -91,11 +94,14 @@ class Scorer:
     @torch.no_grad()
     def top_k(self, items: Snapshot, reader: SequentialModel, windows: list[list[int]], known: list[list[int]],
               ks: list[int], excludes: list[bool], pools: list[list[int] | None],
-              new_places: list[int] | None = None) -> list[list[Recommendation]]:
+              new_places: list[int] | None = None, new_boosts: list[float] | None = None
+              ) -> list[list[Recommendation]]:
         """Per history: its top-k, reading `windows` (ids the reader knows), leaving out `known` (every item of
-        the history) where `excludes` says so, among `pools` where one is given, with up to `new_places` of its
-        places for new items (`with_new_items`; such a history is ranked exactly)."""
+        the history) where `excludes` says so, among `pools` where one is given, the new items' scores raised by
+        `new_boosts` and up to `new_places` of its places kept for them (`with_new_items`); a history with either
+        is ranked exactly."""
         new_places = new_places or [0] * len(windows)
+        new_boosts = new_boosts or [0.0] * len(windows)
         width = max(len(w) for w in windows)
         batch = torch.tensor([[reader.pad] * (width - len(w)) + w for w in windows], device=self.model.device)
         table = self.table(items)
@@ -108,18 +114,20 @@ class Scorer:
             scores = None if approximate else (states @ table.T).float()
         approximated = {}  # row -> its top-k from the index (rows with candidates are ranked exactly)
         if approximate:
-            rows = [r for r, (pool, places) in enumerate(zip(pools, new_places, strict=True))
-                    if pool is None and not places]
+            rows = [r for r, (pool, places, boost) in enumerate(zip(pools, new_places, new_boosts, strict=True))
+                    if pool is None and not places and not boost]
             approximated = self._approximate_tops(states, items, rows, [set(known[r]) if excludes[r] else set()
                                                                         for r in rows], [ks[r] for r in rows])
         results = []
-        new_ids = self.new_ids(items).to(table.device) if any(new_places) else None
-        for r, (ids, count, exclude, pool, places) in enumerate(zip(known, ks, excludes, pools, new_places,
-                                                                    strict=True)):
+        new_ids = self.new_ids(items).to(table.device) if any(new_places) or any(new_boosts) else None
+        for r, (ids, count, exclude, pool, places, boost) in enumerate(zip(known, ks, excludes, pools, new_places,
+                                                                           new_boosts, strict=True)):
             if approximated.get(r) is not None:
                 results.append(approximated[r])
                 continue
             row = scores[r] if scores is not None else (states[r] @ table.T).float()
+            if boost:  # a softmax model's odds of every new item times e^boost
+                row[new_ids] += boost
             if pool is not None:
                 allowed = torch.tensor(pool, dtype=torch.long, device=row.device)
                 masked = torch.full_like(row, -torch.inf)

@@ -149,6 +149,8 @@ def recommend(
     new_item_places: int = typer.Option(
         0, help="Up to this many of the k places go to the best items added after training (or held out by a "
                 "new-item split), replacing the last of the model's own top k."),
+    new_item_boost: float = typer.Option(
+        0.0, help="Added to every new item's score before ranking (a softmax model: its odds times e^boost)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Print the top-k items (key, title, score) after a history of item keys."""
@@ -156,7 +158,8 @@ def recommend(
 
     keys = [key for value in history for key in value.split()]
     recommender = load(run, device=device)
-    recs = recommender.recommend(keys, k, exclude_history=not keep_history, new_item_places=new_item_places)
+    recs = recommender.recommend(keys, k, exclude_history=not keep_history, new_item_places=new_item_places,
+                                  new_item_boost=new_item_boost)
     for rank, rec in enumerate(recs, start=1):
         typer.echo(f"{rank:>3}. {rec.key}  {rec.title}  ({rec.score:.3f})")
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mahn.scoring import MAX_BOOST
+
 MAX_K = 1000
 MAX_HISTORY = 10_000
 MAX_CANDIDATES = 100_000
@@ -49,6 +51,9 @@ class RecommendRequest(Request):
     new_item_places: int = Field(0, ge=0, le=MAX_K, description=(
         "Up to this many of the k places go to the best new items (added after training) when the model's own "
         "top k lists fewer: they replace its last items. At most k."))
+    new_item_boost: float = Field(0.0, ge=0, le=MAX_BOOST, allow_inf_nan=False, description=(
+        "Added to every new item's score before ranking: to a model trained with the softmax, each new item's "
+        "odds times e^boost. New items then enter the top k only where they come within the boost of it."))
 
     _k = field_validator("k", "new_item_places", mode="before")(integral)
 

@@ -14,7 +14,7 @@ router = APIRouter()
 async def recommend(body: RecommendRequest, served: Engine = Depends(engine)) -> RecommendResponse:
     """The top-k items after a history of item keys."""
     recs = served.recommender.recommend(body.history, body.k, body.exclude_history, body.candidates,
-                                        body.new_item_places)
+                                        body.new_item_places, body.new_item_boost)
     return served.response(recs)
 
 @router.post("/recommend/batch", response_model=BatchResponse, responses=errors(400, 413))
@@ -23,5 +23,6 @@ async def recommend_batch(body: BatchRequest, served: Engine = Depends(engine)) 
     requests = body.requests
     results = served.recommender.recommend_batch(
         [r.history for r in requests], [r.k for r in requests], [r.exclude_history for r in requests],
-        [r.candidates for r in requests], [r.new_item_places for r in requests])
+        [r.candidates for r in requests], [r.new_item_places for r in requests],
+        [r.new_item_boost for r in requests])
     return BatchResponse(run=served.name, results=[served.response(r) for r in results])
