@@ -469,16 +469,21 @@ def test_new_item_places_rule():
     assert with_new_items([(7.0, 2)], best_new, 3, is_new) == [(7.0, 2)]  # nothing that is not new to replace
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf"])
-def test_new_item_places_give_the_last_places_to_the_best_added_items(shop, tmp_path, kind):
+def with_three_new_items(shop, tmp_path, kind: str, seed: int):
+    """A copy of the shop's MAHN run with three items added after training, one per cluster: the recommender and
+    an HTTP client over it (`kind` index), and the new keys."""
     run = tmp_path / "run"
     shutil.copytree(shop["runs"]["mahn"], run)
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     new = [f"new{c}" for c in range(3)]
     add_item_records(run, [{"key": key, "title": f"New of cluster {c}", "image_codes": codes(c, rng, 0),
                             "text_codes": codes(c, rng, 10)} for c, key in enumerate(new)])
-    recommender = mahn.load(run, device="cpu", index=kind)
-    client = TestClient(create_app(run, device="cpu", index=kind))
+    return mahn.load(run, device="cpu", index=kind), TestClient(create_app(run, device="cpu", index=kind)), new
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_new_item_places_give_the_last_places_to_the_best_added_items(shop, tmp_path, kind):
+    recommender, client, new = with_three_new_items(shop, tmp_path, kind, seed=4)
     changed = 0
     for history in (KEYS[0:2], KEYS[4:9:4], KEYS[7:8]):
         plain = [r.key for r in recommender.recommend(history, 5)]
@@ -509,14 +514,7 @@ def test_new_item_places_give_the_last_places_to_the_best_added_items(shop, tmp_
 
 @pytest.mark.parametrize("kind", ["exact", "ivf"])
 def test_new_item_boost_raises_every_added_item_by_the_same_amount(shop, tmp_path, kind):
-    run = tmp_path / "run"
-    shutil.copytree(shop["runs"]["mahn"], run)
-    rng = np.random.default_rng(5)
-    new = [f"new{c}" for c in range(3)]
-    add_item_records(run, [{"key": key, "title": f"New of cluster {c}", "image_codes": codes(c, rng, 0),
-                            "text_codes": codes(c, rng, 10)} for c, key in enumerate(new)])
-    recommender = mahn.load(run, device="cpu", index=kind)
-    client = TestClient(create_app(run, device="cpu", index=kind))
+    recommender, client, new = with_three_new_items(shop, tmp_path, kind, seed=5)
     total = len(recommender.items.current().keys)
     entered = 0
     for history in (KEYS[0:2], KEYS[4:9:4], KEYS[7:8]):
