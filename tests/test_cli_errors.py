@@ -69,6 +69,8 @@ CASES = [
     case(["evaluate", "data"], ["data/config.json: file not found"]),
     case(["evaluate", "run", "--split", "bogus"], ["--split: unknown split 'bogus'"]),
     case(["evaluate", "run", "--protocols", "uni100,top5"], ["--protocols: unknown protocol(s) top5"]),
+    case(["evaluate", "run", "--new-item-boost", "-1"], ["new_item_boost must be between 0 and 20, got -1.0"]),
+    case(["evaluate", "run", "--new-item-boost", "1"], ["--new-item-boost: a new-item boost needs a dataset with new"]),
     case(["recommend", "run", "--history", "i001 nosuch"], ["items.parquet: unknown item key(s): nosuch"]),
     case(["recommend", "run", "--history", "i001", "-k", "0"], ["k must be between 1 and", "got 0"]),
     case(["recommend", "run", "--history", "i001", "-k", "2", "--new-item-places", "3"],

@@ -69,6 +69,51 @@ def test_new_item_metrics_are_the_mean_over_users_with_a_new_target(pair, tmp_pa
     assert "new_items" not in evaluate(model, Dataset(pair[0]), EvalConfig(split="test", max_len=6))
 
 
+def test_a_new_item_boost_is_added_to_every_new_items_score_under_both_protocols(pair, tmp_path):
+    """Each user's full-ranking and uni100 NDCG@20 with the boost, computed here from the model's own scores, are
+    the evaluator's; a boost past every gap puts all six new items first, so every new target is in the top 10."""
+    import torch
+
+    cold = Dataset(pair[1])
+    train(pair[1], tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 2, "batch_size": 32, "max_len": 6,
+                                                    "progress": False})))
+    model, _, _ = load_run(tmp_path / "run", device="cpu")
+    model.eval()
+    evalset, new = cold.eval_set("test"), torch.from_numpy(cold.new_items().astype(np.int64))
+    histories = [cold.items[cold.offsets[u] : end] for u, end in zip(evalset.users, evalset.input_ends, strict=True)]
+    with torch.no_grad():
+        windows = np.stack([np.r_[[cold.n_items] * (6 - min(len(h), 6)), h[-6:]] for h in histories])
+        states = model.encode(torch.from_numpy(windows.astype(np.int64)), torch.from_numpy(evalset.users))
+        plain = states @ model.item_table().T
+    spread = float(plain.std())  # boosts on the scale of this model's scores, so each one moves some ranks
+    per_boost = {}
+    for boost in (0.0, 0.3 * spread, 1.0 * spread, 20.0):
+        scores = plain.clone()
+        scores[:, new] += boost
+        expected = {"full": [], "uni100": []}  # NDCG@20 from each target's rank: 20 of the 30 items count
+        for row, (history, target) in enumerate(zip(histories, evalset.targets, strict=True)):
+            full = scores[row].clone()
+            full[[i for i in history.tolist() if i != target]] = -torch.inf
+            sampled = torch.from_numpy(cold.negatives("test")[evalset.users[row]].astype(np.int64))
+            for protocol, above in (("full", (full > full[target]).sum()),
+                                    ("uni100", (scores[row, sampled] > scores[row, target]).sum())):
+                expected[protocol].append(float(above < 20) / np.log2(float(above) + 2))
+        per_user = rank_users(model, cold, EvalConfig(split="test", max_len=6, new_item_boost=boost))
+        alone = rank_users(model, cold, EvalConfig(split="test", max_len=6, new_item_boost=boost,
+                                                   protocols=("uni100",)))
+        for protocol in ("full", "uni100"):
+            assert per_user[protocol]["NDCG@20"] == pytest.approx(np.array(expected[protocol])), (boost, protocol)
+        assert alone["uni100"]["NDCG@20"] == pytest.approx(np.array(expected["uni100"])), boost  # 101 scored a user
+        per_boost[boost] = evaluate(model, cold, EvalConfig(split="test", max_len=6, new_item_boost=boost))
+    assert len({round(r["full"]["NDCG@20"], 6) for r in per_boost.values()}) == 4  # every boost moved the ranks
+    assert per_boost[20.0]["new_items"]["full"]["HR@10"] == 1.0 > per_boost[0.0]["new_items"]["full"]["HR@10"]
+    assert per_boost[20.0]["new_item_boost"] == 20.0 and "new_item_boost" not in per_boost[0.0]
+    with pytest.raises(DataError, match="needs a dataset with new items"):
+        rank_users(model, Dataset(pair[0]), EvalConfig(split="test", max_len=6, new_item_boost=1.0))
+    with pytest.raises(DataError, match="new_item_boost must be between 0 and 20"):
+        EvalConfig(new_item_boost=-0.5)
+
+
 def test_mahn_ranks_new_items_by_their_content_and_the_id_only_model_cannot(pair, tmp_path):
     """The synthetic features reveal an item's cluster, and users stay in one cluster: MAHN places a new
     target among its cluster; MAHN-V-T has no trained vector for it (zeros) and ranks it near the bottom."""

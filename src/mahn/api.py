@@ -170,9 +170,11 @@ class Recommender:
                                  [float(b) for b in boosts])
 
     def evaluate(self, split: str = "test", keep_history: bool = False,
-                 protocols: tuple[str, ...] = PROTOCOLS) -> dict:
-        """Metrics under `protocols` (both by default; ("uni100",) alone scores 101 candidates a user)."""
-        config = EvalConfig(split=split, keep_history=keep_history, max_len=self.max_len, protocols=protocols)
+                 protocols: tuple[str, ...] = PROTOCOLS, new_item_boost: float = 0.0) -> dict:
+        """Metrics under `protocols` (both by default; ("uni100",) alone scores 101 candidates a user), with
+        `new_item_boost` added to every new item's score (a dataset made by `mahn cold-split`), as `recommend`."""
+        config = EvalConfig(split=split, keep_history=keep_history, max_len=self.max_len, protocols=protocols,
+                            new_item_boost=new_item_boost)
         return evaluate(self.model, self.dataset, config)
 
 

@@ -122,6 +122,9 @@ def evaluate(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     protocols: str = typer.Option("uni100,full", help="Comma-separated: uni100 (the 100 stored negatives), "
                                   "full (every item). uni100 alone never scores the whole catalogue."),
+    new_item_boost: float = typer.Option(
+        0.0, help="Added to every new item's score (a dataset made by `mahn cold-split`), as `recommend "
+                  "--new-item-boost` does: what it costs and gains."),
 ) -> None:
     """HR, NDCG, MRR @10/@20 under uni100 and full ranking, overall and per item-frequency group."""
     import orjson
@@ -132,8 +135,9 @@ def evaluate(
     if split not in ("valid", "test"):
         raise DataError(f"unknown split {split!r}; choose valid or test", "--split")
     chosen = tuple(p.strip() for p in protocols.split(",") if p.strip())
-    EvalConfig(protocols=chosen)  # refuses an unknown protocol before the run is loaded
-    result = load(run, data, device).evaluate(split, keep_history=keep_history, protocols=chosen)
+    EvalConfig(protocols=chosen, new_item_boost=new_item_boost)  # refuses bad values before the run is loaded
+    result = load(run, data, device).evaluate(split, keep_history=keep_history, protocols=chosen,
+                                              new_item_boost=new_item_boost)
     if json:
         typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -14,6 +14,7 @@ from mahn.data import Dataset, left_padded, range_indices
 from mahn.errors import DataError
 from mahn.evaluation.metrics import PROTOCOLS, expected_metrics, frequency_groups, mean_metrics
 from mahn.models.base import MAX_LEN, SequentialModel
+from mahn.scoring import MAX_BOOST
 
 # the (users x items) score block of one batch stays under this many bytes: a catalogue of a million items
 # is scored 64 users at a time, each user's row whole (so ties and ranks are exactly those of one product)
@@ -28,8 +29,12 @@ class EvalConfig:
     batch_size: int = 1024
     groups: bool = True
     protocols: tuple[str, ...] = PROTOCOLS  # ("uni100",) alone scores 101 candidates a user, not every item
+    new_item_boost: float = 0.0  # added to every new item's score (a new-item split), as `recommend` can
 
     def __post_init__(self) -> None:
+        if not 0 <= self.new_item_boost <= MAX_BOOST:  # also refuses NaN
+            raise DataError(f"new_item_boost must be between 0 and {MAX_BOOST:g}, got {self.new_item_boost}",
+                            "--new-item-boost")
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols:
             raise DataError(f"unknown protocol(s) {', '.join(unknown) or '(none given)'}; choose from "
@@ -55,6 +60,19 @@ def greater_and_equal(scores: torch.Tensor, target_scores: torch.Tensor) -> tupl
     return torch.cat(greater), torch.cat(equal)
 
 
+def new_item_boosts(dataset: Dataset, boost: float, device: torch.device) -> torch.Tensor | None:
+    """What each item's score gets added: `boost` for the dataset's new items, 0 for the rest (None: no boost)."""
+    if not boost:
+        return None
+    new = dataset.new_items()
+    if new is None:
+        raise DataError("a new-item boost needs a dataset with new items (made by `mahn cold-split`)",
+                        "--new-item-boost")
+    added = torch.zeros(dataset.n_items, device=device)
+    added[torch.from_numpy(np.asarray(new, dtype=np.int64)).to(device)] = boost
+    return added
+
+
 @torch.no_grad()
 def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> dict[str, dict[str, np.ndarray]]:
     """Per-user metrics for config.protocols on config.split, in the order of dataset.eval_set(split).users."""
@@ -65,6 +83,7 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
     pad = dataset.n_items
     device = model.device
     table = model.item_table()
+    boost = new_item_boosts(dataset, config.new_item_boost, device)
     n_users = len(evalset.users)
     # per protocol, each user's count of candidates scored above the target and of those tied with it
     counts = {p: (np.zeros(n_users, np.int64), np.zeros(n_users, np.int64)) for p in config.protocols}
@@ -100,9 +119,13 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
             candidates = torch.cat([targets.unsqueeze(1), sampled], dim=1)
             vectors = torch.index_select(table, 0, candidates.view(-1), out=gathered[: candidates.numel()])
             scores = torch.bmm(vectors.view(*candidates.shape, -1), states.unsqueeze(2)).squeeze(2)
+            if boost is not None:
+                scores += boost[candidates]
             keep("uni100", *greater_and_equal(scores[:, 1:], scores[:, :1]))
             continue
         scores = torch.mm(states, table.T, out=block[: len(users)])
+        if boost is not None:
+            scores += boost
         rows = torch.arange(len(users), device=device)
         target_scores = scores[rows, targets].unsqueeze(1)
         if "uni100" in counts:
@@ -130,6 +153,8 @@ def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None
     config = config or EvalConfig()
     per_user = rank_users(model, dataset, config) if per_user is None else per_user
     result: dict = {"split": config.split, "users": int(dataset.evaluated.sum()), "keep_history": config.keep_history}
+    if config.new_item_boost:
+        result["new_item_boost"] = config.new_item_boost
     protocols = [p for p in PROTOCOLS if p in per_user]
     for protocol in protocols:
         result[protocol] = mean_metrics(per_user[protocol])
