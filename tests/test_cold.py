@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from mahn.cli import app
 from mahn.data import Dataset
 from mahn.data.cold import cold_split
 from mahn.errors import DataError
-from mahn.evaluation import EvalConfig, evaluate, rank_users
+from mahn.evaluation import EvalConfig, evaluate, rank_users, render
 from mahn.settings import resolve
 from mahn.training import load_run, train
 from synthetic import make_dataset
@@ -108,6 +109,9 @@ def test_a_new_item_boost_is_added_to_every_new_items_score_under_both_protocols
     assert len({round(r["full"]["NDCG@20"], 6) for r in per_boost.values()}) == 4  # every boost moved the ranks
     assert per_boost[20.0]["new_items"]["full"]["HR@10"] == 1.0 > per_boost[0.0]["new_items"]["full"]["HR@10"]
     assert per_boost[20.0]["new_item_boost"] == 20.0 and "new_item_boost" not in per_boost[0.0]
+    console = Console(record=True, width=200)
+    render(per_boost[20.0], console)
+    assert "test split, 150 users, every new item's score + 20" in " ".join(console.export_text().split())
     with pytest.raises(DataError, match="needs a dataset with new items"):
         rank_users(model, Dataset(pair[0]), EvalConfig(split="test", max_len=6, new_item_boost=1.0))
     with pytest.raises(DataError, match="new_item_boost must be between 0 and 20"):

@@ -12,7 +12,8 @@ def render(result: dict, console=None) -> None:
 
     console = console or Console()
     shown = [p for p in PROTOCOLS if p in result]  # both, unless the evaluation asked for one
-    table = Table(title=f"{result['split']} split, {result['users']} users")
+    boosted = f", every new item's score + {result['new_item_boost']:g}" if result.get("new_item_boost") else ""
+    table = Table(title=f"{result['split']} split, {result['users']} users{boosted}")
     table.add_column("metric")
     for protocol in shown:
         table.add_column(protocol, justify="right")
