@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -73,8 +74,6 @@ def test_new_item_metrics_are_the_mean_over_users_with_a_new_target(pair, tmp_pa
 def test_a_new_item_boost_is_added_to_every_new_items_score_under_both_protocols(pair, tmp_path):
     """Each user's full-ranking and uni100 NDCG@20 with the boost, computed here from the model's own scores, are
     the evaluator's; a boost past every gap puts all six new items first, so every new target is in the top 10."""
-    import torch
-
     cold = Dataset(pair[1])
     train(pair[1], tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 2, "batch_size": 32, "max_len": 6,
                                                     "progress": False})))
