@@ -4,7 +4,7 @@
 #   scripts/defaults.sh before DATASET...   # the old defaults: the same command at commit e46aee7 (a git worktree)
 #   scripts/defaults.sh after DATASET...    # today's defaults, the same command (Office, Instruments and H&M:
 #                                           # seed 0 of their reports stands in, scripts/before_after.py)
-#   scripts/defaults.sh probes DATASET...   # the probes of sections 1-5 (office, hm, instruments-cold)
+#   scripts/defaults.sh probes DATASET...   # the probes of sections 1-5 (office, hm, instruments-cold, hm-cold)
 #   scripts/defaults.sh report DATASET [EXPERIMENTS]   # docs/reports/defaults/DATASET: 3 seeds, `standard` budget
 #                                           # (SEEDS=1 first: seed 0 of every model, kept when 3 are asked for)
 #   scripts/defaults.sh lane DATASET MODELS [EXPERIMENTS]   # beside a report: MODELS (e.g. bert4rec,gru4rec) on
@@ -98,6 +98,10 @@ probes() {  # each probe's flags are its settings that differ from today's defau
         probe hm sasrec-ce-ps500 --model sasrec --set epochs=400
         probe hm sasrec-ce-s1 --model sasrec --set epochs=200 --set patience_steps=0 --set seed=1
         ;;
+      hm-cold)  # section 5g: the boost and the places on H&M's new-item split (photos and names)
+        probe hm-cold mgt-defaults --model mgt
+        probe hm-cold mgt-defaults-id0.5 --model mgt --set id_dropout=0.5
+        ;;
       instruments-cold)
         probe instruments-cold mgt --model mgt --set skip_untrained=false --set epochs=200 --set patience_steps=0
         probe instruments-cold mgt-id0.5 --model mgt --set id_dropout=0.5 --set skip_untrained=false --set epochs=200 --set patience_steps=0
@@ -142,6 +146,8 @@ lane() {  # a second core for a report running beside it: MODELS (compare, or th
   # finished run handed to the report (through its kept folder) as it finishes; the report trains what is not handed
   # over in time
   local dataset=$1 models=$2 experiments=${3:-compare} out=runs/reproduce/defaults/$1 kept=docs/reports/defaults/$1
+  # what any session finished already, so the lane trains none of it again (the report itself does the same)
+  if [ -d "$kept" ]; then .venv/bin/python scripts/report_runs.py restore "$kept" "$out-b"; fi
   $M reproduce "$(data "$dataset")" --out "$out-b" --budget standard --seeds "${SEEDS:-3}" --threads 1 \
     --models "$models" --experiments "$experiments" &
   local helper=$!
