@@ -17,9 +17,8 @@ import argparse
 
 import torch
 
-from mahn.training import load_run
-from new_item_ranks import masked_scores
-from raw_content_ranks import fair, overlaps
+from new_item_ranks import fair, loaded, masked_scores
+from raw_content_ranks import overlaps
 
 
 def metrics(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor) -> dict[str, float]:
@@ -34,7 +33,7 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--last", type=int, default=5)
     args = parser.parse_args()
-    _, dataset, _ = load_run(args.run, device="cpu")
+    _, dataset, _ = loaded(args.run)
     print(f"{args.run}, the last {args.last} items' raw content")
     print("| weight | valid full NDCG@10 | test full HR@10 | test full NDCG@10 | new targets: full HR@10 |")
     print("|---|---|---|---|---|")

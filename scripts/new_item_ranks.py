@@ -17,20 +17,30 @@ how often a target is new, beside how often a test target is.
 from __future__ import annotations
 
 import argparse
+from functools import cache
 
 import numpy as np
 import torch
 
 from mahn.data import Dataset, EvalSet, left_padded
+from mahn.evaluation.metrics import expected_metrics
+from mahn.evaluation.ranking import greater_and_equal
 from mahn.scoring import with_new_items
 from mahn.training import load_run
 
 
-def masked_scores(run: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every `split` user's scores over the catalogue, their earlier items at -inf as full ranking leaves them out
-    (a repeated target kept); the targets; which items are new. One scoring pass per run."""
+@cache
+def loaded(run: str) -> tuple:
+    """The run's model (in eval mode), dataset and record, loaded once however many splits are scored."""
     model, dataset, record = load_run(run, device="cpu")
     model.eval()
+    return model, dataset, record
+
+
+def masked_scores(run: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every `split` user's scores over the catalogue, their earlier items at -inf as full ranking leaves them out
+    (a repeated target kept); the targets; which items are new. One scoring pass per run and split."""
+    model, dataset, record = loaded(run)
     evalset = dataset.eval_set(split)
     starts = dataset.offsets[evalset.users]
     with torch.no_grad():
@@ -83,9 +93,13 @@ def with_slots(scores: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor
     hit = place.sum(1).numpy()
     gain = (place / torch.log2(torch.arange(2, k + 2).float())).sum(1).numpy()
     new_rows = is_new[targets].numpy()
-    if not new_rows.any():  # a validation split: no target is new
-        return {"HR": hit.mean(), "NDCG": gain.mean(), "new HR": float("nan"), "new NDCG": float("nan")}
     return {"HR": hit.mean(), "NDCG": gain.mean(), "new HR": hit[new_rows].mean(), "new NDCG": gain[new_rows].mean()}
+
+
+def fair(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-user metrics of each row's target among the row's columns, ties counted as the evaluator counts them."""
+    greater, equal = greater_and_equal(scores, scores[torch.arange(len(targets)), targets].unsqueeze(1))
+    return expected_metrics(greater.numpy(), equal.numpy() - 1, scores.shape[1])  # the target itself is no tie
 
 
 def new_mass(scores: torch.Tensor, is_new: torch.Tensor) -> float:
@@ -114,12 +128,14 @@ def main() -> None:
           "| softmax mass on new items | new test targets |\n|---|---|---|---|---|---|---|---|---|")
     for run, (scores, targets, is_new) in scored.items():
         valid_scores, valid_targets, _ = masked_scores(run, "valid")
+        new_rows = is_new[targets].numpy()
         for boost in args.boosts:
             raised = boost * is_new.float()
-            valid = with_slots(valid_scores + raised, valid_targets, is_new, 0)
-            m, mass = with_slots(scores + raised, targets, is_new, 0), new_mass(scores + raised, is_new)
-            print(f"| {run} | {boost:g} | {valid['NDCG']:.4f} | {m['HR']:.4f} | {m['NDCG']:.4f} | {m['new HR']:.4f} "
-                  f"| {m['new NDCG']:.4f} | {mass:.4f} | {is_new[targets].float().mean():.4f} |")
+            boosted = scores + raised
+            valid, m = fair(valid_scores + raised, valid_targets), fair(boosted, targets)
+            cells = [valid["NDCG@10"].mean(), m["HR@10"].mean(), m["NDCG@10"].mean(), m["HR@10"][new_rows].mean(),
+                     m["NDCG@10"][new_rows].mean(), new_mass(boosted, is_new), new_rows.mean()]
+            print(f"| {run} | {boost:g} | " + " | ".join(f"{cell:.4f}" for cell in cells) + " |")
 
 
 if __name__ == "__main__":

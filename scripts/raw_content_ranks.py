@@ -18,9 +18,7 @@ import numpy as np
 import torch
 
 from mahn.data import Dataset
-from mahn.evaluation.metrics import expected_metrics
-from mahn.evaluation.ranking import greater_and_equal
-from new_item_ranks import masked, new_mask
+from new_item_ranks import fair, masked, new_mask
 
 
 def overlaps(dataset: Dataset, split: str, last: int) -> torch.Tensor:
@@ -33,12 +31,6 @@ def overlaps(dataset: Dataset, split: str, last: int) -> torch.Tensor:
                for start, end in zip(dataset.offsets[evalset.users], evalset.input_ends, strict=True)]
     sums = torch.stack([rows[window].sum(0) for window in windows])
     return (sums @ rows.T) / torch.tensor([len(window) for window in windows], dtype=torch.float32).unsqueeze(1)
-
-
-def fair(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-user metrics of each row's target among the row's columns (the target among them)."""
-    greater, equal = greater_and_equal(scores, scores[torch.arange(len(targets)), targets].unsqueeze(1))
-    return expected_metrics(greater.numpy(), equal.numpy() - 1, scores.shape[1])  # the target itself is no tie
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from mahn.evaluation import PROTOCOLS, EvalConfig, evaluate
 from mahn.index import HNSWIndex, HNSWSettings, IVFIndex, IVFSettings, check_index
 from mahn.items import Item, LiveItems, UnknownItemError
 from mahn.models.base import SequentialModel
-from mahn.scoring import MAX_BOOST, Recommendation, Scorer
+from mahn.scoring import Recommendation, Scorer, check_boost
 from mahn.training import load_run
 
 
@@ -155,8 +155,7 @@ class Recommender:
             if not 0 <= new_places <= count:
                 raise DataError(f"new_item_places must be between 0 and k ({count}), got {new_places}",
                                 "new_item_places")
-            if not 0 <= boost <= MAX_BOOST:  # also refuses NaN
-                raise DataError(f"new_item_boost must be between 0 and {MAX_BOOST:g}, got {boost}", "new_item_boost")
+            check_boost(boost, "new_item_boost")
             ids = self.items.ids(items, history)
             window = [i for i in ids if i < reader.n_items][-self.max_len :]
             if not window:

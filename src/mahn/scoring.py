@@ -21,6 +21,12 @@ from mahn.models.base import SequentialModel
 MAX_BOOST = 20.0  # a new-item boost's ceiling: e^20 already puts any new item above every trained one
 
 
+def check_boost(boost: float, field: str) -> None:
+    """A new-item boost must lie in [0, MAX_BOOST] (which also refuses NaN)."""
+    if not 0 <= boost <= MAX_BOOST:
+        raise DataError(f"new_item_boost must be between 0 and {MAX_BOOST:g}, got {boost}", field)
+
+
 @dataclass
 class Recommendation:
     key: str

@@ -14,7 +14,7 @@ from mahn.data import Dataset, left_padded, range_indices
 from mahn.errors import DataError
 from mahn.evaluation.metrics import PROTOCOLS, expected_metrics, frequency_groups, mean_metrics
 from mahn.models.base import MAX_LEN, SequentialModel
-from mahn.scoring import MAX_BOOST
+from mahn.scoring import check_boost
 
 # the (users x items) score block of one batch stays under this many bytes: a catalogue of a million items
 # is scored 64 users at a time, each user's row whole (so ties and ranks are exactly those of one product)
@@ -32,9 +32,7 @@ class EvalConfig:
     new_item_boost: float = 0.0  # added to every new item's score (a new-item split), as `recommend` can
 
     def __post_init__(self) -> None:
-        if not 0 <= self.new_item_boost <= MAX_BOOST:  # also refuses NaN
-            raise DataError(f"new_item_boost must be between 0 and {MAX_BOOST:g}, got {self.new_item_boost}",
-                            "--new-item-boost")
+        check_boost(self.new_item_boost, "--new-item-boost")
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols:
             raise DataError(f"unknown protocol(s) {', '.join(unknown) or '(none given)'}; choose from "
