@@ -302,7 +302,11 @@ def test_cold_experiment_scores_every_model_on_the_new_item_split(tmp_path):
     text = (out / "report.md").read_text()
     assert f"{len(cold.new_items())} items never seen in training, {users} test users" in text
     row = next(line for line in text.splitlines() if line.startswith("| MAHN |"))
-    assert f"{results['cold']['MAHN'][0]['test']['new_items']['full']['HR@10']:.4f} ± 0.0000" in row
+    test = results["cold"]["MAHN"][0]["test"]
+    # every test user's NDCG@10 under each protocol, then the new targets' HR@10 and NDCG@10 under each
+    expected = [test[p]["NDCG@10"] for p in ("uni100", "full")] + [
+        test["new_items"][p][m] for p in ("uni100", "full") for m in ("HR@10", "NDCG@10")]
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == [f"{v:.4f} ± 0.0000" for v in expected]
 
 
 def test_a_text_only_dataset_gets_the_ablations_its_features_allow(tmp_path):

@@ -12,6 +12,11 @@ from mahn.models import label as model_label
 from mahn.reproduce.plots import plot_bars, plot_dims, plot_groups
 
 
+def spread(values: list[float]) -> str:
+    """Mean ± std over seeds, as every report cell."""
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
 def metric_table(cells: dict[str, list[dict]], cutoffs: tuple[str, ...], pvalues: dict | None = None,
                  budget: bool = False) -> str:
     columns = [(p, m) for p in PROTOCOLS for m in cutoffs]
@@ -105,18 +110,22 @@ def write_report(results: dict, out: Path, command: str) -> Path:
         lines += ["", "![groups](fig5_groups.png)"]
     if results.get("cold"):
         cells = results["cold"]
-        first = next(iter(cells.values()))[0]["test"]["new_items"]
-        columns = [(p, m) for p in PROTOCOLS for m in ("HR@10", "NDCG@10")]
-        lines += ["", f"## New items: {first['items']} items never seen in training, {first['users']} test users "
-                  "whose target is one of them", "",
+        first = next(iter(cells.values()))[0]["test"]
+        new = [(p, m) for p in PROTOCOLS for m in ("HR@10", "NDCG@10")]
+        lines += ["", f"## New items: {first['new_items']['items']} items never seen in training, "
+                  f"{first['new_items']['users']} test users whose target is one of them", "",
                   "The items were held out of training and validation (`mahn cold-split`); a model with content "
-                  "features ranks them through their features, an ID-only model cannot know them.", "",
-                  "| model | " + " | ".join(f"{p} {m}" for p, m in columns) + " |", "|" + "---|" * (1 + len(columns))]
+                  "features ranks them through their features, an ID-only model cannot know them. The first two "
+                  f"columns are every test user of this split ({first['users']}): what the new items cost or give "
+                  "overall; the others, the users whose target is new.", "",
+                  "| model | " + " | ".join(f"all users: {p} NDCG@10" for p in PROTOCOLS) + " | "
+                  + " | ".join(f"new targets: {p} {m}" for p, m in new) + " |",
+                  "|" + "---|" * (1 + len(PROTOCOLS) + len(new))]
+
         for label, runs in cells.items():
-            news = [r["test"]["new_items"] for r in runs]
-            lines.append(f"| {label} | " + " | ".join(
-                f"{np.mean([n[p][m] for n in news]):.4f} ± {np.std([n[p][m] for n in news]):.4f}"
-                for p, m in columns) + " |")
+            tests = [r["test"] for r in runs]
+            lines.append(f"| {label} | " + " | ".join(spread([t[p]["NDCG@10"] for t in tests]) for p in PROTOCOLS)
+                         + " | " + " | ".join(spread([t["new_items"][p][m] for t in tests]) for p, m in new) + " |")
     path = out / "report.md"
     write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
