@@ -121,7 +121,6 @@ def write_report(results: dict, out: Path, command: str) -> Path:
                   "| model | " + " | ".join(f"all users: {p} NDCG@10" for p in PROTOCOLS) + " | "
                   + " | ".join(f"new targets: {p} {m}" for p, m in new) + " |",
                   "|" + "---|" * (1 + len(PROTOCOLS) + len(new))]
-
         for label, runs in cells.items():
             tests = [r["test"] for r in runs]
             lines.append(f"| {label} | " + " | ".join(spread([t[p]["NDCG@10"] for t in tests]) for p in PROTOCOLS)
