@@ -12,9 +12,9 @@ from mahn.models import label as model_label
 from mahn.reproduce.plots import plot_bars, plot_dims, plot_groups
 
 
-def spread(values: list[float]) -> str:
-    """Mean ± std over seeds, as every report cell."""
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+def spread(stat: dict) -> str:
+    """One `seed_stats` entry as every report cell shows it: mean ± std over seeds."""
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
 def metric_table(cells: dict[str, list[dict]], cutoffs: tuple[str, ...], pvalues: dict | None = None,
@@ -31,7 +31,7 @@ def metric_table(cells: dict[str, list[dict]], cutoffs: tuple[str, ...], pvalues
     for label, s in summary.items():
         row = [label]
         for p, m in columns:
-            text = f"{s[p][m]['mean']:.4f} ± {s[p][m]['std']:.4f}"
+            text = spread(s[p][m])
             row.append(f"**{text}**" if s[p][m]["mean"] == best[(p, m)] else text)
         if pvalues is not None:
             row += [f"{pvalues[label][p]:.2g}" if label in pvalues else "–" for p in PROTOCOLS]
@@ -122,9 +122,10 @@ def write_report(results: dict, out: Path, command: str) -> Path:
                   + " | ".join(f"new targets: {p} {m}" for p, m in new) + " |",
                   "|" + "---|" * (1 + len(PROTOCOLS) + len(new))]
         for label, runs in cells.items():
-            tests = [r["test"] for r in runs]
-            lines.append(f"| {label} | " + " | ".join(spread([t[p]["NDCG@10"] for t in tests]) for p in PROTOCOLS)
-                         + " | " + " | ".join(spread([t["new_items"][p][m] for t in tests]) for p, m in new) + " |")
+            every = seed_stats([r["test"] for r in runs], ("NDCG@10",))
+            news = seed_stats([r["test"]["new_items"] for r in runs], ("HR@10", "NDCG@10"))
+            lines.append(f"| {label} | " + " | ".join(spread(every[p]["NDCG@10"]) for p in PROTOCOLS) + " | "
+                         + " | ".join(spread(news[p][m]) for p, m in new) + " |")
     path = out / "report.md"
     write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
