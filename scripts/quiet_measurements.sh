@@ -3,7 +3,7 @@
 # before starting long runs, one after the other. Each writes its benchmarks/results/*.json (and records the
 # load average it saw); it refuses to start while a training job runs.
 #   scripts/quiet_measurements.sh [serve|recbole|rectools|scale]...   (default: all four, in this order)
-# Hours: serve about 1 (the first time builds the 24,000-item shop), recbole 4 models x up to 2 x 30 min,
+# Hours: serve about 1 (the first time builds the 24,000-item shop, 20 min), recbole 4 models x 30-50 min,
 # rectools 2 x up to 2 x 30 min, scale several (30M interactions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +21,10 @@ for step in "${steps[@]}"; do
     recbole)
       $PY benchmarks/side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec --budget-minutes 30 \
         --json benchmarks/results/recbole_phones.json
-      $PY benchmarks/side_by_side.py --dataset runs/real/phones --models bert4rec,caser --budget-minutes 30 \
-        --json benchmarks/results/recbole_phones_2.json ;;
+      $PY benchmarks/side_by_side.py --dataset runs/real/phones --models bert4rec --budget-minutes 30 \
+        --json benchmarks/results/recbole_phones_bert4rec.json
+      $PY benchmarks/side_by_side.py --dataset runs/real/phones --models caser --budget-minutes 30 \
+        --json benchmarks/results/recbole_phones_caser.json ;;
     rectools)
       $PY benchmarks/side_by_side.py --peer rectools --dataset runs/real/phones --models sasrec,bert4rec \
         --budget-minutes 30 --json benchmarks/results/rectools_phones.json ;;
