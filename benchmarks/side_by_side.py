@@ -10,8 +10,8 @@ train at the same time, one thread each, so both see the same machine).
 
     python benchmarks/side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec \\
         --budget-minutes 30 --json benchmarks/results/recbole_phones.json
-    python benchmarks/side_by_side.py --peer rectools --dataset runs/real/phones --models sasrec,bert4rec \\
-        --budget-minutes 30 --json benchmarks/results/rectools_phones.json
+    python benchmarks/side_by_side.py --peer rectools --dataset runs/real/phones --models sasrec \\
+        --budget-minutes 30 --json benchmarks/results/rectools_phones_sasrec.json
     python benchmarks/side_by_side.py --table RESULT.json ...      # one table of saved runs
 
 RecTools (benchmarks/rectools/runner.py, its own venv: torch 2.13.0 CPU, rectools[torch] 0.19.0) trains a

@@ -26,8 +26,10 @@ for step in "${steps[@]}"; do
       $PY benchmarks/side_by_side.py --dataset runs/real/phones --models caser --budget-minutes 30 \
         --json benchmarks/results/recbole_phones_caser.json ;;
     rectools)
-      $PY benchmarks/side_by_side.py --peer rectools --dataset runs/real/phones --models sasrec,bert4rec \
-        --budget-minutes 30 --json benchmarks/results/rectools_phones.json ;;
+      for model in sasrec bert4rec; do
+        $PY benchmarks/side_by_side.py --peer rectools --dataset runs/real/phones --models $model \
+          --budget-minutes 30 --json benchmarks/results/rectools_phones_$model.json
+      done ;;
     scale) $PY benchmarks/scale.py --sizes 1000000 3000000 10000000 30000000 ;;
     *) echo "unknown step $step (serve, recbole, rectools, scale)" >&2; exit 2 ;;
   esac
