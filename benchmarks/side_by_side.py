@@ -245,9 +245,7 @@ def main() -> int:
         # one yardstick: RecBole's best validation score by mahn's evaluator, and each side's first epoch there
         target = max(e["valid_full_ndcg10"] for e in theirs["epochs"])
         theirs["best_valid_full_ndcg10"] = target
-        theirs["seconds_to_target"] = next(e["seconds"] for e in theirs["epochs"] if e["valid_full_ndcg10"] >= target)
-        reached = [e["seconds"] for e in ours["epochs"] if e["valid_full_ndcg10"] >= target]
-        ours["seconds_to_target"] = reached[0] if reached else None
+        theirs["seconds_to_target"], ours["seconds_to_target"] = seconds_to(theirs, target), seconds_to(ours, target)
         ours["best_valid_full_ndcg10"] = max(e["valid_full_ndcg10"] for e in ours["epochs"])
         report["models"][model] = {
             "peer": theirs, "mahn": ours, "same_evaluator": True, "target_valid_full_ndcg10": target,
@@ -278,9 +276,10 @@ def print_table(report: dict) -> None:
     for model, both in report["models"].items():
         theirs = peer_of(both)
         near = 0.98 * theirs["best_valid_full_ndcg10"]
+        their_close = seconds_to(theirs, near)
         for r in (theirs, both["mahn"]):
             reach = f"{r['seconds_to_target']:,.0f}" if r["seconds_to_target"] is not None else "not reached"
-            close, their_close = seconds_to(r, near), seconds_to(theirs, near)
+            close = seconds_to(r, near)
             reach_near = f"{close:,.0f}" if close is not None else "not reached"
             memory = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB"
             if r is both["mahn"]:  # against the peer: how much sooner, what share of its memory
