@@ -2,15 +2,19 @@
 concurrent clients, over the demo shop, a 24,000-item shop with images and titles served by the default
 multimodal model, and a Clothing-sized ID-only catalogue (Amazon 2014 Clothing, 23,033 items).
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 400] [--clients 1 8 32] [--workers 1 2]
-                                              [--catalogues demo shop clothing]
+    .venv/bin/python benchmarks/serve_load.py [--client wrk|httpx] [--duration 10] [--clients 1 8 32]
+                                              [--workers 1 2] [--catalogues demo shop clothing]
 
 The server is the real command (`python -m mahn serve RUN --port P --device cpu --workers W`) on a free
-loopback port; clients are threads, each with its own keep-alive httpx.Client, in this process (so they share
-the machine's cores with the server: the latency is what a client on the same machine sees). Each client
-sends its next request when the last one is answered. Each request carries the history of a real test user
-(every item before the user's test target). A sample of responses per level is checked against the Python
-API (`mahn.load(RUN).recommend(history, 10)`): the same keys in the same order, scores within 1e-4.
+loopback port. The load comes from wrk (`--client wrk`, the default when it is installed: `apt-get install
+wrk`): one wrk thread in C keeps `clients` keep-alive connections busy for `--duration` seconds, each sending
+its next request when the last one is answered, and reports the latency percentiles of every request. It
+shares the machine's 2 cores with the server, but costs them little; `--client httpx` uses threads in this
+process instead, one keep-alive httpx.Client each, whose Python and GIL cost more than the server's own work
+(GET /health alone had p99 22-38 ms at 8 clients that way). Each request carries the history of a real test
+user (every item before the user's test target). After each level a sample of responses, sent by as many
+concurrent httpx clients (so concurrent requests are scored together, as under load), is checked against the
+Python API (`mahn.load(RUN).recommend(history, 10)`): the same keys in the same order, scores within 1e-4.
 GET /health at the same concurrency gives the HTTP stack's own floor. Every server setting runs with
 torch's default intra-op threads (one per core) and with OMP_NUM_THREADS=1. A profile in this process (no HTTP) says
 where one request's time goes.
@@ -42,6 +46,7 @@ import asyncio
 import itertools
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +66,7 @@ from mahn.io import write_json
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # tests/servers.py: `mahn serve` as a child process
 from servers import mahn_serve, serving  # noqa: E402
+from train_speed import matmul_ceiling  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
 
 CLOTHING = REPO.parent / "shared" / "data" / "amazon2014-clothing" / "user_sequence.txt"
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
@@ -190,6 +196,53 @@ def load_level(url: str, path: str, bodies: list[bytes] | None, clients: int, re
             "max_ms": float(ms.max()), "capped": len(ms) < requests, "_kept": kept}
 
 
+# wrk's Lua: POST bodies taken in turn from the file MAHN_BODIES names (one JSON document a line), and a summary
+WRK_POST = """
+local bodies, i = {}, 0
+local file = io.open(os.getenv("MAHN_BODIES"))
+for line in file:lines() do bodies[#bodies + 1] = line end
+file:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i + 1
+  return wrk.format(nil, nil, nil, bodies[(i - 1) % #bodies + 1])
+end
+"""
+WRK_SUMMARY = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('MAHN {"requests": %d, "duration_us": %d, "socket_errors": %d, "status_errors": %d, '
+    .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_level(url: str, path: str, bodies: list[bytes] | None, clients: int, seconds: int, work: Path) -> dict:
+    """`clients` keep-alive connections driven by wrk (one thread, C and epoll) for `seconds`, each sending its
+    next request when the last is answered; POST bodies taken in turn from `bodies` (GET without). wrk's own
+    latency percentiles over every request."""
+    script, env = work / "wrk.lua", dict(os.environ)
+    script.write_text((WRK_POST if bodies is not None else "") + WRK_SUMMARY)
+    if bodies is not None:
+        listed = work / "wrk-bodies.jsonl"
+        listed.write_bytes(b"\n".join(bodies) + b"\n")
+        env["MAHN_BODIES"] = str(listed)
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url + path]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("MAHN ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary: {done.stdout[-500:]} {done.stderr[-500:]}")
+    got = orjson.loads(line[5:])
+    wall = got["duration_us"] / 1e6
+    return {"requests": got["requests"], "errors": got["socket_errors"] + got["status_errors"], "error_examples": [],
+            "seconds": wall, "requests_per_s": got["requests"] / wall, "p50_ms": got["p50_us"] / 1000,
+            "p90_ms": got["p90_us"] / 1000, "p99_ms": got["p99_us"] / 1000, "max_ms": got["max_us"] / 1000,
+            "capped": False, "_kept": {}}
+
+
 def check_answers(recommender, histories: list[list[str]], kept: dict[int, bytes]) -> dict:
     """The kept responses against the Python API's answers for the same histories."""
     bad = []
@@ -281,24 +334,24 @@ async def in_process(run: Path, bodies: list[bytes]) -> dict:
     return out
 
 
+def wrk_version() -> str:
+    done = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (done.stdout or done.stderr).split(" [", 1)[0].strip()
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
 def machine_speed() -> dict:
-    """What this machine can do, so runs on different hosts can be compared: the fp32 matmul rate (2048 x 2048,
-    on one thread and on every core) and the rate one thread reads memory (a 64 MiB sum; a request's product
-    with a large item table is bound by it)."""
-    a, b, big = torch.randn(2048, 2048), torch.randn(2048, 2048), torch.randn(16 * 2**20)
+    """What this machine can do, so runs on different hosts can be compared: the fp32 matmul rate (train_speed's
+    ceiling: 2048 x 2048, best of 5, on one thread and on every core) and the rate one thread reads memory (a
+    64 MiB sum; a request's product with a large item table is bound by it)."""
     before, out = torch.get_num_threads(), {}
     for threads in (1, os.cpu_count() or 1):
-        torch.set_num_threads(threads)
-        a @ b
-        began = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        out[f"matmul_gflops_{threads}_threads"] = round(5 * 2 * 2048**3 / (time.perf_counter() - began) / 1e9, 1)
+        out[f"matmul_gflops_{threads}_threads"] = round(matmul_ceiling(threads), 1)
     torch.set_num_threads(1)
+    big = torch.randn(16 * 2**20)
     big.sum()
     began = time.perf_counter()
     for _ in range(10):
@@ -310,7 +363,8 @@ def machine_speed() -> dict:
 
 def cpu_seconds() -> tuple[float, float]:
     """(CPU seconds the whole machine has spent busy since boot, CPU seconds of this process and its live
-    descendants, the server and its workers): their difference over a level is what other processes used."""
+    descendants, the server, its workers and wrk, with the children each has waited for): their difference over a
+    level is what other processes used."""
     tick = os.sysconf("SC_CLK_TCK")
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]]
     busy = sum(fields)  # user, nice, system: processes' time (interrupts, the loopback traffic's included, left out)
@@ -321,7 +375,8 @@ def cpu_seconds() -> tuple[float, float]:
         except (OSError, IndexError):  # the process ended while being read
             continue
         pid = int(stat.parent.name)
-        parents[pid], used[pid] = int(after_name[1]), int(after_name[11]) + int(after_name[12])  # ppid, utime+stime
+        # ppid; utime + stime, and cutime + cstime: the children it has waited for (wrk, once a level ends)
+        parents[pid], used[pid] = int(after_name[1]), sum(int(x) for x in after_name[11:15])
     tree, frontier = {os.getpid()}, [os.getpid()]
     while frontier:
         parent = frontier.pop()
@@ -341,13 +396,19 @@ def main() -> None:
                              "core) [0 1].")
     parser.add_argument("--catalogues", nargs="+", default=["demo", "shop", "clothing"],
                         choices=["demo", "shop", "clothing"])
-    parser.add_argument("--time-cap", type=float, default=60.0, help="Seconds at most per level [60].")
+    parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
+                        help="What sends the load: wrk (C, one thread: the latency is the server's) or httpx "
+                             "threads in this process [wrk when it is installed].")
+    parser.add_argument("--duration", type=int, default=10, help="Seconds per level with wrk [10].")
+    parser.add_argument("--time-cap", type=float, default=60.0, help="Seconds at most per level with httpx [60].")
     parser.add_argument("--sample", type=int, default=50, help="Responses checked against the Python API per level.")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mahn-serve-load",
                         help="Where the Clothing dataset and run are made and kept for reruns.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        parser.error("--client wrk: wrk is not installed (apt-get install wrk), or use --client httpx")
     torch.set_num_threads(1)  # this process only checks answers; leave the cores to the server
     args.work.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -389,8 +450,12 @@ def main() -> None:
                     rotated = bodies[offset:] + bodies[:offset]
                     keep = set(rng.choice(args.requests, min(args.sample, args.requests), replace=False).tolist())
                     before, cpu_before = loadavg(), cpu_seconds()
-                    level = load_level(url, f"/{kind}", rotated if kind == "recommend" else None, clients,
-                                       args.requests, args.time_cap, keep if kind == "recommend" else set())
+                    if args.client == "wrk":
+                        level = wrk_level(url, f"/{kind}", rotated if kind == "recommend" else None, clients,
+                                          args.duration, args.work)
+                    else:
+                        level = load_level(url, f"/{kind}", rotated if kind == "recommend" else None, clients,
+                                           args.requests, args.time_cap, keep if kind == "recommend" else set())
                     kept = level.pop("_kept")
                     (machine, ours), (machine_0, ours_0) = cpu_seconds(), cpu_before
                     other = max(0.0, (machine - machine_0) - (ours - ours_0))
@@ -401,6 +466,9 @@ def main() -> None:
                            # other processes' CPU during the level, in cores (0.5: half of one core)
                            "other_cpu_cores": round(other / level["seconds"], 3) if level["seconds"] else 0.0}
                     if kind == "recommend":
+                        if args.client == "wrk":  # wrk keeps no answers: a sample sent as many at once, untimed
+                            kept = load_level(url, "/recommend", rotated, clients, args.sample, args.time_cap,
+                                              set(range(args.sample))).pop("_kept")
                         hist = histories[offset:] + histories[:offset]
                         row["correctness"] = check_answers(recommender, hist, kept)
                     results.append(row)
@@ -432,8 +500,12 @@ def main() -> None:
                  "latencies are those of a shared machine" if other_share > OTHER_CPU_LIMIT else
                  f"processes outside this benchmark used {other_share:.3f} of a core over the levels (at most "
                  f"{busiest:.2f} in one; /proc/stat against this benchmark's own processes): a quiet machine"),
-        "k": K, "requests_per_level": args.requests, "time_cap_s": args.time_cap, "sample_checked": args.sample,
-        "clients": "threads in the benchmark process, one keep-alive httpx.Client each, on the same machine",
+        "k": K, "sample_checked": args.sample,
+        **({"seconds_per_level": args.duration, "wrk": wrk_version(),
+            "clients": "wrk connections (one wrk thread, keep-alive, each sending its next request when the last "
+                       "is answered), on the same machine"} if args.client == "wrk" else
+           {"requests_per_level": args.requests, "time_cap_s": args.time_cap,
+            "clients": "threads in the benchmark process, one keep-alive httpx.Client each, on the same machine"}),
         "models": models, "targets": targets, "profile_ms": profiles, "results": results, "log": notes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

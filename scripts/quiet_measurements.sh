@@ -17,7 +17,7 @@ busy() {  # another mahn job would make every number here a loaded one
 for step in "${steps[@]}"; do
   busy
   case $step in
-    serve) $PY benchmarks/serve_load.py --work runs/serve-load --catalogues shop clothing ;;
+    serve) $PY benchmarks/serve_load.py --client wrk --work runs/serve-load --catalogues shop clothing ;;  # apt-get install wrk
     recbole)
       $PY benchmarks/side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec --budget-minutes 30 \
         --json benchmarks/results/recbole_phones.json

@@ -69,6 +69,8 @@ def test_blocked_softmax_has_the_plain_softmaxs_value_and_gradients():
         for mine, theirs in zip(torch.autograd.grad(blocked, (states, table)),
                                 torch.autograd.grad(plain, (states, table)), strict=True):
             torch.testing.assert_close(mine, theirs)
+    with torch.no_grad():  # no gradient wanted: the forward pass computes the value alone
+        torch.testing.assert_close(BlockedSoftmaxCE.apply(states, table, targets, excluded, 8), plain)
     excluded_gradient = torch.autograd.grad(BlockedSoftmaxCE.apply(states, table, targets, excluded, 8), table)[0][3]
     assert excluded_gradient.abs().max() == 0  # an excluded item is never pushed
 

@@ -128,6 +128,59 @@ def test_batch_equals_single_calls(client):
     assert bad.status_code == 400 and "nope" in bad.json()["detail"]
 
 
+def queued_together(batcher, recommender, bodies: list[dict]) -> list:
+    """POST /recommend's bodies sent to `batcher` at once while the model is busy (its lock held for 0.3 s):
+    the answers, an exception in place of each that failed."""
+    import asyncio
+
+    from mahn.serve.schemas import RecommendRequest
+
+    async def all_at_once():
+        recommender.lock.acquire()
+        asyncio.get_running_loop().call_later(0.3, recommender.lock.release)
+        return await asyncio.gather(*(batcher.recommend(RecommendRequest(**b)) for b in bodies),
+                                    return_exceptions=True)
+
+    return asyncio.run(all_at_once())
+
+
+def test_requests_waiting_together_are_scored_in_one_call_and_fail_alone(shop):
+    """The batcher behind POST /recommend: while the model is busy, requests queue and the next call scores them
+    together; each gets what it would get alone, and a bad one fails alone with its own error."""
+    from mahn.serve.batcher import Batcher
+
+    recommender = mahn.load(shop["runs"]["mahn"], device="cpu")
+    good = [{"history": [KEYS[i], KEYS[(3 * i + 1) % ITEMS]], "k": 1 + i % 7} for i in range(6)]
+    good.append({"history": KEYS[:9], "k": 4, "candidates": KEYS[10:20], "exclude_history": False})
+    bad = [{"history": [KEYS[2], "no-such-item"]}, {"history": [KEYS[2]], "k": ITEMS + 1}]
+
+    def alone(body):
+        return recommender.recommend(body["history"], body.get("k", 10), body.get("exclude_history", True),
+                                     body.get("candidates"))
+
+    batcher = Batcher(recommender)
+    answers = queued_together(batcher, recommender, good)
+    # the first request may find the thread idle and be scored alone; the rest wait for the model together
+    assert batcher.answered == len(good) and batcher.batches <= 2
+    for body, answer in zip(good, answers, strict=True):
+        assert [r.key for r in answer] == [r.key for r in alone(body)]
+        assert [r.score for r in answer] == pytest.approx([r.score for r in alone(body)], rel=1e-5)
+
+    mixed = good[:3] + bad + good[3:]
+    answers = queued_together(batcher, recommender, mixed)
+    assert isinstance(answers[3], DataError) and "no-such-item" in str(answers[3])
+    assert isinstance(answers[4], DataError) and "k must be between 1" in str(answers[4])
+    for body, answer in zip(mixed, answers, strict=True):
+        if body in good:
+            assert [r.key for r in answer] == [r.key for r in alone(body)]
+
+    batcher.close()  # a swapped-out run: its thread stops, and requests that still reach it are answered
+    batcher.thread.join(5)
+    assert not batcher.thread.is_alive()
+    assert [[r.key for r in a] for a in queued_together(batcher, recommender, good[:2])] == [
+        [r.key for r in alone(b)] for b in good[:2]]
+
+
 def test_bad_input_is_a_clear_4xx_never_a_500(client):
     unknown = client.post("/recommend", json={"history": [KEYS[0], "no-such-item", "other-missing"]})
     assert unknown.status_code == 400
@@ -390,9 +443,11 @@ def test_concurrent_requests_get_the_answers_of_sequential_ones(shop):
             batch = batched.result()
             stop = True
             assert refreshing.result() > 0
-    assert answers == expected
-    assert [r["items"] for r in batch["results"]] == [
-        [{**item, "score": pytest.approx(item["score"], rel=1e-5)} for item in e["items"]] for e in expected[:20]]
+    # concurrent requests are scored together (mahn.serve.batcher): the same items, scores to float rounding
+    approx = [[{**item, "score": pytest.approx(item["score"], rel=1e-5)} for item in e["items"]] for e in expected]
+    assert [a["items"] for a in answers] == approx
+    assert [r["items"] for r in batch["results"]] == approx[:20]
+    assert app.state.engines["main"].batcher.answered == 2 * len(bodies)
 
 
 def test_cli_serve_refuses_bad_settings(shop, tmp_path):

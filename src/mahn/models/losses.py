@@ -46,39 +46,43 @@ SOFTMAX_BLOCK_BYTES = 4 << 20  # logits of a block of positions: small enough to
 
 class BlockedSoftmaxCE(torch.autograd.Function):
     """Mean softmax cross-entropy of (n, D) states against every (items, D) vector, a block of positions at a
-    time, so the (n x items) logits never exist whole: the forward pass keeps each position's log-sum-exp,
-    the backward pass recomputes a block's logits and turns them into its gradient in place. Written out
-    whole, the logits went through memory five times a step (product, log-softmax, its backward, both
-    gradient products); in blocks they stay in cache, and memory no longer grows with items x positions."""
+    time, so the (n x items) logits never exist whole. Each block's logits become, in place and while they are in
+    the CPU's cache, the block's log-sum-exp and its gradient (softmax - one-hot), which two products turn into
+    the block's rows of the states' gradient and its share of the table's; the backward pass only scales those.
+    Three products and one exp a block in all: written out whole, the logits went through memory five times a
+    step, and a backward pass that recomputed them cost a fourth product and a second exp."""
 
     @staticmethod
     def forward(ctx, states, table, targets, excluded, rows):
-        logsumexp = states.new_empty(len(states))
-        for lo in range(0, len(states), rows):
-            logits = states[lo : lo + rows] @ table.T
+        n = len(states)
+        logsumexp = states.new_empty(n)
+        wanted = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        d_states = torch.empty_like(states) if wanted else None
+        d_table = torch.zeros_like(table) if wanted else None
+        for lo in range(0, n, rows):
+            block = states[lo : lo + rows]
+            logits = block @ table.T
             if excluded is not None:
                 logits.masked_fill_(excluded, -torch.inf)
-            torch.logsumexp(logits, 1, out=logsumexp[lo : lo + rows])
-        ctx.save_for_backward(states, table, targets, logsumexp)
-        ctx.excluded, ctx.rows = excluded, rows
+            if not wanted:
+                torch.logsumexp(logits, 1, out=logsumexp[lo : lo + rows])
+                continue
+            peak = logits.amax(1, keepdim=True)
+            probabilities = logits.sub_(peak).exp_()
+            total = probabilities.sum(1, keepdim=True)
+            logsumexp[lo : lo + rows] = (peak + total.log()).squeeze(1)
+            probabilities.div_(total)
+            probabilities[torch.arange(len(block)), targets[lo : lo + rows]] -= 1  # softmax - one-hot
+            probabilities.mul_(1.0 / n)  # the mean over positions
+            torch.mm(probabilities, table, out=d_states[lo : lo + rows])
+            d_table.addmm_(probabilities.T, block)
+        ctx.save_for_backward(d_states, d_table)
         return (logsumexp - (states * table[targets]).sum(1)).mean()
 
     @staticmethod
     def backward(ctx, grad):
-        states, table, targets, logsumexp = ctx.saved_tensors
-        d_states, d_table = torch.empty_like(states), torch.zeros_like(table)
-        scale = grad / len(states)
-        for lo in range(0, len(states), ctx.rows):
-            block = states[lo : lo + ctx.rows]
-            probabilities = block @ table.T
-            if ctx.excluded is not None:
-                probabilities.masked_fill_(ctx.excluded, -torch.inf)
-            probabilities.sub_(logsumexp[lo : lo + ctx.rows, None]).exp_()
-            probabilities[torch.arange(len(block)), targets[lo : lo + ctx.rows]] -= 1  # softmax - one-hot
-            probabilities.mul_(scale)
-            torch.mm(probabilities, table, out=d_states[lo : lo + ctx.rows])
-            d_table.addmm_(probabilities.T, block)
-        return d_states, d_table, None, None, None
+        d_states, d_table = ctx.saved_tensors
+        return d_states * grad, d_table * grad, None, None, None
 
 
 def softmax_cross_entropy(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,

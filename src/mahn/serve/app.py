@@ -1,9 +1,10 @@
 """`mahn serve`: a trained run's recommendations over HTTP (FastAPI).
 
 `create_app(RUN)` loads the model once (and a second run with `compare=`, chosen per request with the
-query parameter `?run=compare`). The short endpoints (recommend, lookups, health) are coroutines that run in
-the event loop: a hop to the thread pool costs more than their ~1 ms of model time, and one process runs one
-model call at a time anyway. Adds (seconds of feature extraction), images and the users' first read are
+query parameter `?run=compare`). POST /recommend hands its request to the run's batcher (mahn.serve.batcher):
+the requests that wait together are scored in one model call on the batcher's thread while the event loop reads
+the next ones. The other short endpoints (lookups, health) are coroutines that run in the event loop: a hop to
+the thread pool costs more than their work. Adds (seconds of feature extraction), images and the users' first read are
 plain functions in FastAPI's thread pool. The Recommender runs every torch call under its lock and answers
 each request from one snapshot of the items, so concurrent requests are safe and an add (POST /items) is
 seen whole or not at all.

@@ -17,6 +17,7 @@ from mahn.errors import DataError
 from mahn.index import HNSWSettings, IVFSettings
 from mahn.io import sha256_file
 from mahn.paths import inside, is_url
+from mahn.serve.batcher import Batcher
 from mahn.serve.schemas import ErrorResponse, ItemOut, RecommendedItem, RecommendResponse, RunName
 from mahn.serve.users import UserIndex
 
@@ -68,6 +69,10 @@ class Engine:
     retired: bool = False  # swapped out: requests that hold it finish, adds go to its successor
     _users: UserIndex | None = None
     _users_lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher = field(init=False)  # POST /recommend's requests, scored together when they wait together
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.recommender)
 
     @property
     def users(self) -> UserIndex:

@@ -81,6 +81,7 @@ class Swapper:
                     recommender.refresh()
                 self.engines["main"] = new
                 old.retired = True
+                old.batcher.close()  # its queued requests are answered, then its thread stops
             self.swaps += 1
             previous = old.version
         del old

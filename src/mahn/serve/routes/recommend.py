@@ -13,9 +13,7 @@ router = APIRouter()
 @router.post("/recommend", response_model=RecommendResponse, responses=errors(400, 413))
 async def recommend(body: RecommendRequest, served: Engine = Depends(engine)) -> RecommendResponse:
     """The top-k items after a history of item keys."""
-    recs = served.recommender.recommend(body.history, body.k, body.exclude_history, body.candidates,
-                                        body.new_item_places, body.new_item_boost)
-    return served.response(recs)
+    return served.response(await served.batcher.recommend(body))
 
 @router.post("/recommend/batch", response_model=BatchResponse, responses=errors(400, 413))
 async def recommend_batch(body: BatchRequest, served: Engine = Depends(engine)) -> BatchResponse:
