@@ -38,7 +38,7 @@ from mahn.serve.engine import errors, load_engine, public_message
 from mahn.serve.limits import MAX_BODY, MAX_UPLOAD, BodyLimit
 from mahn.serve.routes import OPEN, READS, WRITES
 from mahn.serve.routes.about import STATIC
-from mahn.serve.swap import Swapper, map_large_allocations
+from mahn.serve.swap import Swapper, freeze_loaded, map_large_allocations
 
 # how `mahn serve --workers N` hands settings to each worker
 ENV = {"run": "MAHN_SERVE_RUN", "device": "MAHN_SERVE_DEVICE", "compare": "MAHN_SERVE_COMPARE",
@@ -114,10 +114,12 @@ def app_from_env() -> FastAPI:
     compare, images_root = os.environ.get(ENV["compare"]), os.environ.get(ENV["images_root"])
     access = Access(os.environ.get(TOKEN_ENV) or None, os.environ.get(ENV["protect"], "writes"),
                     os.environ.get(ENV["read_only"]) == "1")
-    return create_app(Path(os.environ[ENV["run"]]), device=os.environ.get(ENV["device"], "auto"),
+    app = create_app(Path(os.environ[ENV["run"]]), device=os.environ.get(ENV["device"], "auto"),
                       compare=Path(compare) if compare else None,
                       images_root=Path(images_root) if images_root else None,
                       index=os.environ.get(ENV["index"], "auto"),
                       ef_search=int(os.environ.get(ENV["ef_search"], HNSWSettings.ef_search)),
                       probes=int(os.environ.get(ENV["probes"], IVFSettings.probes)), access=access,
                       workers=int(os.environ.get(ENV["workers"], "1")))
+    freeze_loaded()
+    return app

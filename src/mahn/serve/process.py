@@ -24,7 +24,7 @@ def run_server(run: Path, *, host: str, port: int, device: str, workers: int, th
     from mahn.index import check_index
     from mahn.serve.access import TOKEN_ENV, check_exposure
     from mahn.serve.app import ENV, create_app
-    from mahn.serve.swap import map_large_allocations
+    from mahn.serve.swap import freeze_loaded, map_large_allocations
 
     check_index(index)  # a bad flag is refused before any run is read
     check_exposure(host, access)
@@ -35,6 +35,7 @@ def run_server(run: Path, *, host: str, port: int, device: str, workers: int, th
         app = create_app(run, device=device, compare=compare, images_root=images_root, index=index,
                          ef_search=ef_search, probes=probes, access=access)
         reload_on_hangup(app.state.swapper)
+        freeze_loaded()
         uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=GRACE_SECONDS)
         return
     for setting, value in (("run", run), ("device", device), ("compare", compare), ("images_root", images_root),
