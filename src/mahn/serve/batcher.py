@@ -40,8 +40,8 @@ class Batcher:
         self.lock = threading.Lock()  # orders `close` against new requests
         self.thread: threading.Thread | None = None
         self.closed = False
-        self.batches = 0  # model calls made, and the requests they answered (GET /health does not show them;
-        self.answered = 0  # tests and benchmarks read them)
+        self.batches = 0  # batches taken from the queue, and the requests in them (for tests and benchmarks)
+        self.answered = 0
 
     async def recommend(self, request: RecommendRequest) -> list[Recommendation]:
         loop = asyncio.get_running_loop()
