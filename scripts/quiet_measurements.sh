@@ -19,8 +19,10 @@ for step in "${steps[@]}"; do
   case $step in
     serve) $PY benchmarks/serve_load.py --client wrk --work runs/serve-load --catalogues shop clothing ;;  # apt-get install wrk
     recbole)
-      $PY benchmarks/side_by_side.py --dataset runs/real/phones --models sasrec,gru4rec --budget-minutes 30 \
+      $PY benchmarks/side_by_side.py --dataset runs/real/phones --models sasrec --budget-minutes 30 \
         --json benchmarks/results/recbole_phones.json
+      $PY benchmarks/side_by_side.py --dataset runs/real/phones --models gru4rec --budget-minutes 30 \
+        --json benchmarks/results/recbole_phones_gru4rec.json
       $PY benchmarks/side_by_side.py --dataset runs/real/phones --models bert4rec --budget-minutes 30 \
         --json benchmarks/results/recbole_phones_bert4rec.json
       $PY benchmarks/side_by_side.py --dataset runs/real/phones --models caser --budget-minutes 30 \
