@@ -174,6 +174,18 @@ def test_requests_waiting_together_are_scored_in_one_call_and_fail_alone(shop):
         if body in good:
             assert [r.key for r in answer] == [r.key for r in alone(body)]
 
+    import asyncio
+
+    from mahn.serve.batcher import Pending
+    from mahn.serve.schemas import RecommendRequest
+
+    gone = asyncio.new_event_loop()  # a request whose event loop closed while it was scored: dropped, no error
+    future = gone.create_future()
+    gone.close()
+    batcher._answer([Pending(RecommendRequest(**good[0]), future, gone)])
+    assert [[r.key for r in a] for a in queued_together(batcher, recommender, good[:2])] == [
+        [r.key for r in alone(b)] for b in good[:2]]
+
     batcher.close()  # a swapped-out run: its thread stops, and requests that still reach it are answered
     batcher.thread.join(5)
     assert not batcher.thread.is_alive()

@@ -93,7 +93,10 @@ class Batcher:
         self.batches += 1
         self.answered += len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
-            pending.loop.call_soon_threadsafe(settle, pending.future, outcome)
+            try:
+                pending.loop.call_soon_threadsafe(settle, pending.future, outcome)
+            except RuntimeError:  # its event loop has closed (a server shutting down): nobody waits for it
+                continue
 
     def _one(self, request: RecommendRequest) -> list[Recommendation]:
         return self.recommender.recommend(request.history, request.k, request.exclude_history, request.candidates,
