@@ -182,7 +182,7 @@ def test_requests_waiting_together_are_scored_in_one_call_and_fail_alone(shop):
     gone = asyncio.new_event_loop()  # a request whose event loop closed while it was scored: dropped, no error
     future = gone.create_future()
     gone.close()
-    batcher._answer([Pending(RecommendRequest(**good[0]), future, gone)])
+    batcher._answer([Pending(RecommendRequest(**good[0]), future)])
     assert [[r.key for r in a] for a in queued_together(batcher, recommender, good[:2])] == [
         [r.key for r in alone(b)] for b in good[:2]]
 

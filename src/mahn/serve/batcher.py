@@ -27,8 +27,7 @@ MAX_BATCH = 64  # requests a model call; past this the table product stops being
 @dataclass
 class Pending:
     request: RecommendRequest
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future  # of the event loop the request waits in (future.get_loop())
 
 
 class Batcher:
@@ -44,15 +43,14 @@ class Batcher:
         self.answered = 0
 
     async def recommend(self, request: RecommendRequest) -> list[Recommendation]:
-        loop = asyncio.get_running_loop()
         future = None
         with self.lock:
             if not self.closed:
                 if self.thread is None:
                     self.thread = threading.Thread(target=self._serve, name="mahn-batcher", daemon=True)
                     self.thread.start()
-                future = loop.create_future()
-                self.waiting.put(Pending(request, future, loop))
+                future = asyncio.get_running_loop().create_future()
+                self.waiting.put(Pending(request, future))
         if future is None:  # a retired run: its last requests are answered directly
             return self._one(request)
         return await future
@@ -94,7 +92,7 @@ class Batcher:
         self.answered += len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
             try:
-                pending.loop.call_soon_threadsafe(settle, pending.future, outcome)
+                pending.future.get_loop().call_soon_threadsafe(settle, pending.future, outcome)
             except RuntimeError:  # its event loop has closed (a server shutting down): nobody waits for it
                 continue
 
