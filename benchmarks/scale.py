@@ -16,13 +16,15 @@ command a user would run, so its peak RSS is that command's alone:
   batch looked up, so the epoch does not grow with items x steps; one epoch, then the validation pass with
   both protocols);
 - evaluate: `mahn evaluate RUN --split test` (both protocols over every test user);
-- full ranking alone: `mahn evaluate RUN --split test --protocols full`, against its FLOP floor: test users x
-  items x dim x 2 floating-point operations (the score matrix, nothing else) over the machine's matmul
-  ceiling measured in the same run at the same threads (`eval_floor_ratio`: the stage's seconds, process start
-  and loading included, over the floor's).
+- full ranking alone (sizes up to --floor-up-to, 10M by default: at 30M it is another 40 minutes and more of
+  the same pass): `mahn evaluate RUN --split test --protocols full`, against its FLOP floor: test users x items x
+  dim x 2 floating-point operations (the score matrix, nothing else) over the machine's matmul ceiling measured
+  in the same run at the same threads (`eval_floor_ratio`: the stage's seconds, process start and loading
+  included, over the floor's).
 
 Prints a table and writes benchmarks/results/scale.json (rows of sizes not rerun are kept), with the load average
-before and after each size.
+before and after each size and the CPU that processes outside the benchmark used during it (`other_cpu_cores`,
+from /proc/stat; `other_jobs_running` above 0.1 of a core).
 The project's targets: the 10M epoch at most 12x the 1M epoch, every stage of the 30M log under 12 GiB peak
 RSS, and full ranking at 10M within 3x of its floor.
 """
@@ -44,6 +46,11 @@ import orjson
 import polars as pl
 
 from mahn.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_speed import matmul_ceiling  # noqa: E402
+
+OTHER_CPU_LIMIT = 0.1  # cores used by other processes above which a row is a shared machine's
 
 ZIPF = 1.1
 MEDIAN_LENGTH = 12
@@ -92,24 +99,22 @@ def eval_floor(work: Path, threads: int) -> dict:
 
     from mahn.data import Dataset
 
-    if threads:
-        torch.set_num_threads(threads)
     dataset = Dataset(work / "data")
     dim = orjson.loads((work / "run" / "config.json").read_bytes())["model_config"]["dim"]
     users = len(dataset.eval_set("test").users)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    best = min(timed(lambda: a @ b) for _ in range(5))
-    ceiling = 2 * 2048**3 / best
+    ceiling = matmul_ceiling(threads or torch.get_num_threads()) * 1e9
     flops = users * dataset.n_items * dim * 2
     return {"users": users, "items": dataset.n_items, "dim": dim, "gflop": flops / 1e9,
             "ceiling_gflops": ceiling / 1e9, "seconds": flops / ceiling}
 
 
-def timed(work) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process and the stages it waited
+    for): their difference over a size is what other processes used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = sum(int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]) / tick
+    own = os.times()
+    return busy, own.user + own.system + own.children_user + own.children_system
 
 
 def print_table(results: list[dict]) -> None:
@@ -119,6 +124,8 @@ def print_table(results: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for row in results:
         load = f"{row['loadavg_before'][0]:.1f} / {row['loadavg_after'][0]:.1f}"
+        if "other_cpu_cores" in row:
+            load += f" ({row['other_cpu_cores']:.2f} other)"
         stages = []
         for stage, measured in row["stages"].items():
             stages.append((stage, measured))
@@ -143,6 +150,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mahn-scale"))
     parser.add_argument("--threads", type=int, default=0, help="Torch threads of train and evaluate (0: default).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--floor-up-to", type=int, default=10_000_000,
+                        help="Run the full-ranking-alone stage (and its FLOP floor) at sizes up to this.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     parser.add_argument("--table", action="store_true", help="Print the table of the results in --out and stop.")
     args = parser.parse_args()
@@ -169,9 +178,11 @@ def main() -> None:
                                              "--epochs", "1", "--out",
                                              str(work / "run"), "--no-progress", "--threads", str(args.threads)],
             "evaluate (test, both protocols)": [*mahn, "evaluate", str(work / "run"), "--device", "cpu", "--json"],
-            "evaluate (test, full ranking alone)": [*mahn, "evaluate", str(work / "run"), "--device", "cpu",
-                                                    "--json", "--protocols", "full"],
         }
+        if size <= args.floor_up_to:
+            stages["evaluate (test, full ranking alone)"] = [*mahn, "evaluate", str(work / "run"), "--device", "cpu",
+                                                             "--json", "--protocols", "full"]
+        busy_before, own_before, began = *cpu_seconds(), time.perf_counter()
         row = {"size": size, **counts, "stages": {}, "threads": args.threads, "optimizer": args.optimizer,
                "loadavg_before": load, "date": datetime.now(UTC).isoformat(timespec="seconds")}
         for stage, command in stages.items():
@@ -182,9 +193,13 @@ def main() -> None:
                   f"{measured['seconds'] / counts['interactions'] * 1e6:.1f} |", flush=True)
         metrics = orjson.loads((work / "run" / "metrics.jsonl").read_bytes().splitlines()[0])
         row["train_seconds"] = metrics["train_seconds"]
-        row["eval_floor"] = eval_floor(work, args.threads)
-        row["eval_floor_ratio"] = row["stages"]["evaluate (test, full ranking alone)"]["seconds"] / (
-            row["eval_floor"]["seconds"])
+        busy_after, own_after = cpu_seconds()
+        other = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / (time.perf_counter() - began)
+        row["other_cpu_cores"], row["other_jobs_running"] = round(other, 3), other > OTHER_CPU_LIMIT
+        if "evaluate (test, full ranking alone)" in row["stages"]:
+            row["eval_floor"] = eval_floor(work, args.threads)
+            row["eval_floor_ratio"] = row["stages"]["evaluate (test, full ranking alone)"]["seconds"] / (
+                row["eval_floor"]["seconds"])
         row["loadavg_after"] = os.getloadavg()
         results = sorted([*results, row], key=lambda r: r["size"])
         shutil.rmtree(work, ignore_errors=True)
