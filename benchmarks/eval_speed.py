@@ -1,60 +1,123 @@
-"""Time `mahn evaluate`'s scoring (both protocols, every test user) of a trained run, and where it goes.
+"""Time `mahn evaluate`'s scoring (both protocols, every test user) of a trained run, and where it goes; or time
+the counting step alone over synthetic score blocks of large catalogues.
 
-    python benchmarks/eval_speed.py --run RUN [--threads 1] [--repeats 3] [--rows-in-cache 64 100000] [--profile]
+    python benchmarks/eval_speed.py --run RUN [--threads 1] [--repeats 3] [--compared-bytes 2097152 ...] [--profile]
+    python benchmarks/eval_speed.py --counting 10000 50000 150000 500000 [--compared-bytes 2097152 ...]
 
-`--rows-in-cache` compares block sizes of the counting step (mahn.evaluation.ranking.ROWS_IN_CACHE;
-100000 is one block per batch, as before the change in docs/performance.md), interleaved so a busy
-machine slows every setting alike. Prints a table; writes benchmarks/results/eval_speed.json.
+`--compared-bytes` compares how many score bytes the counting step compares at a time
+(mahn.evaluation.ranking.COMPARED_BYTES; a number above a batch's block is one block a batch), interleaved so a
+busy machine slows every setting alike. `--counting ITEMS...` times `greater_and_equal` alone on one full-ranking
+batch of each catalogue size (as many users as the evaluator's 256 MiB score block holds), beside the batch's
+score product and its FLOP floor (users x items x 64 x 2 at the machine's fp32 matmul ceiling). Prints a table;
+writes benchmarks/results/eval_speed.json (--run) or eval_counting.json (--counting).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 import mahn.evaluation.ranking as ranking
 from mahn.evaluation import EvalConfig, evaluate
+from mahn.io import write_json
 from mahn.training import load_run
 
-RESULTS = Path(__file__).resolve().parent / "results" / "eval_speed.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_speed import matmul_ceiling  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DIM = 64  # the models' default dim
+
+
+def timed(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def one_batch(items: int, compared: list[int], repeats: int, ceiling: float) -> dict:
+    """One full-ranking batch of a catalogue of `items`: its product, its counting at each byte budget, its floor."""
+    users = max(1, min(1024, ranking.SCORE_BYTES // (4 * items)))
+    table, states = torch.randn(items, DIM), torch.randn(users, DIM)
+    block = torch.empty(users, items)
+    torch.mm(states, table.T, out=block)
+    target = block[:, :1].clone()
+    product = statistics.median(timed(lambda: torch.mm(states, table.T, out=block)) for _ in range(repeats))
+    seconds = {b: [] for b in compared}
+    for _ in range(repeats):
+        for b in compared:
+            ranking.COMPARED_BYTES = b
+            seconds[b].append(timed(lambda: ranking.greater_and_equal(block, target)))
+    ranking.COMPARED_BYTES = compared[0]
+    return {"items": items, "users": users, "floor_seconds": users * items * DIM * 2 / ceiling,
+            "product_seconds": product, "counting_seconds": {str(b): statistics.median(v) for b, v in seconds.items()}}
+
+
+def counting(sizes: list[int], compared: list[int], threads: int, repeats: int) -> None:
+    ceiling = matmul_ceiling(threads) * 1e9
+    torch.manual_seed(0)
+    rows = []
+    print(f"{threads} thread(s), median of {repeats}; ceiling {ceiling / 1e9:.1f} GFLOP/s")
+    print("| items | users a batch | floor ms | product ms | "
+          + " | ".join(f"counting ms, {b >> 10} KiB" for b in compared) + " |\n|" + "---|" * (4 + len(compared)))
+    for items in sizes:
+        row = one_batch(items, compared, repeats, ceiling)
+        rows.append(row)
+        print(f"| {items:,} | {row['users']} | {row['floor_seconds'] * 1e3:.1f} | {row['product_seconds'] * 1e3:.1f} | "
+              + " | ".join(f"{v * 1e3:.1f}" for v in row["counting_seconds"].values()) + " |", flush=True)
+    write_json(RESULTS / "eval_counting.json", {
+        "benchmark": "eval_counting", "threads": threads, "repeats": repeats, "dim": DIM,
+        "ceiling_gflops": ceiling / 1e9, "compared_bytes": compared, "results": rows,
+        "loadavg": os.getloadavg(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "date": datetime.now(UTC).isoformat(timespec="seconds")})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--run", type=Path)
+    parser.add_argument("--counting", type=int, nargs="+", metavar="ITEMS")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows-in-cache", type=int, nargs="+", default=[ranking.ROWS_IN_CACHE])
+    parser.add_argument("--compared-bytes", type=int, nargs="+", default=[ranking.COMPARED_BYTES])
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.counting:
+        counting(args.counting, args.compared_bytes, args.threads, args.repeats)
+        return
+    if args.run is None:
+        parser.error("give --run RUN or --counting ITEMS...")
     model, dataset, _ = load_run(args.run, device="cpu")
     config = EvalConfig(split="test", groups=False)
     evaluate(model, dataset, config)  # warm-up
-    seconds = {rows: [] for rows in args.rows_in_cache}
+    seconds = {b: [] for b in args.compared_bytes}
     for _ in range(args.repeats):
-        for rows in args.rows_in_cache:
-            ranking.ROWS_IN_CACHE = rows
+        for b in args.compared_bytes:
+            ranking.COMPARED_BYTES = b
             started = time.perf_counter()
             evaluate(model, dataset, config)
-            seconds[rows].append(time.perf_counter() - started)
+            seconds[b].append(time.perf_counter() - started)
     print(f"{args.run}: {dataset.eval_set('test').users.size} users x {dataset.n_items} items, "
           f"{args.threads} thread(s), median of {args.repeats}")
-    print("| rows compared at a time | seconds (median) | all |\n|---|---|---|")
-    for rows, values in seconds.items():
-        print(f"| {rows} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
-    RESULTS.write_text(json.dumps({"run": str(args.run), "users": int(dataset.eval_set("test").users.size),
-                                   "items": dataset.n_items, "threads": args.threads,
-                                   "seconds": {str(k): v for k, v in seconds.items()}}, indent=2) + "\n")
+    print("| bytes compared at a time | seconds (median) | all |\n|---|---|---|")
+    for b, values in seconds.items():
+        print(f"| {b:,} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+    (RESULTS / "eval_speed.json").write_text(json.dumps({
+        "run": str(args.run), "users": int(dataset.eval_set("test").users.size), "items": dataset.n_items,
+        "threads": args.threads, "seconds": {str(k): v for k, v in seconds.items()}}, indent=2) + "\n")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        ranking.ROWS_IN_CACHE = args.rows_in_cache[0]
+        ranking.COMPARED_BYTES = args.compared_bytes[0]
         with profile(activities=[ProfilerActivity.CPU]) as trace:
             evaluate(model, dataset, config)
         print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))

@@ -189,6 +189,21 @@ def test_a_score_budget_scores_fewer_users_at_a_time_with_the_same_results(tiny,
             np.testing.assert_array_equal(small[protocol][metric], values)
 
 
+@pytest.mark.parametrize("compared_bytes", [1, 4 * 37, 4 * 37 * 5, 1 << 30])
+def test_counting_in_blocks_of_any_size_gives_every_rows_own_counts(monkeypatch, compared_bytes):
+    """The counting step compares a few rows at a time (one row, a ragged last block, or the whole block);
+    each row's count of scores above and equal to its target is the direct one, ties included."""
+    import mahn.evaluation.ranking as ranking
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (23, 37), generator=generator).float()  # small integers: many ties
+    targets = scores[:, 5:6].clone()
+    monkeypatch.setattr(ranking, "COMPARED_BYTES", compared_bytes)
+    greater, equal = ranking.greater_and_equal(scores, targets)
+    assert greater.tolist() == (scores > targets).sum(1).tolist()
+    assert equal.tolist() == (scores == targets).sum(1).tolist()
+
+
 def test_one_protocol_alone_gives_that_protocols_numbers_of_the_full_evaluation(tiny, tmp_path):
     """uni100 alone scores only the target and its 100 negatives (never the catalogue) and must give each user
     the ranks the two-protocol pass gives; full alone likewise. The CLI takes --protocols and refuses others."""
