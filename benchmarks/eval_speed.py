@@ -3,10 +3,12 @@ the counting step alone over synthetic score blocks of large catalogues.
 
     python benchmarks/eval_speed.py --run RUN [--threads 1] [--repeats 3] [--compared-bytes 2097152 ...] [--profile]
     python benchmarks/eval_speed.py --counting 10000 50000 150000 500000 [--compared-bytes 2097152 ...]
+                                    [--compared-rows 64 ...]
 
 `--compared-bytes` compares how many score bytes the counting step compares at a time
 (mahn.evaluation.ranking.COMPARED_BYTES; a number above a batch's block is one block a batch), interleaved so a
-busy machine slows every setting alike. `--counting ITEMS...` times `greater_and_equal` alone on one full-ranking
+busy machine slows every setting alike; `--compared-rows` adds a fixed number of rows whatever the catalogue (64: the
+step before 58d511e). `--counting ITEMS...` times `greater_and_equal` alone on one full-ranking
 batch of each catalogue size (as many users as the evaluator's 256 MiB score block holds), beside the batch's
 score product and its FLOP floor (users x items x 64 x 2 at the machine's fp32 matmul ceiling). Prints a table;
 writes benchmarks/results/eval_speed.json (--run) or eval_counting.json (--counting).
@@ -44,31 +46,33 @@ def timed(work) -> float:
     return time.perf_counter() - started
 
 
-def one_batch(items: int, compared: list[int], repeats: int, ceiling: float) -> dict:
-    """One full-ranking batch of a catalogue of `items`: its product, its counting at each byte budget, its floor."""
+def one_batch(items: int, compared: dict[str, int | None], repeats: int, ceiling: float) -> dict:
+    """One full-ranking batch of a catalogue of `items`: its product, its counting at each setting (label: bytes, or
+    None: that many rows, the label's number), its floor."""
     users = max(1, min(1024, ranking.SCORE_BYTES // (4 * items)))
     table, states = torch.randn(items, DIM), torch.randn(users, DIM)
     block = torch.empty(users, items)
     torch.mm(states, table.T, out=block)
     target = block[:, :1].clone()
     product = statistics.median(timed(lambda: torch.mm(states, table.T, out=block)) for _ in range(repeats))
-    seconds = {b: [] for b in compared}
-    for _ in range(repeats):
-        for b in compared:
-            ranking.COMPARED_BYTES = b
-            seconds[b].append(timed(lambda: ranking.greater_and_equal(block, target)))
-    ranking.COMPARED_BYTES = compared[0]
+    default, seconds = ranking.COMPARED_BYTES, {label: [] for label in compared}
+    for _ in range(repeats + 1):  # the first round warms up and is not kept
+        for label, size in compared.items():
+            ranking.COMPARED_BYTES = size if size is not None else int(label.split()[0]) * 4 * items
+            seconds[label].append(timed(lambda: ranking.greater_and_equal(block, target)))
+    seconds = {label: values[1:] for label, values in seconds.items()}
+    ranking.COMPARED_BYTES = default
     return {"items": items, "users": users, "floor_seconds": users * items * DIM * 2 / ceiling,
-            "product_seconds": product, "counting_seconds": {str(b): statistics.median(v) for b, v in seconds.items()}}
+            "product_seconds": product, "counting_seconds": {k: statistics.median(v) for k, v in seconds.items()}}
 
 
-def counting(sizes: list[int], compared: list[int], threads: int, repeats: int) -> None:
+def counting(sizes: list[int], compared: dict[str, int | None], threads: int, repeats: int) -> None:
     ceiling = matmul_ceiling(threads) * 1e9
     torch.manual_seed(0)
     rows = []
     print(f"{threads} thread(s), median of {repeats}; ceiling {ceiling / 1e9:.1f} GFLOP/s")
     print("| items | users a batch | floor ms | product ms | "
-          + " | ".join(f"counting ms, {b >> 10} KiB" for b in compared) + " |\n|" + "---|" * (4 + len(compared)))
+          + " | ".join(f"counting ms, {label}" for label in compared) + " |\n|" + "---|" * (4 + len(compared)))
     for items in sizes:
         row = one_batch(items, compared, repeats, ceiling)
         rows.append(row)
@@ -76,7 +80,7 @@ def counting(sizes: list[int], compared: list[int], threads: int, repeats: int) 
               + " | ".join(f"{v * 1e3:.1f}" for v in row["counting_seconds"].values()) + " |", flush=True)
     write_json(RESULTS / "eval_counting.json", {
         "benchmark": "eval_counting", "threads": threads, "repeats": repeats, "dim": DIM,
-        "ceiling_gflops": ceiling / 1e9, "compared_bytes": compared, "results": rows,
+        "ceiling_gflops": ceiling / 1e9, "default": f"{ranking.COMPARED_BYTES >> 10} KiB", "results": rows,
         "loadavg": os.getloadavg(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "date": datetime.now(UTC).isoformat(timespec="seconds")})
 
@@ -88,11 +92,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compared-bytes", type=int, nargs="+", default=[ranking.COMPARED_BYTES])
+    parser.add_argument("--compared-rows", type=int, nargs="*", default=[])
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.counting:
-        counting(args.counting, args.compared_bytes, args.threads, args.repeats)
+        settings = {f"{b >> 10} KiB": b for b in args.compared_bytes} | {f"{r} rows": None for r in args.compared_rows}
+        counting(args.counting, settings, args.threads, args.repeats)
         return
     if args.run is None:
         parser.error("give --run RUN or --counting ITEMS...")
