@@ -34,21 +34,15 @@ from mahn.io import write_json
 from mahn.training import load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import matmul_ceiling  # noqa: E402
+from train_speed import matmul_ceiling, timed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM = 64  # the models' default dim
 
 
-def timed(work) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
-
-
-def one_batch(items: int, compared: dict[str, int | None], repeats: int, ceiling: float) -> dict:
-    """One full-ranking batch of a catalogue of `items`: its product, its counting at each setting (label: bytes, or
-    None: that many rows, the label's number), its floor."""
+def one_batch(items: int, compared: dict[str, tuple[int, str]], repeats: int, ceiling: float) -> dict:
+    """One full-ranking batch of a catalogue of `items`: its product, its counting at each setting (label: (n,
+    "bytes") or (n, "rows")), its floor."""
     users = max(1, min(1024, ranking.SCORE_BYTES // (4 * items)))
     table, states = torch.randn(items, DIM), torch.randn(users, DIM)
     block = torch.empty(users, items)
@@ -57,8 +51,8 @@ def one_batch(items: int, compared: dict[str, int | None], repeats: int, ceiling
     product = statistics.median(timed(lambda: torch.mm(states, table.T, out=block)) for _ in range(repeats))
     default, seconds = ranking.COMPARED_BYTES, {label: [] for label in compared}
     for _ in range(repeats + 1):  # the first round warms up and is not kept
-        for label, size in compared.items():
-            ranking.COMPARED_BYTES = size if size is not None else int(label.split()[0]) * 4 * items
+        for label, (n, unit) in compared.items():
+            ranking.COMPARED_BYTES = n if unit == "bytes" else n * 4 * items
             seconds[label].append(timed(lambda: ranking.greater_and_equal(block, target)))
     seconds = {label: values[1:] for label, values in seconds.items()}
     ranking.COMPARED_BYTES = default
@@ -66,7 +60,7 @@ def one_batch(items: int, compared: dict[str, int | None], repeats: int, ceiling
             "product_seconds": product, "counting_seconds": {k: statistics.median(v) for k, v in seconds.items()}}
 
 
-def counting(sizes: list[int], compared: dict[str, int | None], threads: int, repeats: int) -> None:
+def counting(sizes: list[int], compared: dict[str, tuple[int, str]], threads: int, repeats: int) -> None:
     ceiling = matmul_ceiling(threads) * 1e9
     torch.manual_seed(0)
     rows = []
@@ -97,7 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.counting:
-        settings = {f"{b >> 10} KiB": b for b in args.compared_bytes} | {f"{r} rows": None for r in args.compared_rows}
+        settings = ({f"{b >> 10} KiB": (b, "bytes") for b in args.compared_bytes}
+                    | {f"{r} rows": (r, "rows") for r in args.compared_rows})
         counting(args.counting, settings, args.threads, args.repeats)
         return
     if args.run is None:

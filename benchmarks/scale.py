@@ -48,9 +48,8 @@ import polars as pl
 from mahn.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import OTHER_CPU_LIMIT, cpu_seconds  # noqa: E402
 from train_speed import matmul_ceiling  # noqa: E402
-
-OTHER_CPU_LIMIT = 0.1  # cores used by other processes above which a row is a shared machine's
 
 ZIPF = 1.1
 MEDIAN_LENGTH = 12
@@ -106,15 +105,6 @@ def eval_floor(work: Path, threads: int) -> dict:
     flops = users * dataset.n_items * dim * 2
     return {"users": users, "items": dataset.n_items, "dim": dim, "gflop": flops / 1e9,
             "ceiling_gflops": ceiling / 1e9, "seconds": flops / ceiling}
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process and the stages it waited
-    for): their difference over a size is what other processes used."""
-    tick = os.sysconf("SC_CLK_TCK")
-    busy = sum(int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]) / tick
-    own = os.times()
-    return busy, own.user + own.system + own.children_user + own.children_system
 
 
 def print_table(results: list[dict]) -> None:

@@ -65,15 +65,15 @@ from mahn.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # tests/servers.py: `mahn serve` as a child process
+from machine import OTHER_CPU_LIMIT, cpu_seconds  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
 from servers import mahn_serve, serving  # noqa: E402
-from train_speed import matmul_ceiling  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
+from train_speed import matmul_ceiling  # noqa: E402
 
 CLOTHING = REPO.parent / "shared" / "data" / "amazon2014-clothing" / "user_sequence.txt"
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 K = 10
 TARGET_MS = 20.0  # p99 at 8 clients over the Clothing catalogue
 TOLERANCE = 1e-4
-OTHER_CPU_LIMIT = 0.1  # cores: above this over the levels, the machine was shared with other jobs
 
 
 def mahn_command(*args: str) -> list[str]:
@@ -359,31 +359,6 @@ def machine_speed() -> dict:
     out["memory_read_gb_s_1_thread"] = round(10 * big.numel() * 4 / (time.perf_counter() - began) / 1e9, 1)
     torch.set_num_threads(before)
     return out
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds the whole machine has spent busy since boot, CPU seconds of this process and its live
-    descendants, the server, its workers and wrk, with the children each has waited for): their difference over a
-    level is what other processes used."""
-    tick = os.sysconf("SC_CLK_TCK")
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]]
-    busy = sum(fields)  # user, nice, system: processes' time (interrupts, the loopback traffic's included, left out)
-    parents, used = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            after_name = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # the process ended while being read
-            continue
-        pid = int(stat.parent.name)
-        # ppid; utime + stime, and cutime + cstime: the children it has waited for (wrk, once a level ends)
-        parents[pid], used[pid] = int(after_name[1]), sum(int(x) for x in after_name[11:15])
-    tree, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    return busy / tick, sum(used.get(pid, 0) for pid in tree) / tick
 
 
 def main() -> None:

@@ -51,9 +51,10 @@ def greater_and_equal(scores: torch.Tensor, target_scores: torch.Tensor) -> tupl
     default int64 sum wrote 8 bytes an item and read them back, 40% of a full-ranking evaluation and 5x
     this (docs/performance.md)."""
     greater, equal = [], []
-    # the budget is a CPU cache's; on a GPU the whole block is one kernel launch a count, not one a row
-    budget = COMPARED_BYTES if scores.device.type == "cpu" else scores.element_size() * scores.numel()
-    rows = max(1, min(len(scores), budget // max(1, scores.element_size() * scores.shape[1])))
+    rows = len(scores)  # on a GPU the whole block: one kernel launch a count, not one a row
+    if scores.device.type == "cpu":  # the budget is a CPU cache's
+        rows = min(rows, COMPARED_BYTES // max(1, scores.element_size() * scores.shape[1]))
+    rows = max(1, rows)
     compared = torch.empty(rows, scores.shape[1], dtype=torch.bool, device=scores.device)
     for lo in range(0, len(scores), rows):
         block, target = scores[lo : lo + rows], target_scores[lo : lo + rows]
