@@ -112,6 +112,7 @@ probes() {  # each probe's flags are its settings that differ from today's defau
         probe instruments-cold mgt-defaults --model mgt
         probe instruments-cold mgt-defaults-id0.5 --model mgt --set id_dropout=0.5
         probe instruments-cold mgt-fixed-id0.5 --model mgt --set content_projection=fixed --set id_dropout=0.5 --set skip_untrained=false --set epochs=200 --set patience_steps=0
+        probe instruments-cold mgt-defaults-idc10 --model mgt --set id_dropout_count=10
         ;;
       *) echo "no probes for $dataset" >&2; exit 2 ;;
     esac

@@ -152,6 +152,29 @@ def test_id_dropout_drops_one_set_of_items_per_batch_and_nothing_at_evaluation(t
     assert not (model.id_vectors(ids) == 0).all(1).any()
 
 
+def test_id_dropout_count_drops_rare_items_ids_more_often_than_frequent_ones(tiny):
+    """With id_dropout_count K, item i's ID is dropped with chance K / (K + its training count): over many batches
+    each item's drop frequency comes near that rate, and an untrained item (count 0) never has an ID to drop."""
+    base = small(tiny)
+    counts = torch.tensor([0.0] + [1.0] * 5 + [100.0] * (tiny.n_items - 6))
+    config = MGTConfig(**{**base.config.__dict__, "id_dropout_count": 5.0})
+    model = MGT(config, tiny.n_items, {m: (c.raw[:-1], c.present[:-1, 0]) for m, c in base.content.items()},
+                counts).train()
+    ids = torch.arange(tiny.n_items)
+    torch.manual_seed(0)
+    dropped = torch.zeros(tiny.n_items)
+    for _ in range(2000):
+        model.dropped = None  # a new batch
+        dropped += (model.id_vectors(ids) == 0).all(1).float()
+    share = dropped / 2000
+    assert share[0] == 1  # never trained: no ID
+    assert abs(share[1:6].mean() - 5 / 6) < 0.03 and abs(share[6:].mean() - 5 / 105) < 0.01
+    with pytest.raises(DataError, match="not both"):
+        MGTConfig(id_dropout=0.5, id_dropout_count=5.0)
+    with pytest.raises(DataError, match="id_dropout_count"):
+        MGTConfig(id_dropout_count=-1.0)
+
+
 def test_content_dropout_drops_each_sources_vectors_for_one_batch_only(tiny):
     model = small(tiny, content_dropout=0.5).train()
     histories = torch.tensor([[tiny.n_items, 1, 2, 3], [4, 5, 6, 7]])

@@ -41,6 +41,17 @@ class Batch:
                                                                   self.users)))
 
 
+def check_id_dropout(rate: float, count: float, model: str) -> None:
+    """id_dropout (one rate for every item) and id_dropout_count (a rate that falls with the item's count) are two
+    ways to set the same thing: at most one of them."""
+    if not 0 <= rate < 1:
+        raise DataError(f"{model}: id_dropout must be in [0, 1)", "--set id_dropout=...")
+    if count < 0:
+        raise DataError(f"{model}: id_dropout_count must be 0 (off) or positive", "--set id_dropout_count=...")
+    if rate and count:
+        raise DataError(f"{model}: set id_dropout or id_dropout_count, not both", "--set id_dropout_count=...")
+
+
 class SequentialModel(nn.Module):
     """Base class: subclasses implement `encode`, `item_table` and `loss`."""
 
@@ -112,12 +123,15 @@ class SequentialModel(nn.Module):
         self.item_embedding = nn.Embedding.from_pretrained(with_rows(weight, weight.new_zeros(m, weight.shape[1]),
                                                                      self.n_items), freeze=True)
         self.trained = with_rows(self.trained, self.trained.new_zeros(m, 1), self.n_items)
+        self.counts = with_rows(self.counts, self.counts.new_zeros(m, 1), self.n_items)
 
-    def track_trained(self, trained: torch.Tensor | None) -> None:
-        """Keep `trained` (bool, n_items; None: every item) as self.trained, a (n_items + 1, 1) buffer with the pad
-        row False, not saved (it is rebuilt from the dataset); self.dropped holds a training batch's dropped IDs."""
-        trained = torch.ones(self.n_items, dtype=torch.bool) if trained is None else trained.bool()
-        self.register_buffer("trained", torch.cat([trained, trained.new_zeros(1)]).unsqueeze(1), persistent=False)
+    def track_trained(self, counts: torch.Tensor | None) -> None:
+        """Keep each item's training count (n_items; None: every item once) as self.counts and whether it was
+        trained on as self.trained, (n_items + 1, 1) buffers with the pad row 0 / False, not saved (they are rebuilt
+        from the dataset); self.dropped holds a training batch's dropped IDs."""
+        counts = torch.ones(self.n_items) if counts is None else counts.float()
+        self.register_buffer("counts", torch.cat([counts, counts.new_zeros(1)]).unsqueeze(1), persistent=False)
+        self.register_buffer("trained", self.counts > 0, persistent=False)
         self.dropped: torch.Tensor | None = None
 
     def softmax_excluded(self) -> torch.Tensor | None:
@@ -136,10 +150,11 @@ class SequentialModel(nn.Module):
         batch (reset self.dropped to None at the start of each loss), shared by the history and the candidates,
         so the model learns to rank items by content alone."""
         kept = self.trained[ids]
-        rate = self.config.id_dropout
-        if self.training and rate > 0:
-            if self.dropped is None:
-                self.dropped = torch.rand(self.n_items + 1, 1, device=kept.device) < rate
+        rate, k = self.config.id_dropout, getattr(self.config, "id_dropout_count", 0.0)
+        if self.training and (rate > 0 or k > 0):
+            if self.dropped is None:  # with k: item i's chance is k / (k + its count), rare items' IDs drop most
+                chance = k / (k + self.counts) if k > 0 else rate
+                self.dropped = torch.rand(self.n_items + 1, 1, device=kept.device) < chance
             kept = kept & ~self.dropped[ids]
         return kept
 

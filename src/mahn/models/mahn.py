@@ -19,7 +19,14 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from mahn.errors import DataError
-from mahn.models.base import Batch, SequentialModel, left_to_right_padded, load_features, with_rows
+from mahn.models.base import (
+    Batch,
+    SequentialModel,
+    check_id_dropout,
+    left_to_right_padded,
+    load_features,
+    with_rows,
+)
 from mahn.models.losses import check_loss, next_item_loss
 
 VARIANTS = ("add-add", "add-cat", "cat-add", "cat-cat")
@@ -38,6 +45,7 @@ class MAHNConfig:
     negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
     feature_norm: str = "none"  # none (the paper's raw features) or l2 (each item's feature row scaled to norm 1)
     id_dropout: float = 0.0  # training only: share of items whose ID vector is zeroed per batch, as a new item's is
+    id_dropout_count: float = 0.0  # k > 0: instead, item i's ID is zeroed with chance k / (k + its count)
     skip_untrained: bool = True  # the training softmax leaves out items never bought in training (base.py)
 
     def __post_init__(self) -> None:
@@ -48,8 +56,7 @@ class MAHNConfig:
         if self.dim < 1:
             raise DataError("dim must be positive", "--dim")
         check_loss(self.loss, self.negatives, "MAHN")
-        if not 0 <= self.id_dropout < 1:
-            raise DataError("MAHN: id_dropout must be in [0, 1)", "--set id_dropout=...")
+        check_id_dropout(self.id_dropout, self.id_dropout_count, "MAHN")
         if self.feature_norm not in FEATURE_NORMS:
             raise DataError(f"MAHN: feature_norm must be one of {', '.join(FEATURE_NORMS)}", "--set feature_norm=...")
 
@@ -95,7 +102,7 @@ class MAHN(SequentialModel):
         return "MAHN" + "".join(f"-{m.upper()}" for m in self.config.ablate)
 
     def __init__(self, config: MAHNConfig, n_items: int, visual: torch.Tensor | None = None,
-                 text: torch.Tensor | None = None, trained: torch.Tensor | None = None):
+                 text: torch.Tensor | None = None, counts: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         self.n_items = n_items
@@ -111,7 +118,7 @@ class MAHN(SequentialModel):
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
         # items never seen in training (new items) have no learned ID vector: e = 0, so their content speaks
-        self.track_trained(trained)
+        self.track_trained(counts)
         self.projected_cache: tuple[tuple, tuple] | None = None  # (weights' identity, (v, t) of every item)
         n_parts = 1 + len(self.modalities)  # e plus each modality
         self.item_dim = d * n_parts if self.op1 == "cat" else d
@@ -126,8 +133,8 @@ class MAHN(SequentialModel):
             # rows of items lacking the modality are zeros
             return load_features(dataset, (modality,), "MAHN", f"or train the ablation with --ablate {letter}")[0][0]
 
-        trained = torch.from_numpy(dataset.item_frequency() > 0)
-        return cls(config, dataset.n_items, load(VISUAL, "v"), load(TEXT, "t"), trained)
+        counts = torch.from_numpy(dataset.item_frequency())  # each item's training count
+        return cls(config, dataset.n_items, load(VISUAL, "v"), load(TEXT, "t"), counts)
 
     @property
     def modalities(self) -> list[Modality]:

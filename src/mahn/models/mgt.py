@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mahn.errors import DataError
-from mahn.models.base import MAX_LEN, Batch, SequentialModel, load_features, with_rows
+from mahn.models.base import MAX_LEN, Batch, SequentialModel, check_id_dropout, load_features, with_rows
 from mahn.models.losses import check_loss, next_item_loss
 from mahn.models.sasrec import Block, causal_blocks
 
@@ -45,6 +45,7 @@ class MGTConfig:
     loss: str = "ce"  # next-item loss (models/losses.py): ce, sampled-ce, bce, bpr
     negatives: int = 100  # sampled-ce: uniform negatives shared by a batch
     id_dropout: float = 0.0  # training only: share of items whose ID vector is zeroed per batch, as a new item's is
+    id_dropout_count: float = 0.0  # k > 0: instead, item i's ID is zeroed with chance k / (k + its count)
     content_dropout: float = 0.0  # training only: share of items whose content vector of a source is zeroed per batch
     content_scale: float = 0.1  # initial gain of each content vector's LayerNorm
     gates: bool = True  # per-user modality gates on the content scores (False: every gate fixed at 1)
@@ -61,7 +62,8 @@ class MGTConfig:
             raise DataError(f"MGT: dim {self.dim} is not divisible by heads {self.heads}", "--set heads=...")
         if not self.content_scale > 0:
             raise DataError("MGT: content_scale must be positive", "--set content_scale=...")
-        for name in ("dropout", "id_dropout", "content_dropout", "feature_dropout"):
+        check_id_dropout(self.id_dropout, self.id_dropout_count, "MGT")
+        for name in ("dropout", "content_dropout", "feature_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise DataError(f"MGT: {name} must be in [0, 1)", f"--set {name}=...")
         if self.modalities not in ("auto", "none"):
@@ -112,7 +114,7 @@ class MGT(SequentialModel):
         return bool(self.sources)
 
     def __init__(self, config: MGTConfig, n_items: int, content: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 trained: torch.Tensor | None = None):
+                 counts: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         self.n_items = n_items
@@ -127,7 +129,7 @@ class MGT(SequentialModel):
             nn.init.xavier_normal_(embedding.weight)
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
-        self.track_trained(trained)
+        self.track_trained(counts)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d, eps=1e-8)
@@ -148,8 +150,8 @@ class MGT(SequentialModel):
         else:
             wanted = [] if config.modalities == "none" else config.modalities.split(",")
         loaded = load_features(dataset, tuple(wanted), "MGT", "or leave it out with --set modalities=...")
-        trained = torch.from_numpy(dataset.item_frequency() > 0)
-        return cls(config, dataset.n_items, dict(zip(wanted, loaded, strict=True)), trained)
+        counts = torch.from_numpy(dataset.item_frequency())  # each item's training count
+        return cls(config, dataset.n_items, dict(zip(wanted, loaded, strict=True)), counts)
 
     def item_parts(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """[e, c^image, c^text] of `ids` (any shape), each (..., d)."""
