@@ -4,14 +4,18 @@ the counting step alone over synthetic score blocks of large catalogues.
     python benchmarks/eval_speed.py --run RUN [--threads 1] [--repeats 3] [--compared-bytes 2097152 ...] [--profile]
     python benchmarks/eval_speed.py --counting 10000 50000 150000 500000 [--compared-bytes 2097152 ...]
                                     [--compared-rows 64 ...]
+    python benchmarks/eval_speed.py --screen RUN [RUN ...] [--threads 1] [--repeats 3]
 
 `--compared-bytes` compares how many score bytes the counting step compares at a time
 (mahn.evaluation.ranking.COMPARED_BYTES; a number above a batch's block is one block a batch), interleaved so a
 busy machine slows every setting alike; `--compared-rows` adds a fixed number of rows whatever the catalogue (64: the
 step before 58d511e). `--counting ITEMS...` times `greater_and_equal` alone on one full-ranking
 batch of each catalogue size (as many users as the evaluator's 256 MiB score block holds), beside the batch's
-score product and its FLOP floor (users x items x 64 x 2 at the machine's fp32 matmul ceiling). Prints a table;
-writes benchmarks/results/eval_speed.json (--run) or eval_counting.json (--counting).
+score product and its FLOP floor (users x items x 64 x 2 at the machine's fp32 matmul ceiling). `--screen RUN...`
+times full ranking of each run's test users with the evaluator's screen (ranking.Screen) and without it,
+interleaved, checks that every user's metrics are the same both ways, and records how many users it ruled out.
+Prints a table; writes benchmarks/results/eval_speed.json (--run), eval_counting.json (--counting) or
+eval_screen.json (--screen).
 """
 
 from __future__ import annotations
@@ -79,10 +83,48 @@ def counting(sizes: list[int], compared: dict[str, tuple[int, str]], threads: in
         "date": datetime.now(UTC).isoformat(timespec="seconds")})
 
 
+def screen(runs: list[Path], threads: int, repeats: int) -> None:
+    """Full ranking of each run's test users with the screen and without it (interleaved), the same metrics."""
+    rows = []
+    default = ranking.MIN_SCREENED
+    for run in runs:
+        model, dataset, _ = load_run(run, device="cpu")
+        config = EvalConfig(split="test", protocols=("full",))
+        seconds: dict[str, list[float]] = {"without": [], "with": []}
+        metrics, tally = {}, {}
+        for _ in range(repeats):
+            for label, least in (("without", 1 << 62), ("with", default)):
+                ranking.MIN_SCREENED = least
+                started = time.perf_counter()
+                metrics[label] = ranking.rank_users(model, dataset, config, tally)
+                seconds[label].append(time.perf_counter() - started)
+        ranking.MIN_SCREENED = default
+        same = all((metrics["with"]["full"][m] == v).all() for m, v in metrics["without"]["full"].items())
+        if not same:
+            raise SystemExit(f"{run}: the screen changed a user's metrics")
+        users = int(dataset.eval_set("test").users.size)
+        rows.append({"run": str(run), "users": users, "items": dataset.n_items, "screened_out": tally["screened_out"],
+                     "same_metrics": same, "ndcg@10": float(metrics["with"]["full"]["NDCG@10"].mean()),
+                     "seconds": seconds, "median_without": statistics.median(seconds["without"]),
+                     "median_with": statistics.median(seconds["with"])})
+    print(f"full ranking of the test users, {threads} thread(s), median of {repeats}, interleaved")
+    print("| run | users | items | ruled out by the screen | seconds without | with | same metrics |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['run']} | {row['users']:,} | {row['items']:,} | {row['screened_out']:,} "
+              f"({row['screened_out'] / row['users']:.1%}) | {row['median_without']:.2f} | {row['median_with']:.2f} | "
+              f"{row['same_metrics']} |")
+    write_json(RESULTS / "eval_screen.json", {
+        "benchmark": "eval_screen", "threads": threads, "repeats": repeats, "screen_items": ranking.SCREEN_ITEMS,
+        "min_screened": default, "rows": rows, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg": os.getloadavg(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path)
     parser.add_argument("--counting", type=int, nargs="+", metavar="ITEMS")
+    parser.add_argument("--screen", type=Path, nargs="+", metavar="RUN")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compared-bytes", type=int, nargs="+", default=[ranking.COMPARED_BYTES])
@@ -95,8 +137,11 @@ def main() -> None:
                     | {f"{r} rows": (r, "rows") for r in args.compared_rows})
         counting(args.counting, settings, args.threads, args.repeats)
         return
+    if args.screen:
+        screen(args.screen, args.threads, args.repeats)
+        return
     if args.run is None:
-        parser.error("give --run RUN or --counting ITEMS...")
+        parser.error("give --run RUN, --counting ITEMS... or --screen RUN...")
     model, dataset, _ = load_run(args.run, device="cpu")
     config = EvalConfig(split="test", groups=False)
     evaluate(model, dataset, config)  # warm-up

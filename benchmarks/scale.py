@@ -20,7 +20,9 @@ command a user would run, so its peak RSS is that command's alone:
   the same pass): `mahn evaluate RUN --split test --protocols full`, against its FLOP floor: test users x items x
   dim x 2 floating-point operations (the score matrix, nothing else) over the machine's matmul ceiling measured
   in the same run at the same threads (`eval_floor_ratio`: the stage's seconds, process start and loading
-  included, over the floor's).
+  included, over the floor's). The evaluator ranks against the whole catalogue only the users whose target a
+  screen of the most-bought items does not already put below the top 20 (ranking.py); `screened_out` is how
+  many test users it ruled out, and `ranked_share` the share it ranked.
 
 Prints a table and writes benchmarks/results/scale.json (rows of sizes not rerun are kept), with the load average
 before and after each size and the CPU that processes outside the benchmark used during it (`other_cpu_cores`,
@@ -37,6 +39,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,16 +82,20 @@ def make_log(size: int, seed: int, path: Path) -> dict:
     return {"interactions": n, "users": len(lengths), "items": items}
 
 
-def run_stage(command: list[str]) -> dict:
-    """Run one command in its own process; its wall time and peak RSS (os.wait4 gives the child's own)."""
+def run_stage(command: list[str]) -> tuple[dict, bytes]:
+    """Run one command in its own process; its wall time and peak RSS (os.wait4 gives the child's own), and what
+    it wrote to stdout."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command[:4])} failed:\n{output.decode(errors='replace')[-2000:]}")
-    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            said = (output + errors.read()).decode(errors="replace")
+            raise SystemExit(f"{' '.join(command[:4])} failed:\n{said[-2000:]}")
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}, output
 
 
 def eval_floor(work: Path, threads: int) -> dict:
@@ -123,7 +130,8 @@ def print_table(results: list[dict]) -> None:
                 stages.append(("(of which the training epoch)", {"seconds": round(row["train_seconds"], 1),
                                                                    "peak_rss_mib": None}))
             if stage.endswith("full ranking alone)") and "eval_floor" in row:
-                stages.append((f"(its floor; ratio {row['eval_floor_ratio']:.1f})",
+                ranked = f"; {row['ranked_share']:.0%} of users ranked" if "ranked_share" in row else ""
+                stages.append((f"(its floor; ratio {row['eval_floor_ratio']:.1f}{ranked})",
                                {"seconds": round(row["eval_floor"]["seconds"], 1), "peak_rss_mib": None}))
         for stage, measured in stages:
             peak = f"{measured['peak_rss_mib']:,}" if measured["peak_rss_mib"] is not None else ""
@@ -176,8 +184,10 @@ def main() -> None:
         row = {"size": size, **counts, "stages": {}, "threads": args.threads, "optimizer": args.optimizer,
                "loadavg_before": load, "date": datetime.now(UTC).isoformat(timespec="seconds")}
         for stage, command in stages.items():
-            measured = run_stage(command)
+            measured, output = run_stage(command)
             row["stages"][stage] = measured
+            if stage == "evaluate (test, full ranking alone)":  # users the screen ruled out, unranked (ranking.py)
+                row["screened_out"] = orjson.loads(output).get("screened_out", 0)
             print(f"| {counts['interactions']:,} | {counts['users']:,} | {counts['items']:,} | {stage} | "
                   f"{measured['seconds']} | {measured['peak_rss_mib']:,} | "
                   f"{measured['seconds'] / counts['interactions'] * 1e6:.1f} |", flush=True)
@@ -188,6 +198,7 @@ def main() -> None:
         row["other_cpu_cores"], row["other_jobs_running"] = round(other, 3), other > OTHER_CPU_LIMIT
         if "evaluate (test, full ranking alone)" in row["stages"]:
             row["eval_floor"] = eval_floor(work, args.threads)
+            row["ranked_share"] = 1 - row["screened_out"] / row["eval_floor"]["users"]
             row["eval_floor_ratio"] = row["stages"]["evaluate (test, full ranking alone)"]["seconds"] / (
                 row["eval_floor"]["seconds"])
         row["loadavg_after"] = os.getloadavg()

@@ -168,7 +168,7 @@ def test_python_api_recommends_titles_and_rejects_unknown_keys(tiny, tmp_path):
 
 
 def test_a_score_budget_scores_fewer_users_at_a_time_with_the_same_results(tiny, tmp_path, monkeypatch):
-    """Large catalogues are scored in smaller user batches so the score block stays bounded; each user's row
+    """Large catalogues are ranked a few users' rows at a time so the score block stays bounded; each user's row
     is still one whole product, so every rank and tie is unchanged."""
     import mahn.evaluation.ranking as ranking
 
@@ -178,15 +178,93 @@ def test_a_score_budget_scores_fewer_users_at_a_time_with_the_same_results(tiny,
 
     model, dataset, _ = load_run(tmp_path / "run", device="cpu")
     whole = ranking.rank_users(model, dataset, EvalConfig(split="test", max_len=6))
-    batches = []
-    encode = model.encode
-    monkeypatch.setattr(model, "encode", lambda h, u=None: batches.append(len(h)) or encode(h, u))
+    rows = []
+    count = ranking.greater_and_equal
+    monkeypatch.setattr(ranking, "greater_and_equal",
+                        lambda s, t: (rows.append(len(s)) if s.shape[1] == dataset.n_items else None) or count(s, t))
     monkeypatch.setattr(ranking, "SCORE_BYTES", 4 * dataset.n_items * 3)  # three users' rows at a time
     small = ranking.rank_users(model, dataset, EvalConfig(split="test", max_len=6))
-    assert max(batches) == 3 and len(batches) > 3
+    assert max(rows) == 3 and sum(rows) == len(dataset.eval_set("test").users)
     for protocol in ("uni100", "full"):
         for metric, values in whole[protocol].items():
             np.testing.assert_array_equal(small[protocol][metric], values)
+
+
+class TiedScores(SequentialModel):
+    """Small-integer vectors, so that products are exact and many items tie with a user's target."""
+
+    def __init__(self, n_items: int, dim: int = 3):
+        super().__init__()
+        self.n_items = n_items
+        self.table = torch.randint(-2, 3, (n_items, dim), generator=torch.Generator().manual_seed(1)).float()
+
+    def encode(self, histories, users=None):
+        return torch.stack([histories[:, -1] % 3 - 1, histories[:, -2] % 2, torch.ones(len(histories))], 1).float()
+
+    def item_table(self):
+        return self.table
+
+
+class HistoryFirst(SequentialModel):
+    """Scores item i with 100 when it is in the user's history, else a fixed random base score: unless the history
+    is masked, its items outrank every target."""
+
+    def __init__(self, n_items: int):
+        super().__init__()
+        self.n_items = n_items
+        self.base = torch.rand(n_items, generator=torch.Generator().manual_seed(2))
+
+    def encode(self, histories, users=None):
+        seen = torch.zeros(len(histories), self.n_items + 1).scatter_(1, histories, 100.0)[:, : self.n_items]
+        return torch.cat([seen, torch.ones(len(histories), 1)], 1)
+
+    def item_table(self):
+        return torch.cat([torch.eye(self.n_items), self.base.unsqueeze(1)], 1)
+
+
+@pytest.mark.parametrize("keep_history", [False, True])
+@pytest.mark.parametrize("boost", [0.0, 0.7])
+@pytest.mark.parametrize("kind", ["trained", "ties", "history"])
+def test_the_screen_leaves_every_users_metrics_as_ranking_the_whole_catalogue(tmp_path, monkeypatch, kind, boost,
+                                                                               keep_history):
+    """Full ranking first scores each user against a few popular items and gives 0 without ranking the rest to a
+    user whose target at least 20 of them certainly outscore. Every user's metrics must be those of ranking the
+    whole catalogue, exact ties (which never count as above) and history masking included, and the screen must
+    both rule users out and leave some to rank."""
+    import mahn.evaluation.ranking as ranking
+    from mahn.data.cold import cold_split
+
+    cold = tmp_path / "cold"
+    cold_split(make_dataset(tmp_path / "data", users=150, items=120, length=30), cold, fraction=0.1, seed=0)
+    dataset = Dataset(cold)
+    if kind == "trained":
+        train(cold, tmp_path / "run", resolve(("t", {"dim": 8, "epochs": 3, "batch_size": 16, "max_len": 6,
+                                                      "progress": False})))
+        from mahn.training import load_run
+
+        model, dataset, _ = load_run(tmp_path / "run", device="cpu")
+    else:
+        model = (TiedScores if kind == "ties" else HistoryFirst)(dataset.n_items)
+    config = EvalConfig(split="test", max_len=6 if kind == "trained" else 50, keep_history=keep_history,
+                        new_item_boost=boost)
+    monkeypatch.setattr(ranking, "MIN_SCREENED", 10**9)
+    whole = ranking.rank_users(model, dataset, config)
+    monkeypatch.setattr(ranking, "MIN_SCREENED", 0)
+    monkeypatch.setattr(ranking, "SCREEN_ITEMS", 100)  # of 120 items: ties and histories fall in the screen
+    ruled_out = []
+    above = ranking.Screen.certainly_above
+    monkeypatch.setattr(ranking.Screen, "certainly_above",
+                        lambda self, *a: (lambda n: ruled_out.append(int((n >= 20).sum())) or n)(above(self, *a)))
+    screened = ranking.rank_users(model, dataset, config)
+    users = len(dataset.eval_set("test").users)
+    assert 0 < sum(ruled_out) < users or kind == "history" and keep_history  # kept, a history outranks all
+    for protocol in ("uni100", "full"):
+        for metric, values in whole[protocol].items():
+            np.testing.assert_array_equal(screened[protocol][metric], values, err_msg=f"{protocol} {metric}")
+    if kind == "ties":  # ties at the target's score, which the screen must not count as above it
+        assert (whole["full"]["HR@20"] % 1 > 0).any()
+    if kind == "history" and not keep_history:  # targets in the top 20 only once the history is masked
+        assert whole["full"]["HR@20"].mean() > 0.1
 
 
 @pytest.mark.parametrize("compared_bytes", [1, 4 * 37, 4 * 37 * 5, 1 << 30])

@@ -12,7 +12,7 @@ import torch
 
 from mahn.data import Dataset, left_padded, range_indices
 from mahn.errors import DataError
-from mahn.evaluation.metrics import PROTOCOLS, expected_metrics, frequency_groups, mean_metrics
+from mahn.evaluation.metrics import CUTOFFS, PROTOCOLS, expected_metrics, frequency_groups, mean_metrics
 from mahn.models.base import MAX_LEN, SequentialModel
 from mahn.scoring import check_boost
 
@@ -77,9 +77,57 @@ def new_item_boosts(dataset: Dataset, boost: float, device: torch.device) -> tor
     return added
 
 
+# Full ranking first scores each batch against the SCREEN_ITEMS most-bought items (catalogues of MIN_SCREENED or more
+# only): a user whose target at least CUTOFF of them certainly outscore gets 0 on every metric (they stop at rank
+# CUTOFF) without the catalogue being scored. Only the rest are ranked against every item.
+CUTOFF = max(CUTOFFS)
+SCREEN_ITEMS = 4096
+MIN_SCREENED = 4 * SCREEN_ITEMS
+
+
+class Screen:
+    """The screen of full ranking: the head items' vectors (and boosts), gathered once per evaluation."""
+
+    def __init__(self, table: torch.Tensor, frequency: np.ndarray, boost: torch.Tensor | None):
+        head = torch.from_numpy(np.argsort(-frequency, kind="stable")[:SCREEN_ITEMS].copy()).to(table.device)
+        self.table, self.boost = table, boost
+        self.head_table = table[head]
+        self.head_boost = None if boost is None else boost[head]
+        self.position = torch.full((len(table),), -1, dtype=torch.long, device=table.device)  # item -> head column
+        self.position[head] = torch.arange(len(head), device=table.device)
+        # Two float32 dot products of length d (the screen's and the full product's, summed in any order) differ
+        # from the true one by at most d * u * |s| * |e| each (u: the unit roundoff of the product's precision),
+        # so a head item that leads the target by 4 * d * u * |s| * (the longest |e|) leads it in the full product
+        # too. TF32 products (a GPU allowed to use them) round to 10 bits.
+        unit = torch.finfo(table.dtype).eps / 2
+        if table.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+            unit = max(unit, 2.0**-11)
+        self.relative_margin = 8 * table.shape[1] * unit  # twice the bound, for the rounding of the margin itself
+        self.longest = float(table.norm(dim=1).max())
+        self.largest_boost = 0.0 if boost is None else float(boost.abs().max())
+
+    def certainly_above(self, states: torch.Tensor, targets: torch.Tensor, seen_rows: torch.Tensor | None,
+                        seen_items: torch.Tensor | None) -> torch.Tensor:
+        """Per user, how many head items (not in the history, when seen_* are given) certainly outscore the
+        target in the full product (a lower bound on the target's count of items above it)."""
+        scores = torch.mm(states, self.head_table.T)
+        target = (states * self.table[targets]).sum(1)
+        if self.boost is not None:
+            scores += self.head_boost
+            target += self.boost[targets]
+        margin = self.relative_margin * (states.norm(dim=1) * self.longest + self.largest_boost)
+        if seen_rows is not None:
+            column = self.position[seen_items]
+            inside = column >= 0
+            scores[seen_rows[inside], column[inside]] = -torch.inf
+        return (scores > (target + margin).unsqueeze(1)).sum(1, dtype=torch.int32)
+
+
 @torch.no_grad()
-def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> dict[str, dict[str, np.ndarray]]:
-    """Per-user metrics for config.protocols on config.split, in the order of dataset.eval_set(split).users."""
+def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig,
+               tally: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per-user metrics for config.protocols on config.split, in the order of dataset.eval_set(split).users.
+    With full ranking, `tally` (if given) gets "screened_out": how many users the screen gave 0 unranked."""
     was_training = model.training
     model.eval()
     evalset = dataset.eval_set(config.split)
@@ -92,57 +140,76 @@ def rank_users(model: SequentialModel, dataset: Dataset, config: EvalConfig) -> 
     # per protocol, each user's count of candidates scored above the target and of those tied with it
     counts = {p: (np.zeros(n_users, np.int64), np.zeros(n_users, np.int64)) for p in config.protocols}
     full = "full" in config.protocols
-    batch = max(1, min(config.batch_size, SCORE_BYTES // (4 * max(1, dataset.n_items)))) if full else config.batch_size
+    screen = Screen(table, dataset.item_frequency(), boost) if full and dataset.n_items >= MIN_SCREENED else None
     # Users by history length, longest first: a batch is padded to its own longest history, not to max_len (on
     # Phones, median 5 items, that encodes 7x fewer positions). Longest first, because each later batch then
     # asks for less memory than the one before and reuses it: shortest first grew the heap batch by batch.
     lengths = np.minimum(evalset.input_ends - dataset.offsets[evalset.users], config.max_len)
     order = np.argsort(-lengths, kind="stable")
-    # one score block for every batch: allocated and freed per batch, hundreds of MiB each time, it fragmented
-    # the heap until the process held 5.9 GiB on a 3M-interaction log (docs/performance.md)
-    block = torch.empty(min(batch, n_users), dataset.n_items, device=device) if full else None
-    # uni100 alone: one buffer for every batch's candidate vectors, instead of a fresh 62 MB gather per batch
-    gathered = None if full else table.new_empty(min(batch, n_users) * (negatives.shape[1] + 1), table.shape[1])
-    for lo in range(0, n_users, batch):
-        rows_here = order[lo : lo + batch]
+    # full ranking scores a user's row whole (so ranks and ties are those of one product), as many rows at a time
+    # as the budget allows, into one block for every batch: allocated and freed per batch, hundreds of MiB each
+    # time, it fragmented the heap until the process held 5.9 GiB on a 3M-interaction log (docs/performance.md)
+    block_rows = max(1, min(config.batch_size, SCORE_BYTES // (4 * max(1, dataset.n_items)), n_users))
+    block = torch.empty(block_rows, dataset.n_items, device=device) if full else None
+    # one buffer for every batch's uni100 candidate vectors, instead of a fresh 62 MB gather per batch
+    gathered = table.new_empty(min(config.batch_size, n_users) * (negatives.shape[1] + 1), table.shape[1])
 
-        def keep(protocol: str, greater: torch.Tensor, equal: torch.Tensor, rows: np.ndarray = rows_here) -> None:
-            counts[protocol][0][rows] = greater.cpu().numpy()
-            counts[protocol][1][rows] = equal.cpu().numpy()
+    def keep(protocol: str, rows: np.ndarray, greater: torch.Tensor, equal: torch.Tensor) -> None:
+        counts[protocol][0][rows] = greater.cpu().numpy()
+        counts[protocol][1][rows] = equal.cpu().numpy()
 
+    def seen_pairs(starts: np.ndarray, ends: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, item) of every item in each row's history (its whole history, not only the model's window)."""
+        seen_lengths = ends - starts
+        rows = np.repeat(np.arange(len(starts)), seen_lengths)
+        items = dataset.items[range_indices(starts, seen_lengths)]
+        return torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)
+
+    screened_out = 0
+    for lo in range(0, n_users, config.batch_size):
+        rows_here = order[lo : lo + config.batch_size]
         users = evalset.users[rows_here]
         starts, ends = dataset.offsets[users], evalset.input_ends[rows_here]
         targets = torch.from_numpy(evalset.targets[rows_here]).to(device)
         histories = torch.from_numpy(left_padded(dataset.items, starts, ends, config.max_len, pad)).to(device)
         states = model.encode(histories, torch.from_numpy(users).to(device))
-        sampled = negatives[users]
-        if (sampled < 0).any():
-            raise DataError(f"no stored {config.split} negatives for an evaluated user", dataset.root)
-        sampled = torch.from_numpy(sampled.astype(np.int64)).to(device)
-        if not full:  # only the target and its negatives are scored
-            candidates = torch.cat([targets.unsqueeze(1), sampled], dim=1)
+        if "uni100" in counts:  # only the target and its negatives are scored, whether or not full ranking is
+            sampled = negatives[users]
+            if (sampled < 0).any():
+                raise DataError(f"no stored {config.split} negatives for an evaluated user", dataset.root)
+            candidates = torch.cat([targets.unsqueeze(1), torch.from_numpy(sampled.astype(np.int64)).to(device)], 1)
             vectors = torch.index_select(table, 0, candidates.view(-1), out=gathered[: candidates.numel()])
             scores = torch.bmm(vectors.view(*candidates.shape, -1), states.unsqueeze(2)).squeeze(2)
             if boost is not None:
                 scores += boost[candidates]
-            keep("uni100", *greater_and_equal(scores[:, 1:], scores[:, :1]))
+            keep("uni100", rows_here, *greater_and_equal(scores[:, 1:], scores[:, :1]))
+        if not full:
             continue
-        scores = torch.mm(states, table.T, out=block[: len(users)])
-        if boost is not None:
-            scores += boost
-        rows = torch.arange(len(users), device=device)
-        target_scores = scores[rows, targets].unsqueeze(1)
-        if "uni100" in counts:
-            keep("uni100", *greater_and_equal(scores.gather(1, sampled), target_scores))
-        if not config.keep_history:
-            seen_lengths = ends - starts
-            seen_rows = np.repeat(np.arange(len(users)), seen_lengths)
-            seen = dataset.items[range_indices(starts, seen_lengths)]
-            scores[torch.from_numpy(seen_rows).to(device), torch.from_numpy(seen).to(device)] = -torch.inf
-        scores[rows, targets] = target_scores.squeeze(1)  # a repeated target stays a candidate
-        greater, equal = greater_and_equal(scores, target_scores)
-        keep("full", greater, equal - 1)  # the target itself is no tie
+        ranked = np.arange(len(users))  # the batch's rows still to rank against the whole catalogue
+        if screen is not None:
+            seen = (None, None) if config.keep_history else seen_pairs(starts, ends)
+            above = screen.certainly_above(states, targets, *seen)
+            out = (above >= CUTOFF).cpu().numpy()
+            keep("full", rows_here[out], above[torch.from_numpy(out).to(device)], torch.zeros(int(out.sum())))
+            ranked = ranked[~out]
+            screened_out += int(out.sum())
+        for sub in range(0, len(ranked), block_rows):
+            part = ranked[sub : sub + block_rows]
+            index = torch.from_numpy(part).to(device)
+            scores = torch.mm(states[index], table.T, out=block[: len(part)])
+            if boost is not None:
+                scores += boost
+            rows = torch.arange(len(part), device=device)
+            part_targets = targets[index]
+            target_scores = scores[rows, part_targets].unsqueeze(1)
+            if not config.keep_history:
+                scores[seen_pairs(starts[part], ends[part])] = -torch.inf
+            scores[rows, part_targets] = target_scores.squeeze(1)  # a repeated target stays a candidate
+            greater, equal = greater_and_equal(scores, target_scores)
+            keep("full", rows_here[part], greater, equal - 1)  # the target itself is no tie
     model.train(was_training)
+    if tally is not None and full:
+        tally["screened_out"] = screened_out
     candidates = {"uni100": negatives.shape[1] + 1, "full": dataset.n_items}
     return {p: expected_metrics(greater, ties, candidates[p]) for p, (greater, ties) in counts.items()}
 
@@ -155,8 +222,11 @@ def evaluate(model: SequentialModel, dataset: Dataset, config: EvalConfig | None
     Pass `per_user` (from rank_users with the same config) to summarise metrics already computed.
     """
     config = config or EvalConfig()
-    per_user = rank_users(model, dataset, config) if per_user is None else per_user
+    tally: dict = {}
+    per_user = rank_users(model, dataset, config, tally) if per_user is None else per_user
     result: dict = {"split": config.split, "users": int(dataset.evaluated.sum()), "keep_history": config.keep_history}
+    if "screened_out" in tally:  # users whose target the screen put below the top 20 without ranking the catalogue
+        result["screened_out"] = tally["screened_out"]
     if config.new_item_boost:
         result["new_item_boost"] = config.new_item_boost
     protocols = [p for p in PROTOCOLS if p in per_user]
