@@ -24,6 +24,9 @@ command a user would run, so its peak RSS is that command's alone:
   screen of the most-bought items does not already put below the top 20 (ranking.py); `screened_out` is how
   many test users it ruled out, and `ranked_share` the share it ranked.
 
+The log and the floor are made in processes of their own too, so the launcher that starts each stage stays at
+about 60 MiB (`launcher_rss_mib`): Linux reports a child's peak RSS as at least its parent's at the fork, and until
+b/c the launcher made the log itself, so every stage of a size reported at least the log's memory.
 Prints a table and writes benchmarks/results/scale.json (rows of sizes not rerun are kept), with the load average
 before and after each size and the CPU that processes outside the benchmark used during it (`other_cpu_cores`,
 from /proc/stat; `other_jobs_running` above 0.1 of a core).
@@ -52,7 +55,6 @@ from mahn.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import OTHER_CPU_LIMIT, cpu_seconds  # noqa: E402
-from train_speed import matmul_ceiling  # noqa: E402
 
 ZIPF = 1.1
 MEDIAN_LENGTH = 12
@@ -82,6 +84,21 @@ def make_log(size: int, seed: int, path: Path) -> dict:
     return {"interactions": n, "users": len(lengths), "items": items}
 
 
+def in_child(*arguments: str) -> dict:
+    """This script's --make-log or --floor step in a process of its own, its JSON answer. The launcher stays small:
+    a process started by one that holds G bytes reports a peak RSS of at least G (Linux carries the parent's peak
+    across fork and exec), so a 30M log made in the launcher counted as every later stage's peak."""
+    done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(arguments)} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+    return orjson.loads(done.stdout)
+
+
+def own_rss_mib() -> int:
+    """This launcher's resident memory now (a floor under every stage's reported peak, see in_child)."""
+    return round(int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
+
+
 def run_stage(command: list[str]) -> tuple[dict, bytes]:
     """Run one command in its own process; its wall time and peak RSS (os.wait4 gives the child's own), and what
     it wrote to stdout."""
@@ -104,6 +121,7 @@ def eval_floor(work: Path, threads: int) -> dict:
     import torch
 
     from mahn.data import Dataset
+    from train_speed import matmul_ceiling  # imports torch: only in this step's own process (in_child)
 
     dataset = Dataset(work / "data")
     dim = orjson.loads((work / "run" / "config.json").read_bytes())["model_config"]["dim"]
@@ -152,7 +170,15 @@ def main() -> None:
                         help="Run the full-ranking-alone stage (and its FLOP floor) at sizes up to this.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     parser.add_argument("--table", action="store_true", help="Print the table of the results in --out and stop.")
+    parser.add_argument("--make-log", type=Path, help=argparse.SUPPRESS)  # in_child: write a log of --sizes[0]
+    parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)  # in_child: the floor of the run in this work
     args = parser.parse_args()
+    if args.make_log:
+        sys.stdout.buffer.write(orjson.dumps(make_log(args.sizes[0], args.seed, args.make_log)))
+        return
+    if args.floor:
+        sys.stdout.buffer.write(orjson.dumps(eval_floor(args.floor, args.threads)))
+        return
     if args.table:
         print_table(orjson.loads(args.out.read_bytes())["results"])
         return
@@ -166,7 +192,7 @@ def main() -> None:
         work = args.work / f"{size}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        counts = make_log(size, args.seed, work / "log.parquet")
+        counts = in_child("--make-log", str(work / "log.parquet"), "--sizes", str(size), "--seed", str(args.seed))
         load = os.getloadavg()
         stages = {
             "prepare": [*mahn, "prepare", str(work / "log.parquet"), "--format", "csv", "--time-col", "t",
@@ -182,6 +208,7 @@ def main() -> None:
                                                              "--json", "--protocols", "full"]
         busy_before, own_before, began = *cpu_seconds(), time.perf_counter()
         row = {"size": size, **counts, "stages": {}, "threads": args.threads, "optimizer": args.optimizer,
+               "launcher_rss_mib": own_rss_mib(),
                "loadavg_before": load, "date": datetime.now(UTC).isoformat(timespec="seconds")}
         for stage, command in stages.items():
             measured, output = run_stage(command)
@@ -197,7 +224,7 @@ def main() -> None:
         other = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / (time.perf_counter() - began)
         row["other_cpu_cores"], row["other_jobs_running"] = round(other, 3), other > OTHER_CPU_LIMIT
         if "evaluate (test, full ranking alone)" in row["stages"]:
-            row["eval_floor"] = eval_floor(work, args.threads)
+            row["eval_floor"] = in_child("--floor", str(work), "--threads", str(args.threads))
             row["ranked_share"] = 1 - row["screened_out"] / row["eval_floor"]["users"]
             row["eval_floor_ratio"] = row["stages"]["evaluate (test, full ranking alone)"]["seconds"] / (
                 row["eval_floor"]["seconds"])
