@@ -26,7 +26,7 @@ command a user would run, so its peak RSS is that command's alone:
 
 The log and the floor are made in processes of their own too, so the launcher that starts each stage stays at
 about 60 MiB (`launcher_rss_mib`): Linux reports a child's peak RSS as at least its parent's at the fork, and until
-b/c the launcher made the log itself, so every stage of a size reported at least the log's memory.
+336d8ce the launcher made the log itself, so every stage of a size reported at least the log's memory.
 Prints a table and writes benchmarks/results/scale.json (rows of sizes not rerun are kept), with the load average
 before and after each size and the CPU that processes outside the benchmark used during it (`other_cpu_cores`,
 from /proc/stat; `other_jobs_running` above 0.1 of a core).
