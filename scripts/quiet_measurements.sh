@@ -4,7 +4,7 @@
 # load average it saw); it refuses to start while a training job runs.
 #   scripts/quiet_measurements.sh [serve|recbole|rectools|scale|scale30]...   (default: all five, in this order)
 # Hours: serve about 1 (the first time builds the 24,000-item shop, 20 min), recbole 4 models x 30-50 min,
-# rectools 2 x up to 2 x 30 min, scale (1M, 3M and 10M interactions) under 1, scale30 (30M) 2-3: a session
+# rectools 2 x up to 2 x 30 min, scale (1M, 3M and 10M interactions) about 1/3, scale30 (30M) 1.25: a session
 # of its own; each keeps the other's rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
