@@ -91,12 +91,12 @@ def screen(runs: list[Path], threads: int, repeats: int) -> None:
         model, dataset, _ = load_run(run, device="cpu")
         config = EvalConfig(split="test", protocols=("full",))
         seconds: dict[str, list[float]] = {"without": [], "with": []}
-        metrics, tally = {}, {}
+        metrics, tally = {}, {}  # tally: the screened run's count of users ruled out
         for _ in range(repeats):
             for label, least in (("without", 1 << 62), ("with", default)):
                 ranking.MIN_SCREENED = least
                 started = time.perf_counter()
-                metrics[label] = ranking.rank_users(model, dataset, config, tally)
+                metrics[label] = ranking.rank_users(model, dataset, config, tally if label == "with" else None)
                 seconds[label].append(time.perf_counter() - started)
         ranking.MIN_SCREENED = default
         same = all((metrics["with"]["full"][m] == v).all() for m, v in metrics["without"]["full"].items())

@@ -253,8 +253,13 @@ def test_the_screen_leaves_every_users_metrics_as_ranking_the_whole_catalogue(tm
     monkeypatch.setattr(ranking, "SCREEN_ITEMS", 100)  # of 120 items: ties and histories fall in the screen
     ruled_out = []
     above = ranking.Screen.certainly_above
-    monkeypatch.setattr(ranking.Screen, "certainly_above",
-                        lambda self, *a: (lambda n: ruled_out.append(int((n >= 20).sum())) or n)(above(self, *a)))
+
+    def counted(self, *arguments):
+        counts = above(self, *arguments)
+        ruled_out.append(int((counts >= 20).sum()))
+        return counts
+
+    monkeypatch.setattr(ranking.Screen, "certainly_above", counted)
     screened = ranking.rank_users(model, dataset, config)
     users = len(dataset.eval_set("test").users)
     assert 0 < sum(ruled_out) < users or kind == "history" and keep_history  # kept, a history outranks all

@@ -165,10 +165,15 @@ class Dataset:
             prints[f"features/{modality}"] = record.get("sha256")
         return prints
 
-    def item_frequency(self) -> np.ndarray:
-        """Training interactions per item (int64, items,)."""
+    @cached_property
+    def training_counts(self) -> np.ndarray:
+        """Training interactions per item, counted once (every full-ranking evaluation reads them for its screen)."""
         starts, ends = self.train_histories()
         return np.bincount(self.items[range_indices(starts, ends - starts)], minlength=self.n_items)
+
+    def item_frequency(self) -> np.ndarray:
+        """Training interactions per item (int64, items,): a copy the caller may change."""
+        return self.training_counts.copy()
 
 
 def range_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

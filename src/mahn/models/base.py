@@ -122,8 +122,8 @@ class SequentialModel(nn.Module):
         weight = self.item_embedding.weight.detach()
         self.item_embedding = nn.Embedding.from_pretrained(with_rows(weight, weight.new_zeros(m, weight.shape[1]),
                                                                      self.n_items), freeze=True)
-        self.trained = with_rows(self.trained, self.trained.new_zeros(m, 1), self.n_items)
         self.counts = with_rows(self.counts, self.counts.new_zeros(m, 1), self.n_items)
+        self.trained = self.counts > 0  # kept beside the counts: every forward pass reads it
 
     def track_trained(self, counts: torch.Tensor | None) -> None:
         """Keep each item's training count (n_items; None: every item once) as self.counts and whether it was
